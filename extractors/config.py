@@ -72,6 +72,7 @@ class ExtractConfig:
     flow_batch_pairs: int = 32  # frame pairs per TV-L1 call
     window_snippets: int = 16  # snippets decoded per window (bounded memory)
     queue_windows: int = 2  # decoded windows waiting for the networks
+    video_workers: int = 1  # videos decoded concurrently by extract_many (the networks still run one at a time)
     decode_backend: str = "auto"  # auto (decord, then ffmpeg) | decord | ffmpeg
     decode_threads: int = 0  # decoder threads (0: the library's choice)
     torch_threads: int | None = None  # None: leave torch's setting alone
@@ -93,7 +94,7 @@ class ExtractConfig:
             raise ConfigError(f"decode_backend must be auto, decord or ffmpeg, got {self.decode_backend!r}")
         if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name in ("batch_size", "flow_batch_pairs", "window_snippets", "queue_windows"):
+        for name in ("batch_size", "flow_batch_pairs", "window_snippets", "queue_windows", "video_workers"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
 

@@ -13,6 +13,7 @@ import hashlib
 import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -126,6 +127,10 @@ class Extractors:
             self.vggish_pca = resolve_weights("vggish_pca", config.weights_dir_path(), allow_random=False)
         self._models: dict[str, object] = {}
         self._lock = threading.RLock()
+        # Held while a window (or a video's audio) runs through the networks: several videos may
+        # decode at once (``video_workers``) but the device computes for one at a time, which keeps
+        # its memory bounded and torch.compile's first compilations single-threaded.
+        self.compute_lock = threading.Lock()
         # None: not decided; else the autocast dtype or "fp32" (decided on the first batch).
         self._precision: dict[str, torch.dtype | str | None] = {f: None for f in config.features}
         if self.device.type != "cuda" or config.precision == "fp32":
@@ -321,12 +326,13 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
             if isinstance(item, StreamEnd):
                 end = item
                 continue
-            if want["i3d_rgb"]:
-                outs["i3d_rgb"].append(_i3d_rgb(item, grid, models, config.batch_size))
-            if want["i3d_flow"]:
-                outs["i3d_flow"].append(_i3d_flow(item, grid, models, config.batch_size))
-            if want["clip_vitb16"]:
-                outs["clip_vitb16"].append(_clip(item, models))
+            with models.compute_lock:
+                if want["i3d_rgb"]:
+                    outs["i3d_rgb"].append(_i3d_rgb(item, grid, models, config.batch_size))
+                if want["i3d_flow"]:
+                    outs["i3d_flow"].append(_i3d_flow(item, grid, models, config.batch_size))
+                if want["clip_vitb16"]:
+                    outs["clip_vitb16"].append(_clip(item, models))
             done += item.num_snippets
             if progress:
                 progress(done, expected)
@@ -398,7 +404,8 @@ def extract_video(
             )  # fmt: skip
         if "vggish" in todo:
             stage = "vggish"
-            feats["vggish"], feats[AUDIO_MASK] = _audio_features(wav, t, grid, config, models)
+            with models.compute_lock:
+                feats["vggish"], feats[AUDIO_MASK] = _audio_features(wav, t, grid, config, models)
         for name, arr in feats.items():
             if arr.shape[0] != t:
                 raise VideoError(path, name, f"produced {arr.shape[0]} rows for {t} snippets")
@@ -440,23 +447,40 @@ def extract_many(
     on_video_done: Callable[[ExtractReport | ExtractFailure], None] | None = None,
     progress: ProgressFn | None = None,
 ) -> list[ExtractReport | ExtractFailure]:
-    """Extract ``(video_id, path)`` pairs in order; a failing video becomes an ExtractFailure."""
+    """Extract ``(video_id, path)`` pairs; a failing video becomes an ExtractFailure. Results keep input order.
+
+    With ``config.video_workers`` > 1, that many videos are decoded at once (one thread each, sharing
+    the loaded networks), so decoding and preprocessing, which run on the CPU, keep the device busy;
+    the networks serve one window at a time (``Extractors.compute_lock``). Callbacks are then called
+    from the worker threads, one at a time, and ``progress`` (per-video snippets) is not reported.
+    """
     check_store_grid(store, config)
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     models = extractors or Extractors(config)
-    results: list[ExtractReport | ExtractFailure] = []
-    for vid, path in videos:
+    items = list(videos)
+    callback_lock = threading.Lock()
+    workers = min(config.video_workers, max(1, len(items)))
+
+    def one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
+        vid, path = item
         if on_video_start:
-            on_video_start(vid, str(path))
+            with callback_lock:
+                on_video_start(vid, str(path))
         try:
-            res: ExtractReport | ExtractFailure = extract_video(path, vid, store, config, models, progress)
+            res: ExtractReport | ExtractFailure = extract_video(
+                path, vid, store, config, models, progress if workers == 1 else None)
         except VideoError as e:
             res = ExtractFailure(vid, str(path), e)
-        results.append(res)
         if on_video_done:
-            on_video_done(res)
-    return results
+            with callback_lock:
+                on_video_done(res)
+        return res
+
+    if workers == 1:
+        return [one(item) for item in items]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
+        return list(pool.map(one, items))
 
 
 def summarize(results: Sequence[ExtractReport | ExtractFailure]) -> dict:

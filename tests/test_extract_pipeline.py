@@ -146,6 +146,28 @@ def test_extract_many_reports_and_continues(env, tmp_path):
     assert store.list_videos() == ["good"]
 
 
+def test_extract_many_with_several_decoders_keeps_order_and_features(env, tmp_path):
+    """video_workers > 1: same features as one at a time, results in input order, a bad video fails alone."""
+    cfg = replace(env.cfg, video_workers=3)
+    store = FeatureStore.create(tmp_path / "s")
+    other = make_video(tmp_path / "b.mp4", seconds=1.4, size=(72, 56), source="testsrc2")
+    bad = make_corrupt(tmp_path / "bad.mp4")
+    started, finished = [], []
+    res = extract_many([("a", env.video), ("bad", bad), ("b", other)], store, cfg, env.models,
+                       on_video_start=lambda v, p: started.append(v), on_video_done=lambda r: finished.append(r.video_id))
+    assert [r.video_id for r in res] == ["a", "bad", "b"] and [r.ok for r in res] == [True, False, True]
+    assert sorted(started) == sorted(finished) == ["a", "b", "bad"]
+    ref = env.store.load("a")
+    got = store.load("a")
+    for name in ALL_FEATURES:
+        assert np.allclose(got[name], ref[name], atol=1e-5), name
+    assert store.list_videos() == ["a", "b"]
+    solo = FeatureStore.create(tmp_path / "solo")
+    extract_video(other, "b", solo, env.cfg, env.models)
+    for name in ALL_FEATURES:
+        assert np.allclose(store.load("b")[name], solo.load("b")[name], atol=1e-5), name
+
+
 # ----------------------------------------------------------------------------- manifests
 def test_manifest_formats(tmp_path):
     for name in ("a.mp4", "b.mkv", "notes.txt"):

@@ -41,6 +41,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="snippets per network forward pass")
     p.add_argument("--precision", default=None, choices=PRECISIONS, help="GPU autocast policy (default: auto)")
     p.add_argument("--decode-backend", default=None, choices=["auto", "decord", "ffmpeg"])
+    p.add_argument("--video-workers", type=int, default=None, metavar="N",
+                   help="videos decoded at once (default 1); >1 keeps a GPU busy while the CPU decodes")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of extraction settings")
     p.add_argument("--recursive", action="store_true", help="search the video directory recursively")
     p.add_argument("--name", default=None, help="dataset name when the store is created")
@@ -53,6 +55,7 @@ def _build_config(args, store_grid) -> ExtractConfig:
         "features": args.features, "weights_dir": args.weights_dir, "device": args.device,
         "allow_random_weights": args.allow_random_weights, "batch_size": args.batch_size,
         "precision": args.precision, "decode_backend": args.decode_backend,
+        "video_workers": args.video_workers,
     }  # fmt: skip
     if store_grid is not None:
         if args.fps is not None and abs(args.fps - store_grid.fps) > 1e-9:
@@ -96,7 +99,8 @@ def _run_with_progress(videos, store, config, progress: bool):
     current = {"bar": None}
 
     def start(vid, path):
-        current["bar"] = tqdm(desc=vid[:30], unit="snippet", leave=False, disable=not progress, position=1)
+        if config.video_workers == 1:  # several videos at once: the overall bar only
+            current["bar"] = tqdm(desc=vid[:30], unit="snippet", leave=False, disable=not progress, position=1)
 
     def step(done, total):
         bar = current["bar"]

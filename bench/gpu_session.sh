@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
+#
+#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 extract train (default: all)
+#
+# Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
+# and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
+# ffmpeg/ffprobe on PATH. A folder .gpu/ (never committed) may hold what an offline GPU machine
+# lacks: wheels in .gpu/whl/ (installed to /tmp/site) and ffbin.tar.xz (static ffmpeg + ffprobe).
+set -u
+OUT=${1:-bench/out/gpu}
+shift || true
+STEPS=${*:-tests tvl1 extract train}
+mkdir -p "$OUT"
+LOG="$OUT/session.log"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+
+{
+  if [ -d .gpu/whl ]; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
+      && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+  fi
+  if [ -f .gpu/ffbin.tar.xz ] && ! command -v ffprobe >/dev/null; then
+    mkdir -p /tmp/ffbin && tar -xJf .gpu/ffbin.tar.xz -C /tmp/ffbin && export PATH="/tmp/ffbin:$PATH"
+  fi
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  $PY -c "import torch, zarr, decord, open_clip; print('torch', torch.__version__, 'zarr', zarr.__version__, 'cuda', torch.cuda.is_available())"
+  ffprobe -version | head -1
+} >>"$LOG" 2>&1
+
+step() {  # step NAME SECONDS CMD...
+  local name=$1 limit=$2
+  shift 2
+  echo "=== $name ($(date -u +%T), limit ${limit}s): $*" >>"$LOG"
+  local t0=$SECONDS
+  timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1
+  echo "=== $name rc=$? in $((SECONDS - t0))s" >>"$LOG"
+}
+
+for s in $STEPS; do
+  case $s in
+    tests) step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py ;;
+    tvl1) step tvl1 200 $PY bench/bench_tvl1.py --device cuda --synthetic-pairs 24 --video-pairs 8 --batch 64 \
+            --speed-pairs 1024 --batches 64,128,256,512 --speed-video-pairs 512 --skip-opencv-speed --json "$OUT/tvl1.json" ;;
+    extract) step extract 240 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
+            --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
+            --out "$OUT/extract.json" ;;
+    train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
+    *) echo "unknown step $s" >>"$LOG" ;;
+  esac
+done
+tail -c 3000 "$LOG"

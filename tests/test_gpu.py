@@ -1,0 +1,120 @@
+"""CUDA paths: the same results as on the CPU (skipped where there is no GPU, as on CI).
+
+Run on a GPU machine with ``python -m pytest tests/test_gpu.py``; bench/gpu_session.sh does.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from extractors.tvl1 import TVL1Config, tvl1_flow
+from tests.media import have_ffmpeg, make_video, small_extract_config
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Smooth random textures shifted by a smooth sub-pixel flow (warped on the CPU with torch)."""
+    g = torch.Generator().manual_seed(seed)
+    tex = torch.nn.functional.interpolate(torch.rand(n, 1, size // 4, size // 4, generator=g) * 255, size=(size, size),
+                                          mode="bicubic", align_corners=False)
+    shift = torch.rand(n, 2, generator=g) * 4 - 2
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1
+    theta[:, :, 2] = shift * 2 / size
+    grid = torch.nn.functional.affine_grid(theta, (n, 1, size, size), align_corners=False)
+    moved = torch.nn.functional.grid_sample(tex, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    return moved[:, 0].clamp(0, 255), tex[:, 0].clamp(0, 255)
+
+
+@pytest.mark.parametrize("compile_", [False, True])
+def test_tvl1_on_cuda_matches_cpu(compile_):
+    f0, f1 = _pairs(6, 64)
+    cfg = TVL1Config(compile=compile_)
+    cpu = tvl1_flow(f0, f1, TVL1Config(compile=False))
+    gpu = tvl1_flow(f0.cuda(), f1.cuda(), cfg).cpu()
+    epe = (gpu - cpu).pow(2).sum(1).sqrt()
+    assert epe.mean() < 0.01 and epe.max() < 0.2, (epe.mean(), epe.max())
+    assert cpu.abs().mean() > 0.3  # the pairs really move
+
+
+def test_tvl1_pair_result_does_not_depend_on_batch_on_cuda():
+    f0, f1 = _pairs(8, 48, seed=1)
+    whole = tvl1_flow(f0.cuda(), f1.cuda())
+    for i in (0, 5):
+        alone = tvl1_flow(f0[i : i + 1].cuda(), f1[i : i + 1].cuda())
+        assert torch.allclose(whole[i], alone[0], atol=1e-3)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+
+
+@pytest.fixture(scope="module")
+def cpu_reference(tmp_path_factory):
+    if not have_ffmpeg():
+        pytest.skip("ffmpeg/ffprobe not on PATH")
+    from extractors.pipeline import Extractors, extract_video
+    from storage import FeatureStore
+
+    d = tmp_path_factory.mktemp("gpu")
+    (d / "weights").mkdir()
+    video = make_video(d / "v.mp4", seconds=2.6, size=(96, 72), audio=True, source="testsrc2")
+    cfg = small_extract_config(d / "weights", crop_size=64, resize_short=72)
+    store = FeatureStore.create(d / "cpu")
+    extract_video(video, "v", store, cfg, Extractors(cfg))
+    return d, video, cfg, store.load("v")
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_extract_video_on_cuda_matches_cpu(cpu_reference, precision):
+    from extractors.pipeline import Extractors, extract_video
+    from storage import FeatureStore
+
+    d, video, cfg, ref = cpu_reference
+    gcfg = replace(cfg, device="cuda", precision=precision)
+    store = FeatureStore.create(d / f"cuda_{precision}")
+    report = extract_video(video, "v", store, gcfg, Extractors(gcfg))
+    got = store.load("v")
+    floor = 0.9999 if precision == "fp32" else 0.999  # auto keeps bf16 only where cosine >= 0.999
+    for name in ("i3d_rgb", "i3d_flow", "clip_vitb16", "vggish"):
+        cos = _cos(got[name], ref[name])
+        assert cos.min() >= floor - 5e-4, (name, report.precision[name], cos.min())
+    assert np.array_equal(got["audio_mask"], ref["audio_mask"])
+    prov = store.provenance("v")
+    assert prov["i3d_rgb"].params["device"] == "cuda"
+    assert prov["i3d_rgb"].params["precision"] == report.precision["i3d_rgb"]
+    if precision == "fp32":
+        assert set(report.precision.values()) == {"fp32"}
+
+
+def test_extract_many_with_several_decoders_on_cuda(cpu_reference):
+    from extractors.pipeline import Extractors, extract_many
+    from storage import FeatureStore
+
+    d, video, cfg, ref = cpu_reference
+    gcfg = replace(cfg, device="cuda", precision="fp32", video_workers=3)
+    store = FeatureStore.create(d / "cuda_many")
+    res = extract_many([(f"v{i}", video) for i in range(4)], store, gcfg, Extractors(gcfg))
+    assert all(r.ok for r in res)
+    for i in range(4):
+        assert _cos(store.load(f"v{i}")["i3d_flow"], ref["i3d_flow"]).min() > 0.9995
+
+
+def test_training_and_prediction_on_cuda(tmp_path):
+    from models import train as train_mod
+    from models.predict import predict
+    from models.scoring import evaluate_predictions, random_segment_predictions
+    from tests._model_fixtures import tiny_config, tiny_problem
+
+    ds, _, store = tiny_problem()
+    res = train_mod.train(tiny_config(mode="utal", device="cuda"), store, ds, tmp_path)
+    assert all(np.isfinite(v) for h in res.history for v in h.values() if isinstance(v, float))
+    pred = predict(res.checkpoint, store, ds, device="cuda")
+    ev = evaluate_predictions(pred, ds)
+    test = store.videos(ds.videos(ds.test_subset))
+    rand = evaluate_predictions(random_segment_predictions(test, ds.classes), ds).average_mAP
+    assert ev.average_mAP > 2 * rand, (ev.mAP, rand)  # the margin tests/test_model_train.py asserts on the CPU
