@@ -40,10 +40,10 @@ step() {  # step NAME SECONDS CMD...
 
 for s in $STEPS; do
   case $s in
-    tests) step tests 200 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py ;;
-    tvl1) step tvl1 200 $PY bench/bench_tvl1.py --device cuda --synthetic-pairs 24 --video-pairs 8 --batch 64 \
+    tests) step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py ;;
+    tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --synthetic-pairs 24 --video-pairs 8 --batch 64 \
             --speed-pairs 1024 --batches 64,128,256,512 --speed-video-pairs 512 --skip-opencv-speed --json "$OUT/tvl1.json" ;;
-    extract) step extract 240 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
+    extract) step extract 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
             --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
             --out "$OUT/extract.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;

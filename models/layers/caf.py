@@ -13,14 +13,23 @@ from torch import nn
 NEG_INF = -1e4  # large negative instead of -inf: keeps fp16 softmax finite and all-masked rows defined
 
 
+def l2_normalize(x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Snippet-wise L2 normalisation for eq. 1 that maps a zero vector (a silent audio snippet) to zero
+    with zero gradient. ``F.normalize`` divides by max(||x||, 1e-12) there, so its gradient at a zero
+    vector is 1e12: one batch holding a silent video gave CAF a gradient norm of ~2e9 (docs/model.md)."""
+    n = x.norm(dim=-1, keepdim=True)
+    return torch.where(n > eps, x / n.clamp(min=eps), torch.zeros_like(x))
+
+
 def cross_correlation(x_audio: torch.Tensor, x_cbp: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     """CLIP-AE eq. 1 / lee2021 eq. 1: Lambda = X_audio^T W X_CBP on L2-normalised snippet features.
 
     x_audio, x_cbp: (B, L, d); w: (d, d). Returns Lambda (B, L_audio, L_cbp): entry [i, l] relates
     audio snippet i to visual snippet l, so column l is visual snippet l against all audio snippets.
+    A zero snippet (silent audio, padding) has a zero row / column: no correlation with anything.
     """
-    a = F.normalize(x_audio, dim=-1)
-    v = F.normalize(x_cbp, dim=-1)
+    a = l2_normalize(x_audio)
+    v = l2_normalize(x_cbp)
     return torch.bmm(a @ w, v.transpose(1, 2))   # (a W) v^T: never materialise a (B, L, L, d) tensor
 
 
@@ -70,11 +79,16 @@ class CrossAttentionFusion(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, audio: torch.Tensor, cbp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        xa = [self.f_audio(audio)]
+        # A snippet without audio arrives as a zero vector (models.data.prepare zeroes it where audio_mask is
+        # False; silent videos are stored as zeros). It has no audio to fuse: its audio features stay exactly
+        # zero through every stage (the FC's bias would otherwise turn "no audio" into a learned constant
+        # that the attention then attends to) and it is excluded from the audio side of the attention.
+        has_audio = (audio.abs().amax(-1) > 0) & mask                      # (B, L)
+        xa = [self.f_audio(audio) * has_audio[:, :, None].to(audio.dtype)]
         xv = [self.f_cbp(cbp)]
         for w in self.w:
             lam = cross_correlation(xa[-1], xv[-1], w)          # (B, La, Lv)
-            a_audio = column_softmax(lam, mask)                  # columns over audio snippets
+            a_audio = column_softmax(lam, has_audio)             # columns over (audible) audio snippets
             a_cbp = column_softmax(lam.transpose(1, 2), mask)    # columns over CBP snippets
             xa_t = dense_skip(xa, attend(xa[-1], a_audio))      # audio gathered for each visual snippet
             xv_t = dense_skip(xv, attend(xv[-1], a_cbp))
