@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
-#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 extract train (default: all)
+#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 extract train profile
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -46,6 +46,8 @@ for s in $STEPS; do
     extract) step extract 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
             --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
             --out "$OUT/extract.json" ;;
+    profile) step profile 170 $PY bench/profile_tvl1.py --pairs 256 --json "$OUT/profile.json" \
+            --variants default= ce30=check_every:30 eager=compile:False ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac
