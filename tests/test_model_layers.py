@@ -65,6 +65,23 @@ def test_caf_module_two_stages_shapes_and_gradients():
     assert cbp.grad is not None and all(w.grad is not None for w in caf.w)
 
 
+def test_caf_silent_audio_stays_zero_with_bounded_gradients():
+    """A video without audio (zero vectors, as prepare() and the store write it) must not blow up eq. 1's
+    L2 normalisation: F.normalize has gradient 1e12 at 0 (it gave CAF a ~2e9 gradient norm in training)."""
+    torch.manual_seed(0)
+    caf = CrossAttentionFusion(d_audio=6, d_cbp=10, d_x=8, stages=2)
+    audio = torch.randn(2, 9, 6)
+    audio[1] = 0.0                                   # second video: silent
+    audio[0, 6:] = 0.0                               # first video: its last snippets have no audio
+    cbp = torch.randn(2, 9, 10, requires_grad=True)
+    xa, xv = caf(audio, cbp, torch.ones(2, 9, dtype=torch.bool))
+    assert torch.all(xa[1] == 0)                     # no audio in, no audio features out
+    (xa.pow(2).sum() + xv.pow(2).sum()).backward()
+    grads = [p.grad for p in caf.parameters()] + [cbp.grad]
+    assert all(torch.isfinite(g).all() for g in grads)
+    assert max(float(g.abs().max()) for g in grads) < 1e3
+
+
 def test_caf_padding_does_not_change_real_snippets():
     caf = CrossAttentionFusion(4, 4, 8, 2).eval()
     a, v = torch.randn(1, 5, 4), torch.randn(1, 5, 4)
