@@ -53,9 +53,12 @@ class ClipAEStream(nn.Module):
         self.stream = stream
         d = dims.of(stream)
         self.caf = None
+        self.caf_norm = None
         if sw.caf_active:
             self.caf = CrossAttentionFusion(dims.audio, d, mc.d_x, mc.caf_stages, mc.caf_w_init_scale, mc.leaky_slope)
             d = 2 * mc.d_x
+            if mc.caf_out_norm:
+                self.caf_norm = nn.LayerNorm(d)
         elif sw.audio:
             d += dims.audio
         self.ccp = None
@@ -74,6 +77,8 @@ class ClipAEStream(nn.Module):
             xa, xv = self.caf(batch[AUDIO], x, mask)
             aux["caf_audio"], aux["caf_cbp"] = xa, xv
             x = torch.cat([xv, xa], dim=-1)                      # lee2021 eq. 4
+            if self.caf_norm is not None:                        # our choice (docs/model.md): centre + scale per snippet
+                x = self.caf_norm(x)
         elif self.use_audio:
             x = torch.cat([x, batch[AUDIO]], dim=-1)
         if self.ccp is not None:

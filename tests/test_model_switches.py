@@ -55,6 +55,23 @@ def test_full_model_has_caf_ccp_banks_and_self_loss():
     assert torch.equal(before[2:], net.banks["i3d_rgb_vlp"].bank[2:])
 
 
+def test_fused_caf_view_is_standardised_before_ccp():
+    """model.caf_out_norm: the CAF output ([X_cbp; X_audio], tanh, large common mode) enters CCP centred and
+    at unit scale per snippet; with the option off it enters as is."""
+    seen = {}
+    for on in (True, False):
+        cfg = tiny_config().replace(model={"caf_out_norm": on})
+        net = ClipAENet(cfg, 4, DIMS, 6).eval()
+        rgb = net.streams["i3d_rgb"]
+        assert (rgb.caf_norm is not None) == on
+        h = rgb.ccp.register_forward_hook(lambda m, args, out, on=on: seen.__setitem__(on, args[0].detach()))
+        net(_batch())
+        h.remove()
+    assert seen[True].mean(-1).abs().max() < 1e-4 and torch.allclose(seen[True].std(-1, unbiased=False),
+                                                                      torch.ones(2, 10), atol=1e-2)
+    assert seen[False].abs().max() <= 1.0                 # raw tanh outputs
+
+
 @pytest.mark.parametrize("sw,caf,ccp,in_extra", [
     ({"caf": False}, False, True, None),                    # audio concatenated, CCP on
     ({"ccp": False}, True, False, 24),                      # CLIP concatenated after CAF
