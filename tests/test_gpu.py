@@ -57,7 +57,10 @@ def test_tvl1_pair_result_does_not_depend_on_batch_on_cuda():
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    # float64 and no additive epsilon: random-init flow features are ~1e-7, so a fixed 1e-12 in the
+    # denominator (as first written) pulled identical rows down to cosine 0.91.
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-300)
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +93,8 @@ def test_extract_video_on_cuda_matches_cpu(cpu_reference, precision):
     for name in ("i3d_rgb", "clip_vitb16", "vggish"):
         cos = _cos(got[name], ref[name])
         assert cos.min() >= floor - 5e-4, (name, report.precision[name], cos.min())
-    # TV-L1 agrees closely but not bit-exactly across devices (see above); the random-init flow
-    # network's features of small flows are tiny (1e-7) and so sensitive to it.
-    assert _cos(got["i3d_flow"], ref["i3d_flow"]).min() > 0.8
+    # TV-L1 agrees closely but not bit-exactly across devices (see above).
+    assert _cos(got["i3d_flow"], ref["i3d_flow"]).min() > 0.99
     assert np.array_equal(got["audio_mask"], ref["audio_mask"])
     prov = store.provenance("v")
     assert prov["i3d_rgb"].params["device"] == "cuda"
