@@ -113,7 +113,10 @@ def _train_epoch(model, opt, items, targets, cfg: ClipAEConfig, device, round_i:
         index = torch.from_numpy(idx).long().to(device)
         with autocast(device, tc.amp):
             outs = model(batch)
-            parts = model.losses(outs, labels, batch["mask"], index, co_w)
+        # Losses in fp32 (usual AMP practice): the network runs in bf16, but the losses' pooled sums,
+        # covariances (L_de-cor) and memory-bank similarities keep full precision.
+        outs = _float32(outs)
+        parts = model.losses(outs, labels, batch["mask"], index, co_w)
         opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
@@ -123,6 +126,17 @@ def _train_epoch(model, opt, items, targets, cfg: ClipAEConfig, device, round_i:
             sums[k] = sums.get(k, 0.0) + float(v.detach())
         bar.set_postfix(loss=f"{float(parts['total'].detach()):.3f}")
     return {k: v / n_batches for k, v in sums.items()}
+
+
+def _float32(x):
+    """Nested dicts/lists of tensors with every floating tensor cast to float32 (autograd flows through)."""
+    if isinstance(x, torch.Tensor):
+        return x.float() if x.is_floating_point() else x
+    if isinstance(x, dict):
+        return {k: _float32(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_float32(v) for v in x)
+    return x
 
 
 def _save_resume(path: Path, model, opt, cfg, round_i, epoch, targets, clusters, history, cluster_history) -> None:
