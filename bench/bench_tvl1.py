@@ -128,6 +128,7 @@ def main() -> None:
     ap.add_argument("--cpu-check-pairs", type=int, default=4, help="CUDA: pairs also solved on the CPU to compare")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for both torch and OpenCV")
     ap.add_argument("--compile", action="store_true", help="torch.compile the kernels (default: only on CUDA)")
+    ap.add_argument("--backend", default="torch", choices=["torch", "triton"], help="TVL1Config.backend")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-opencv-speed", action="store_true", help="e.g. for GPU runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -135,13 +136,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    cfg = TVL1Config(compile=True if args.compile else None)
+    cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend)
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
         "torch_threads": torch.get_num_threads(),
         "cv2_threads": cv2.getNumThreads(),
         "compile": bool(args.compile or args.device == "cuda"),
+        "backend": args.backend,
         "size": args.size,
     }
     print(json.dumps(results))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
-#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 extract train profile
+#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 tvl1-triton extract train profile
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -10,7 +10,7 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-STEPS=${*:-tests tvl1 extract train}
+STEPS=${*:-tests tvl1-triton tvl1 extract train}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -47,7 +47,10 @@ for s in $STEPS; do
             --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
             --out "$OUT/extract.json" ;;
     profile) step profile 170 $PY bench/profile_tvl1.py --pairs 256 --json "$OUT/profile.json" \
-            --variants default= ce30=check_every:30 eager=compile:False ;;
+            --variants default= triton=backend:triton triton_ce30=backend:triton,check_every:30 ;;
+    tvl1-triton) step tvl1-triton 170 $PY bench/bench_tvl1.py --device cuda --backend triton --synthetic-pairs 24 \
+            --video-pairs 8 --batch 64 --speed-pairs 1024 --batches 128,256,512 --speed-video-pairs 512 \
+            --skip-opencv-speed --json "$OUT/tvl1_triton.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

@@ -35,7 +35,7 @@ def parse_variant(spec: str) -> tuple[str, T.TVL1Config]:
 
 
 def type_of(field: str):
-    return {"check_every": int, "compile": bool}.get(field, float if field in ("tau", "lambda_", "theta", "epsilon", "scale_step") else int)
+    return {"check_every": int, "compile": bool, "backend": str}.get(field, float if field in ("tau", "lambda_", "theta", "epsilon", "scale_step") else int)
 
 
 def timed(f0, f1, cfg, repeats=2) -> float:

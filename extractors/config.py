@@ -114,6 +114,14 @@ class ExtractConfig:
         return Path(self.weights_dir).expanduser() if self.weights_dir else None
 
 
+def _tvl1_params(tvl1) -> dict:
+    # Speed-only settings leave the hash alone: check_every does not change the result, and the
+    # backend only within float rounding (it is recorded in provenance params instead).
+    params = asdict(tvl1) | {"check_every": None}
+    params.pop("backend", None)
+    return params
+
+
 def preprocess_params(config: ExtractConfig, feature: str) -> dict:
     """Every setting that determines ``feature``'s values (besides weights and code version)."""
     grid = {"fps": float(config.fps), "snippet_frames": config.snippet_frames, "stride": config.stride,
@@ -123,7 +131,7 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
                 "crop": config.crop_size, "input": "rgb/127.5-1", "pool": "mixed_5c_mean"}
     if feature == "i3d_flow":
         return {**grid, "resize_short": config.resize_short, "resize": "bilinear_antialias",
-                "crop": config.crop_size, "gray": "bt601", "tvl1": asdict(config.tvl1) | {"check_every": None},
+                "crop": config.crop_size, "gray": "bt601", "tvl1": _tvl1_params(config.tvl1),
                 "flow_bound": config.flow_bound, "pairs": "t->t+1, zero after last frame", "pool": "mixed_5c_mean"}
     if feature == "clip_vitb16":
         c = config.clip

@@ -421,6 +421,8 @@ def extract_video(
         for f in todo:
             p = models.expected_provenance(f)
             p.params = {**p.params, "precision": models.precision_name(f), "decode_backend": end.backend}
+            if f == "i3d_flow":
+                p.params["tvl1_backend"] = config.tvl1.backend
             prov[f] = p
         store.write_video(video_id, feats, info, prov, replace_all=replace_all)
     except VideoError:

@@ -58,6 +58,9 @@ class TVL1Config:
     # None: 1 on CPU (syncs are free), 10 on CUDA. Results do not depend on it.
     compile: bool | None = None  # torch.compile the iteration and median kernels;
     # None: on for CUDA, off for CPU (compiling costs ~1-2 min of CPU once per process).
+    backend: str = "torch"  # "triton": the inner iterations as two fused Triton kernels
+    # (extractors/tvl1_triton.py; CUDA, or Triton's interpreter on CPU). Results do not depend on it
+    # beyond float rounding.
 
     def __post_init__(self) -> None:
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}
@@ -75,6 +78,8 @@ class TVL1Config:
             raise ValueError("TVL1Config.gamma must be 0: the illumination term is not implemented")
         if self.median_filtering not in (0, 1, 3, 5):
             raise ValueError(f"TVL1Config.median_filtering must be 0, 1, 3 or 5, got {self.median_filtering}")
+        if self.backend not in ("torch", "triton"):
+            raise ValueError(f"TVL1Config.backend must be 'torch' or 'triton', got {self.backend!r}")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"TVL1Config.check_every must be >= 1 or None, got {self.check_every}")
 
@@ -221,18 +226,22 @@ class _Kernels:
 
 
 _COMPILED: _Kernels | None = None
+_COMPILED_MEDIAN = None
 
 
-def _kernels(use_compile: bool) -> _Kernels:
-    global _COMPILED
+def _kernels(use_compile: bool, backend: str = "torch") -> _Kernels:
+    global _COMPILED, _COMPILED_MEDIAN
+    if use_compile and _COMPILED_MEDIAN is None:
+        _COMPILED_MEDIAN = torch.compile(median_of_shifts, dynamic=True)
+    median = _COMPILED_MEDIAN if use_compile else median_of_shifts
+    if backend == "triton":
+        from extractors.tvl1_triton import triton_block  # imports triton only when asked for
+
+        return _Kernels(triton_block, median, True)
     if not use_compile:
         return _Kernels(masked_block, median_of_shifts, False)
     if _COMPILED is None:
-        _COMPILED = _Kernels(
-            torch.compile(masked_block, dynamic=True),
-            torch.compile(median_of_shifts, dynamic=True),
-            True,
-        )
+        _COMPILED = _Kernels(torch.compile(masked_block, dynamic=True), median, True)
     return _COMPILED
 
 
@@ -292,8 +301,11 @@ def _solve_warp(
             active = None
             if idx.numel() == 0:
                 return
-    u[idx] = ua
-    p[idx] = pa
+    # (The Triton block updates in place: with no pair dropped, ua/pa may still be u/p themselves.)
+    if ua.data_ptr() != u.data_ptr():
+        u[idx] = ua
+    if pa.data_ptr() != p.data_ptr():
+        p[idx] = pa
 
 
 def _solve_scale(
@@ -343,7 +355,7 @@ def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config |
     cfg = config or TVL1Config()
     device = frames0.device
     check_every = cfg.check_every or (10 if device.type == "cuda" else 1)
-    kernels = _kernels(cfg.compile if cfg.compile is not None else device.type == "cuda")
+    kernels = _kernels(cfg.compile if cfg.compile is not None else device.type == "cuda", cfg.backend)
     with torch.no_grad():
         i0s = build_pyramid(frames0.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)
         i1s = build_pyramid(frames1.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)

@@ -31,10 +31,10 @@ def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return moved[:, 0].clamp(0, 255), tex[:, 0].clamp(0, 255)
 
 
-@pytest.mark.parametrize("compile_", [False, True])
-def test_tvl1_on_cuda_matches_cpu(compile_):
+@pytest.mark.parametrize("compile_,backend", [(False, "torch"), (True, "torch"), (None, "triton")])
+def test_tvl1_on_cuda_matches_cpu(compile_, backend):
     f0, f1 = _pairs(6, 64)
-    cfg = TVL1Config(compile=compile_)
+    cfg = TVL1Config(compile=compile_, backend=backend)
     cpu = tvl1_flow(f0, f1, TVL1Config(compile=False))
     gpu = tvl1_flow(f0.cuda(), f1.cuda(), cfg).cpu()
     epe = (gpu - cpu).pow(2).sum(1).sqrt()
