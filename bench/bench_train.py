@@ -4,6 +4,7 @@ and optionally the component ablation grid on the same data.
     .venv/bin/python bench/bench_train.py                       # full UTAL run (default config)
     .venv/bin/python bench/bench_train.py --rounds 1 --epochs 2 # a quick timing sample
     .venv/bin/python bench/bench_train.py --ablation --dims small --out runs/bench_ablation
+    .venv/bin/python bench/bench_train.py --ablation --rounds 2 --epochs 4 --seeds 0 1 2   # mean ± std per row
 
 Prints and writes (``--json``) wall times per phase, mAP per tIoU and two trivial reference predictors
 measured on the same test videos in the same run.
@@ -32,6 +33,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--ablation", action="store_true", help="run the ablation grid instead of one run")
     ap.add_argument("--rows", default=None, help="--ablation: comma-separated rows (default: models.ablation.DEFAULT_ROWS)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                    help="--ablation: training seeds; each row is trained once per seed and reported as mean ± std "
+                         "(the synthetic data are the same for every seed)")
     ap.add_argument("--out", default="runs/bench_train")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -79,7 +83,8 @@ def main() -> None:
 
     if args.ablation:
         t0 = time.perf_counter()
-        rows = run_ablation(cfg, store, ds, out, args.rows.split(",") if args.rows else None, train_v, test_v, refs)
+        rows = run_ablation(cfg, store, ds, out, args.rows.split(",") if args.rows else None, train_v, test_v, refs,
+                            seeds=args.seeds)
         rec["seconds_ablation"] = time.perf_counter() - t0
         rec["ablation"] = [r.__dict__ for r in rows]
         print(format_markdown(rows))

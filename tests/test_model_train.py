@@ -91,3 +91,20 @@ def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     assert set(state) == {"model", "meta"}
     assert json.loads((tmp_path / ckpt.CONFIG_FILE).read_text())["train"]["mode"] == "weak"
     assert not list(tmp_path.glob(".*"))      # no temporary files left behind by the atomic writes
+
+
+def test_ablation_over_seeds_reports_mean_and_spread(tmp_path):
+    from models.ablation import run_ablation
+
+    ds, _, store = tiny_problem()
+    cfg = tiny_config(rounds=1, epochs_per_round=1)
+    rows = run_ablation(cfg, store, ds, tmp_path, ["baseline"], seeds=[0, 1])
+    (row,) = rows
+    assert row.seeds == [0, 1] and len(row.runs) == 2
+    assert row.average_mAP == pytest.approx(sum(row.runs) / 2)
+    assert row.average_mAP_std is not None and row.average_mAP_std >= 0
+    assert (tmp_path / "seed0" / "baseline" / "model.pt").exists() and (tmp_path / "seed1" / "baseline" / "model.pt").exists()
+    table = (tmp_path / "ablation.md").read_text()
+    assert "seeds 0, 1" in table and "±" in table
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["seeds"] == [0, 1] and len(saved["runs"]) == 2

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="runs/ablation")
     p.add_argument("--rows", default=None, help="comma-separated rows (default: baseline,caf,ccp,caf+ccp,caf+ccp-selfsup)")
     p.add_argument("--resume", action="store_true", help="resume rows from their last.pt")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
+                   help="train every row with each of these seeds and report mean ± std per row "
+                        "(default: the one --seed / config seed); --synthetic data stay those of --seed")
     p.add_argument("--synthetic", action="store_true", help="use synthetic features in memory instead of a store")
     p.add_argument("--synthetic-videos", type=int, default=0, help="videos per subset (0: all)")
     p.add_argument("--synthetic-dims", choices=["small", "full"], default="small")
@@ -52,6 +55,6 @@ def _run(args: argparse.Namespace) -> int:
         store = FeatureStore.open(args.store)
     else:
         raise SystemExit("clipae ablate: give --store PATH or --synthetic")
-    results = run_ablation(cfg, store, ds, args.out, rows, train_v, test_v, refs, resume=args.resume)
+    results = run_ablation(cfg, store, ds, args.out, rows, train_v, test_v, refs, resume=args.resume, seeds=args.seeds)
     print(open(f"{args.out}/ablation.md").read())
     return 0 if results else 1
