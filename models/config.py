@@ -48,7 +48,7 @@ class ModelConfig:
     d_x: int = 128              # CAF modality-FC output width
     caf_stages: int = 2         # lee2021 t_e = 2
     caf_w_init_scale: float = 5.0   # W starts as scale*I: cosine similarities need a temperature to be non-uniform
-    caf_out_norm: bool = True   # LayerNorm on the fused CAF view (its tanh outputs carry a large common mode; docs/model.md)
+    caf_out_norm: bool = False  # LayerNorm on the fused CAF view: fixes its common mode, not the mAP (docs/model.md)
     ccp_dim: int = 128          # d of Q/K/V in CCP (eq. 5-6)
     embed_dim: int = 128        # per-stream temporal embedding width (UGCT backbone)
     dropout: float = 0.5

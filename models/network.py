@@ -77,7 +77,7 @@ class ClipAEStream(nn.Module):
             xa, xv = self.caf(batch[AUDIO], x, mask)
             aux["caf_audio"], aux["caf_cbp"] = xa, xv
             x = torch.cat([xv, xa], dim=-1)                      # lee2021 eq. 4
-            if self.caf_norm is not None:                        # our choice (docs/model.md): centre + scale per snippet
+            if self.caf_norm is not None:                        # model.caf_out_norm (off by default, docs/model.md)
                 x = self.caf_norm(x)
         elif self.use_audio:
             x = torch.cat([x, batch[AUDIO]], dim=-1)
