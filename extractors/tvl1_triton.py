@@ -28,15 +28,20 @@ BLOCK = 1024  # pixels per program
 
 
 @triton.jit
-def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H, W, lt, theta,
-                   BLOCK_SIZE: tl.constexpr):
+def _pixels(active_ptr, H, W, BLOCK_SIZE: tl.constexpr):
+    """This program's pair b and pixel offsets; ``inb`` masks pixels outside the image or of a stopped pair."""
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
     hw = H * W
-    live = tl.load(active_ptr + b).to(tl.int32) != 0
-    inb = (offs < hw) & live
+    inb = (offs < hw) & (tl.load(active_ptr + b).to(tl.int32) != 0)
     row = offs // W
-    col = offs - row * W
+    return b, offs, hw, inb, row, offs - row * W
+
+
+@triton.jit
+def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H, W, lt, theta,
+                   BLOCK_SIZE: tl.constexpr):
+    b, offs, hw, inb, row, col = _pixels(active_ptr, H, W, BLOCK_SIZE)
     ub = u_ptr + b * 2 * hw
     gb = g_ptr + b * 2 * hw
     pb = p_ptr + b * 4 * hw
@@ -74,13 +79,7 @@ def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H
 
 @triton.jit
 def _dual_kernel(u_ptr, p_ptr, active_ptr, H, W, tt, BLOCK_SIZE: tl.constexpr):
-    b = tl.program_id(0)
-    offs = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
-    hw = H * W
-    live = tl.load(active_ptr + b).to(tl.int32) != 0
-    inb = (offs < hw) & live
-    row = offs // W
-    col = offs - row * W
+    b, offs, hw, inb, row, col = _pixels(active_ptr, H, W, BLOCK_SIZE)
     right = inb & (col < W - 1)
     down = inb & (row < H - 1)
     ub = u_ptr + b * 2 * hw
