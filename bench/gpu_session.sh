@@ -6,7 +6,8 @@
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
 # ffmpeg/ffprobe on PATH. A folder .gpu/ (never committed) may hold what an offline GPU machine
-# lacks: wheels in .gpu/whl/ (installed to /tmp/site) and ffbin.tar.xz (static ffmpeg + ffprobe).
+# lacks: wheels in .gpu/whl/ (installed to /tmp/site) and ffbin.tar.xz (static ffmpeg + ffprobe);
+# bench/gpu_prepare_offline.sh makes it.
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
