@@ -47,7 +47,7 @@ def main() -> None:
     from models.config import load_config
     from models.predict import predict
     from models.scoring import evaluate_predictions, random_segment_predictions, whole_video_predictions
-    from models.synthetic import FULL_DIMS, SMALL_DIMS, SyntheticSpec, pick_videos, synthetic_memory_store
+    from models.synthetic import synthetic_problem
     from models.train import train
     from storage.datasets import load_dataset
 
@@ -68,12 +68,7 @@ def main() -> None:
                  "load_average_start": os.getloadavg(), "config": cfg.to_dict(), "dims": args.dims}
 
     t0 = time.perf_counter()
-    spec = SyntheticSpec(dims=dict(FULL_DIMS if args.dims == "full" else SMALL_DIMS))
-    vids = pick_videos(ds, args.videos_per_subset) if args.videos_per_subset else None
-    store = synthetic_memory_store(ds, spec, video_ids=vids)
-    test_ids = set(ds.videos(ds.test_subset))
-    train_v = [v for v in store.videos() if v.video_id not in test_ids]
-    test_v = [v for v in store.videos() if v.video_id in test_ids]
+    store, train_v, test_v = synthetic_problem(ds, args.dims, args.videos_per_subset)
     rec["videos"] = {"train": len(train_v), "test": len(test_v),
                      "snippets": sum(v.num_snippets for v in store.videos())}
     rec["seconds_synthesize"] = time.perf_counter() - t0

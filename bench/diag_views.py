@@ -149,23 +149,12 @@ def main() -> None:
     from models.network import ClipAENet, required_features
     from models.predict import predict
     from models.scoring import evaluate_predictions
-    from models.synthetic import (
-        FULL_DIMS,
-        SMALL_DIMS,
-        SyntheticSpec,
-        pick_videos,
-        synthetic_memory_store,
-    )
+    from models.synthetic import synthetic_problem
     from models.train import _one_hot, train
     from storage.datasets import load_dataset
 
     ds = load_dataset("thumos14")
-    spec = SyntheticSpec(dims=dict(FULL_DIMS if args.dims == "full" else SMALL_DIMS))
-    vids = pick_videos(ds, args.videos_per_subset) if args.videos_per_subset else None
-    store = synthetic_memory_store(ds, spec, video_ids=vids)
-    test_ids = set(ds.videos(ds.test_subset))
-    train_v = [v for v in store.videos() if v.video_id not in test_ids]
-    test_v = [v for v in store.videos() if v.video_id in test_ids]
+    store, train_v, test_v = synthetic_problem(ds, args.dims, args.videos_per_subset)
     results = []
     for variant in args.variants:
         row, _, over = variant.partition(":")

@@ -155,6 +155,20 @@ def pick_videos(dataset, per_subset: int, seed: int = 0, max_duration: float | N
     return out
 
 
+def synthetic_problem(dataset, dims: str = "small", videos_per_subset: int = 0, seed: int = 0):
+    """In-memory synthetic features for ``dataset`` split by its subsets: (store, train videos, test videos).
+
+    ``dims``: "full" (the real feature widths) or "small"; ``videos_per_subset`` 0 keeps every video.
+    """
+    spec = SyntheticSpec(dims=dict(FULL_DIMS if dims == "full" else SMALL_DIMS), seed=seed)
+    vids = pick_videos(dataset, videos_per_subset, seed=seed) if videos_per_subset else None
+    store = synthetic_memory_store(dataset, spec, video_ids=vids)
+    test_ids = set(dataset.videos(dataset.test_subset))
+    train_v = [v for v in store.videos() if v.video_id not in test_ids]
+    test_v = [v for v in store.videos() if v.video_id in test_ids]
+    return store, train_v, test_v
+
+
 def write_synthetic_store(path: str | Path, dataset, videos: list[VideoFeatures], spec: SyntheticSpec | None = None):
     """Write ``videos`` into a real FeatureStore at ``path`` (created with the spec's feature dims)."""
     from storage import FeatureProvenance, FeatureStore, VideoInfo

@@ -113,8 +113,9 @@ def _train_epoch(model, opt, items, targets, cfg: ClipAEConfig, device, round_i:
         index = torch.from_numpy(idx).long().to(device)
         with autocast(device, tc.amp):
             outs = model(batch)
-        # Losses in fp32 (usual AMP practice): the network runs in bf16, but the losses' pooled sums,
-        # covariances (L_de-cor) and memory-bank similarities keep full precision.
+        # Losses in fp32, outside autocast (usual AMP practice): the network runs in bf16, the losses'
+        # pooled sums, covariances (L_de-cor) and memory-bank similarities keep full precision, and
+        # UGCT's binary_cross_entropy, which CUDA autocast refuses outright, runs as it does on the CPU.
         outs = _float32(outs)
         parts = model.losses(outs, labels, batch["mask"], index, co_w)
         opt.zero_grad(set_to_none=True)

@@ -114,8 +114,7 @@ def uncertainty_collaborative_loss(attention: torch.Tensor, log_var: torch.Tenso
     weight; the ``+ u`` term stops u from growing without bound. (An unbounded-below u lets the two streams
     amplify their agreement without limit and the attention saturates.)
     """
-    with torch.autocast(device_type=attention.device.type, enabled=False):  # BCE refuses autocast (CUDA AMP)
-        bce = F.binary_cross_entropy(attention.float().clamp(1e-6, 1 - 1e-6), labels.float(), reduction="none")
+    bce = F.binary_cross_entropy(attention.float().clamp(1e-6, 1 - 1e-6), labels, reduction="none")
     u = F.softplus(log_var.float()).clamp(max=10.0)
     per = torch.exp(-u) * bce + u
     c = confident.float()

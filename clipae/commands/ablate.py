@@ -38,15 +38,9 @@ def _run(args: argparse.Namespace) -> int:
     refs = {}
     if args.synthetic:
         from models.scoring import random_segment_predictions, whole_video_predictions
-        from models.synthetic import FULL_DIMS, SMALL_DIMS, SyntheticSpec, pick_videos, synthetic_memory_store
+        from models.synthetic import synthetic_problem
 
-        spec = SyntheticSpec(dims=dict(FULL_DIMS if args.synthetic_dims == "full" else SMALL_DIMS), seed=cfg.train.seed)
-        vids = pick_videos(ds, args.synthetic_videos, seed=cfg.train.seed) if args.synthetic_videos else None
-        store = synthetic_memory_store(ds, spec, video_ids=vids)
-        test_ids = set(ds.videos(ds.test_subset))
-        all_v = store.videos()
-        train_v = [v for v in all_v if v.video_id not in test_ids]
-        test_v = [v for v in all_v if v.video_id in test_ids]
+        store, train_v, test_v = synthetic_problem(ds, args.synthetic_dims, args.synthetic_videos, seed=cfg.train.seed)
         refs = {"ref: whole video (true labels)": whole_video_predictions(test_v, ds.classes),
                 "ref: random segments (true labels)": random_segment_predictions(test_v, ds.classes)}
     elif args.store:
