@@ -206,6 +206,10 @@ def test_config_from_dict_validates():
     for bad in ({"crop": 3}, {"features": "sift"}, {"precision": "int8"}, {"tvl1": {"tau": -1}}):
         with pytest.raises(ConfigError):
             config_from_dict(bad)
+    with pytest.raises(ConfigError, match="video_workers must be >= 1"):
+        config_from_dict({"video_workers": 0})
+    with pytest.raises(ConfigError, match="backend must be 'torch' or 'triton'"):
+        config_from_dict({"tvl1": {"backend": "cuda"}})
 
 
 # ----------------------------------------------------------------------------- CLI
