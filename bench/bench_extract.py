@@ -35,10 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extractors.config import ExtractConfig  # noqa: E402
 from extractors.decode import FramePreprocessor, PreprocessSpec, decode_audio, iter_preprocessed, open_frames, probe_video  # noqa: E402,E501
 from extractors.pipeline import Extractors, extract_video  # noqa: E402
-from extractors.tvl1 import TVL1Config, flow_to_i3d_input, tvl1_flow  # noqa: E402
+from extractors.tvl1 import BACKENDS as TVL1_BACKENDS, TVL1Config, flow_to_i3d_input, tvl1_flow  # noqa: E402
 
 
-FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast
+FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast (torch backend)
 
 
 def make_video(path: Path, seconds: float, size: str, rate: float = 25) -> Path:
@@ -148,6 +148,7 @@ def main() -> None:
     ap.add_argument("--e2e-videos", type=int, default=0, help="also time extract_many on this many videos")
     ap.add_argument("--e2e-seconds", type=float, default=60.0, help="length of each --e2e-videos video")
     ap.add_argument("--video-workers", type=int, default=4, help="videos decoded at once for --e2e-videos")
+    ap.add_argument("--tvl1-backend", default="torch", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -160,7 +161,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
-                        batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision)
+                        batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
+                        tvl1=TVL1Config(backend=args.tvl1_backend))
     models = Extractors(cfg)
     positions = {2, 6, 10, 14}
     frames, dec_s = decode_frames(video, PreprocessSpec(), positions)
@@ -169,6 +171,7 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
+              "tvl1_backend": args.tvl1_backend,
               "frames_per_second": rows}
     if args.only_e2e:
         run_e2e(args, cfg, video, tmp, result)
@@ -195,7 +198,7 @@ def main() -> None:
         out = []
         for i in range(0, nf, args.flow_batch):
             j = min(nf, i + args.flow_batch)
-            out.append(flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], TVL1Config())))
+            out.append(flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1)))
         flows["x"] = torch.cat(out)[:nf]
 
     rows["tvl1 (OpenCV defaults)"] = nf / timed(run_tvl1, device)

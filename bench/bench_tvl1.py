@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from extractors.tvl1 import TVL1Config, tvl1_flow
+from extractors.tvl1 import BACKENDS, TVL1Config, tvl1_flow
 
 VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
@@ -128,7 +128,9 @@ def main() -> None:
     ap.add_argument("--cpu-check-pairs", type=int, default=4, help="CUDA: pairs also solved on the CPU to compare")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for both torch and OpenCV")
     ap.add_argument("--compile", action="store_true", help="torch.compile the kernels (default: only on CUDA)")
-    ap.add_argument("--backend", default="torch", choices=["torch", "triton"], help="TVL1Config.backend")
+    ap.add_argument("--backend", default="torch", choices=list(BACKENDS), help="TVL1Config.backend")
+    ap.add_argument("--sweep-band", type=int, default=None,
+                    help="backend triton: pixels per band of the sweep kernel (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-opencv-speed", action="store_true", help="e.g. for GPU runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -137,6 +139,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend)
+    if args.sweep_band:
+        from extractors import tvl1_triton
+
+        tvl1_triton.sweep_layout(224, args.sweep_band)  # validates
+        tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -144,6 +151,7 @@ def main() -> None:
         "cv2_threads": cv2.getNumThreads(),
         "compile": bool(args.compile or args.device == "cuda"),
         "backend": args.backend,
+        "sweep_band": args.sweep_band,
         "size": args.size,
     }
     print(json.dumps(results))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
-#   bash bench/gpu_session.sh OUT_DIR [STEP ...]     # steps: tests tvl1 tvl1-triton extract train profile
+#   bash bench/gpu_session.sh OUT_DIR [STEP ...]
+#   steps: tests tvl1 tvl1-triton tvl1-band extract extract-triton train profile
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -11,7 +12,7 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-STEPS=${*:-tests tvl1-triton tvl1 extract train}
+STEPS=${*:-tests tvl1-triton profile extract-triton}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -48,10 +49,18 @@ for s in $STEPS; do
             --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
             --out "$OUT/extract.json" ;;
     profile) step profile 170 $PY bench/profile_tvl1.py --pairs 256 --json "$OUT/profile.json" \
-            --variants default= triton=backend:triton triton_ce30=backend:triton,check_every:30 ;;
+            --profile triton=backend:triton \
+            --variants default= triton=backend:triton grid=backend:triton-grid grid_ce30=backend:triton-grid,check_every:30 ;;
     tvl1-triton) step tvl1-triton 170 $PY bench/bench_tvl1.py --device cuda --backend triton --synthetic-pairs 24 \
-            --video-pairs 8 --batch 64 --speed-pairs 1024 --batches 128,256,512 --speed-video-pairs 512 \
+            --video-pairs 8 --batch 64 --speed-pairs 2048 --batches 256,512,1024,2048 --speed-video-pairs 1024 \
             --skip-opencv-speed --json "$OUT/tvl1_triton.json" ;;
+    tvl1-band) for band in 256 1024 2048; do  # the sweep kernel's band size (default 512 in tvl1-triton)
+              step "tvl1-band$band" 90 $PY bench/bench_tvl1.py --device cuda --backend triton --sweep-band $band \
+                --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 1024 --skip-opencv-speed \
+                --json "$OUT/tvl1_band$band.json"; done ;;
+    extract-triton) step extract-triton 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 \
+            --snippets 32 --batch-size 16 --flow-batch 512 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
+            --video-workers 8 --e2e --out "$OUT/extract_triton.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

@@ -2,7 +2,7 @@
 
     python bench/profile_tvl1.py --pairs 256          # CUDA; real-video pairs (bikes.mp4, 224 px)
 
-Prints torch.profiler's top kernels by device time for one ``tvl1_flow`` call, dynamo's
+Prints torch.profiler's top kernels by device time for one ``tvl1_flow`` call (``--profile``), dynamo's
 counters (recompiles, graph breaks), the iterations actually run per pyramid level, and
 pairs/s for each variant named in ``--variants`` (``name=field:value,...`` over TVL1Config).
 """
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--variants", nargs="*", default=["default="])
+    ap.add_argument("--profile", default="default=", help="the config to profile, same syntax as a variant")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     fs = decode_gray_224(sample_video_dir() / "bikes.mp4", 250, 224)
@@ -60,7 +61,7 @@ def main() -> None:
     f1 = torch.from_numpy(np.stack([fs[k + 1] for k in idx])).float().cuda()
     out: dict = {"pairs": args.pairs, "device": torch.cuda.get_device_name()}
 
-    cfg = T.TVL1Config()
+    out["profiled"], cfg = args.profile, parse_variant(args.profile)[1]
     t = time.perf_counter()
     T.tvl1_flow(f0, f1, cfg)
     torch.cuda.synchronize()

@@ -16,6 +16,7 @@ Sánchez et al. 2013 (section 2-3 and Algorithm 1 "TV-L1 optical flow") and of Z
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 
@@ -32,11 +33,12 @@ from extractors.tvl1_ops import (
 
 __all__ = [
     "TVL1Config", "tvl1_flow", "flow_to_i3d_input", "I3D_FLOW_BOUND", "tvl1_iteration", "masked_iteration",
-    "masked_block",
+    "masked_block", "BACKENDS",
 ]
 
 I3D_FLOW_BOUND = 20.0  # pixels; the I3D flow stream clips flow to [-20, 20] and maps it to [-1, 1]
-_FLT_EPSILON = 1.1920929e-07  # std::numeric_limits<float>::epsilon(), OpenCV's "gradient is zero" test
+_FLT_EPSILON = 1.1920929e-07
+BACKENDS = ("torch", "triton", "triton-grid")  # std::numeric_limits<float>::epsilon(), OpenCV's "gradient is zero" test
 
 
 @dataclass(frozen=True)
@@ -56,9 +58,10 @@ class TVL1Config:
     median_filtering: int = 5  # median kernel size; 0 or 1 disables it (OpenCV accepts 3 or 5)
     check_every: int | None = None  # iterations between host syncs that drop converged pairs;
     # None: 1 on CPU (syncs are free), 10 on CUDA. Results do not depend on it.
-    compile: bool | None = None  # torch.compile the iteration and median kernels;
+    compile: bool | None = None  # torch.compile the iteration and median kernels (backend "torch");
     # None: on for CUDA, off for CPU (compiling costs ~1-2 min of CPU once per process).
-    backend: str = "torch"  # "triton": the inner iterations as two fused Triton kernels
+    backend: str = "torch"  # "triton": each pair's inner loop in one Triton program, one launch per
+    # block of inner iterations; "triton-grid": two fused Triton kernels per iteration
     # (extractors/tvl1_triton.py; CUDA, or Triton's interpreter on CPU). Results do not depend on it
     # beyond float rounding.
 
@@ -78,8 +81,8 @@ class TVL1Config:
             raise ValueError("TVL1Config.gamma must be 0: the illumination term is not implemented")
         if self.median_filtering not in (0, 1, 3, 5):
             raise ValueError(f"TVL1Config.median_filtering must be 0, 1, 3 or 5, got {self.median_filtering}")
-        if self.backend not in ("torch", "triton"):
-            raise ValueError(f"TVL1Config.backend must be 'torch' or 'triton', got {self.backend!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TVL1Config.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"TVL1Config.check_every must be >= 1 or None, got {self.check_every}")
 
@@ -220,27 +223,34 @@ def masked_block(
 
 @dataclass(frozen=True)
 class _Kernels:
-    block: object  # masked_block or its compiled version
-    median_core: object  # median_of_shifts or its compiled version
-    masked_always: bool  # compiled: always use the masked blocks (one graph, no branch)
+    block: object  # masked_block, its compiled version, or a Triton block
+    median: object  # (u, ksize, active or None) -> median-filtered copy; inactive pairs pass through
+    masked_always: bool  # compiled / Triton: always use the masked blocks (one call, no branch)
+    persistent: bool = False  # block = a whole inner loop per pair, in place (see _solve_warp_persistent)
+
+
+def _torch_median(core, u: torch.Tensor, ksize: int, active: torch.Tensor | None = None) -> torch.Tensor:
+    filtered = median_filter(u, ksize, core=core)
+    return filtered if active is None else torch.where(active.view(-1, 1, 1, 1), filtered, u)
 
 
 _COMPILED: _Kernels | None = None
-_COMPILED_MEDIAN = None
 
 
 def _kernels(use_compile: bool, backend: str = "torch") -> _Kernels:
-    global _COMPILED, _COMPILED_MEDIAN
-    if use_compile and _COMPILED_MEDIAN is None:
-        _COMPILED_MEDIAN = torch.compile(median_of_shifts, dynamic=True)
-    median = _COMPILED_MEDIAN if use_compile else median_of_shifts
-    if backend == "triton":
-        from extractors.tvl1_triton import triton_block  # imports triton only when asked for
+    """The iteration and median kernels. The Triton backends use no torch.compile (no warm-up, thread-safe)."""
+    global _COMPILED
+    if backend in ("triton", "triton-grid"):  # imports triton only when asked for
+        from extractors.tvl1_triton import triton_block, triton_sweep_block
+        from extractors.tvl1_triton_median import triton_median_filter
 
-        return _Kernels(triton_block, median, True)
+        if backend == "triton":
+            return _Kernels(triton_sweep_block, triton_median_filter, True, persistent=True)
+        return _Kernels(triton_block, triton_median_filter, True)
     if not use_compile:
-        return _Kernels(masked_block, median_of_shifts, False)
+        return _Kernels(masked_block, partial(_torch_median, median_of_shifts), False)
     if _COMPILED is None:
+        median = partial(_torch_median, torch.compile(median_of_shifts, dynamic=True))
         _COMPILED = _Kernels(torch.compile(masked_block, dynamic=True), median, True)
     return _COMPILED
 
@@ -265,6 +275,9 @@ def _solve_warp(
     removed from the working set so no more work is spent on them. The mask makes the result
     independent of check_every.
     """
+    if kernels.persistent:
+        _solve_warp_persistent(u, p, i1w_grad, rho_c, inv_grad_sq, cfg, kernels)
+        return
     h, w = u.shape[-2:]
     threshold = cfg.epsilon * cfg.epsilon * h * w
     lt = cfg.lambda_ * cfg.theta
@@ -274,7 +287,7 @@ def _solve_warp(
     active = None  # (Ba,) bool; None while every pair in the working set is known active
     for _ in range(cfg.outer_iterations):
         if cfg.median_filtering > 1:
-            ua = median_filter(ua, cfg.median_filtering, core=kernels.median_core)
+            ua = kernels.median(ua, cfg.median_filtering)
         n = 0
         while n < cfg.inner_iterations:
             steps = min(check_every, cfg.inner_iterations - n)
@@ -306,6 +319,33 @@ def _solve_warp(
         u[idx] = ua
     if pa.data_ptr() != p.data_ptr():
         p[idx] = pa
+
+
+def _solve_warp_persistent(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    i1w_grad: torch.Tensor,
+    rho_c: torch.Tensor,
+    inv_grad_sq: torch.Tensor,
+    cfg: TVL1Config,
+    kernels: _Kernels,
+) -> None:
+    """``_solve_warp`` for kernels that run a pair's whole inner loop in one launch (backend "triton").
+
+    Same per-pair loop as OpenCV: a pair whose stopping error falls below the threshold leaves
+    the inner loop and every later outer block (its median filter is masked out too). Converged
+    pairs cost nothing in the kernel, so nothing is gathered; the host syncs once per outer block,
+    only to stop early when every pair has converged.
+    """
+    g, rho, inv = i1w_grad.contiguous(), rho_c.contiguous(), inv_grad_sq.contiguous()
+    active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
+    lt, tt = cfg.lambda_ * cfg.theta, cfg.tau / cfg.theta
+    for outer in range(cfg.outer_iterations):
+        if cfg.median_filtering > 1:  # not for pairs that have converged (OpenCV's outer loop test)
+            u.copy_(kernels.median(u, cfg.median_filtering, None if outer == 0 else active))
+        kernels.block(u, p, g, rho, inv, active, cfg.inner_iterations, cfg.epsilon**2, lt, cfg.theta, tt)
+        if outer + 1 < cfg.outer_iterations and not bool(active.any()):
+            return
 
 
 def _solve_scale(

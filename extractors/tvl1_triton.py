@@ -1,20 +1,25 @@
-"""TV-L1 inner iterations as two fused Triton kernels (``TVL1Config(backend="triton")``).
+"""TV-L1 inner iterations as fused Triton kernels (``TVL1Config(backend="triton" | "triton-grid")``).
 
-The same iteration as :func:`extractors.tvl1.masked_iteration` (Sánchez et al. 2013, Algorithm 1
-inner loop), written so that each pixel's data is read once per kernel: on an H100 the
-torch.compile'd iteration ran as four dynamic-shape kernels at ~450 GB/s and was bound by
-per-iteration host overhead (BENCHMARKS.md). Per iteration:
+The same iterations as :func:`extractors.tvl1.masked_iteration` (Sánchez et al. 2013, Algorithm 1
+inner loop). On an H100 the torch.compile'd iteration ran as four dynamic-shape kernels at ~450 GB/s
+and was bound by per-iteration host overhead (BENCHMARKS.md); two layouts remove that:
 
-* ``_primal_kernel``: thresholding step (TH), divergence of p, u <- v + theta div p, and each
-  pair's stopping error (atomic per-pair sum); needs p at the left and upper neighbours only,
-  so u is updated in place;
-* ``_dual_kernel``: forward gradient of the new u (right and lower neighbours) and Chambolle's
-  dual update, in place.
+* ``backend="triton"`` -- :func:`triton_sweep_block`, one launch for a whole inner loop. One program
+  per pair iterates on its own until its stopping test holds or the inner iterations run out (so a
+  converged pair costs nothing and the host never syncs inside the loop). Each iteration is ONE sweep
+  over the image in bands of rows: the primal update of band k, then the dual update of the rows one
+  above it (whose lower neighbours are now final); see ``_sweep_kernel`` for why this order is exact.
+  Data read from memory per pixel and iteration: u, grad I1w, rho_c, 1/|grad|^2, p once (~16 floats).
+* ``backend="triton-grid"`` -- :func:`triton_block`, two kernels per iteration over a (pair, tile)
+  grid: primal (TH, divergence, u update, per-pair stopping error by atomic sum; p read at the
+  left/upper neighbours only, so u updates in place) then dual (forward gradient of the new u,
+  Chambolle update of p in place). More parallel for a few pairs, ~22 floats per pixel and
+  iteration and 2 launches per iteration.
 
-Pairs no longer active are masked out of every load and store, so they stay frozen exactly as in
+Pairs no longer active are masked out (grid) or skipped (sweep), so they stay frozen exactly as in
 the torch path. Layout: contiguous u (B, 2, H, W), p (B, 2, 2, H, W) [component, direction],
 grad (B, 2, H, W), rho_c and 1/|grad|^2 (B, 1, H, W). Without a GPU the kernels run in Triton's
-interpreter (``TRITON_INTERPRET=1``), which the tests use.
+interpreter (``TRITON_INTERPRET=1``), which the tests use; tests also compile them for sm_90.
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["triton_block", "BLOCK"]
+__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK"]
 
 BLOCK = 1024  # pixels per program
 
@@ -127,4 +132,139 @@ def triton_block(
         _primal_kernel[grid](u, p, g, rho, inv, active, err, h, w, lambda_theta, theta, BLOCK_SIZE=BLOCK)
         _dual_kernel[grid](u, p, active, h, w, tau_over_theta, BLOCK_SIZE=BLOCK)
         active = active & (err > threshold)
+    return u, p, active
+
+
+# --------------------------------------------------------------------------- one sweep per iteration
+@triton.jit
+def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt,
+                  ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Up to ``steps`` masked iterations of one pair (program b), in place; clears active[b] on convergence.
+
+    Iteration n maps (u^n, p^n) to u^{n+1} = TH/primal(u^n, p^n), p^{n+1} = dual(p^n, u^{n+1}). The
+    primal update of row r reads p^n at rows r and r-1; the dual update of row d reads u^{n+1} at rows
+    d and d+1. Band k (rows kR..kR+R-1) therefore does primal(band k), barrier, dual(rows kR-1..kR+R-2):
+    those rows' lower neighbours are final, and the rows whose p they overwrite were the last ones the
+    primal needed (band k+1's primal reads p from row kR+R-1 on). One extra band finishes the last
+    dual rows. Reads and writes of different threads meet only across the barrier.
+    """
+    b = tl.program_id(0)
+    if tl.load(active_ptr + b).to(tl.int32) != 0:
+        hw = H * W
+        ub = u_ptr + b * 2 * hw
+        pb = p_ptr + b * 4 * hw
+        gb = g_ptr + b * 2 * hw
+        rb = rho_ptr + b * hw
+        ib = inv_ptr + b * hw
+        r = tl.arange(0, ROWS)[:, None]
+        col = tl.arange(0, BLOCK_W)[None, :]
+        in_w = col < W
+        bands = (H + ROWS - 1) // ROWS + 1
+        err = threshold
+        n = 0
+        go = n < steps
+        while go:
+            acc = tl.zeros([ROWS, BLOCK_W], dtype=tl.float32)
+            k = 0
+            while k < bands:  # (a while, not range(): Triton's interpreter cannot index with a runtime bound)
+                # ---- primal on rows k*ROWS + r: TH, u <- v + theta div p, stopping error
+                row = k * ROWS + r
+                m = (row < H) & in_w
+                offs = row * W + col
+                u0 = tl.load(ub + offs, mask=m, other=0.0)
+                u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
+                g0 = tl.load(gb + offs, mask=m, other=0.0)
+                g1 = tl.load(gb + hw + offs, mask=m, other=0.0)
+                rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
+                step = tl.minimum(tl.maximum(-rho * tl.load(ib + offs, mask=m, other=0.0), -lt), lt)
+                left = m & (col > 0)
+                up = m & (row > 0)
+                p00 = tl.load(pb + offs, mask=m, other=0.0)
+                p00l = tl.load(pb + offs - 1, mask=left, other=0.0)
+                p01 = tl.load(pb + hw + offs, mask=m, other=0.0)
+                p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0)
+                p10 = tl.load(pb + 2 * hw + offs, mask=m, other=0.0)
+                p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0)
+                p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0)
+                p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0)
+                n0 = (u0 + step * g0) + theta * ((p00 - p00l) + (p01 - p01u))
+                n1 = (u1 + step * g1) + theta * ((p10 - p10l) + (p11 - p11u))
+                d0 = n0 - u0
+                d1 = n1 - u1
+                acc += tl.where(m, d0 * d0 + d1 * d1, 0.0)
+                tl.store(ub + offs, n0, mask=m)
+                tl.store(ub + hw + offs, n1, mask=m)
+                tl.debug_barrier()
+                # ---- dual on rows k*ROWS - 1 + r: forward gradient of u^{n+1}, Chambolle update of p
+                drow = row - 1
+                dm = (drow >= 0) & (drow < H) & in_w
+                doffs = offs - W
+                right = dm & (col < W - 1)
+                down = dm & (drow < H - 1)
+                for c in tl.static_range(2):
+                    uc = tl.load(ub + c * hw + doffs, mask=dm, other=0.0)
+                    ur = tl.load(ub + c * hw + doffs + 1, mask=right, other=0.0)
+                    ud = tl.load(ub + c * hw + doffs + W, mask=down, other=0.0)
+                    gx = tl.where(right, ur - uc, 0.0)  # forward differences, zero on the last column/row
+                    gy = tl.where(down, ud - uc, 0.0)
+                    scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
+                    px = tl.load(pb + (2 * c) * hw + doffs, mask=dm, other=0.0)
+                    py = tl.load(pb + (2 * c + 1) * hw + doffs, mask=dm, other=0.0)
+                    tl.store(pb + (2 * c) * hw + doffs, (px + tt * gx) * scale, mask=dm)
+                    tl.store(pb + (2 * c + 1) * hw + doffs, (py + tt * gy) * scale, mask=dm)
+                k += 1
+            tl.debug_barrier()  # the next iteration's first bands read rows the last bands wrote
+            err = tl.sum(tl.sum(acc, axis=1), axis=0)
+            n += 1
+            go = (err > threshold) & (n < steps)
+        if err <= threshold:
+            tl.store(active_ptr + b, 0)
+
+
+MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too many registers
+SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread. Compiled for sm_90 at 224 px wide:
+# 56 registers, no spills, 4 resident programs of 8 warps per SM; at 4 pixels per thread it took 128 registers.
+
+
+def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_W, num_warps) for images ``width`` pixels wide: bands of whole rows, ~2 pixels per thread."""
+    if width > MAX_SWEEP_WIDTH:
+        raise ValueError(f"tvl1 triton backend: images wider than {MAX_SWEEP_WIDTH} px are not supported "
+                         f"(got {width}); use backend='torch' or 'triton-grid'")
+    band = band_pixels or SWEEP_BAND_PIXELS
+    if band < 32 or band & (band - 1):
+        raise ValueError(f"tvl1 triton backend: band_pixels must be a power of 2 >= 32, got {band}")
+    block_w = triton.next_power_of_2(width)
+    rows = max(1, band // block_w)
+    return rows, block_w, min(16, max(1, rows * block_w // 64))
+
+
+def triton_sweep_block(
+    u: torch.Tensor,
+    p: torch.Tensor,
+    i1w_grad: torch.Tensor,
+    rho_c: torch.Tensor,
+    inv_grad_sq: torch.Tensor,
+    active: torch.Tensor,
+    steps: int,
+    epsilon_sq: float,
+    lambda_theta: float,
+    theta: float,
+    tau_over_theta: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Up to ``steps`` iterations per pair in one launch; same contract as :func:`extractors.tvl1.masked_block`.
+
+    All tensors must be contiguous: u, p and ``active`` (bool) are updated in place and returned.
+    """
+    for name, t in (("u", u), ("p", p), ("i1w_grad", i1w_grad), ("rho_c", rho_c), ("inv_grad_sq", inv_grad_sq),
+                    ("active", active)):
+        if not t.is_contiguous():
+            raise ValueError(f"triton_sweep_block: {name} must be contiguous")
+    if p.numel() >= 2**31:
+        raise ValueError(f"tvl1 triton backend: batch too large for 32-bit offsets ({tuple(p.shape)}); use smaller batches")
+    b, _, h, w = u.shape
+    rows, block_w, warps = sweep_layout(w)
+    # num_stages=1: no software pipelining, so no load is hoisted above a barrier.
+    _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, inv_grad_sq, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
+                        theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, num_warps=warps, num_stages=1)
     return u, p, active

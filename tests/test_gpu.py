@@ -31,7 +31,7 @@ def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return moved[:, 0].clamp(0, 255), tex[:, 0].clamp(0, 255)
 
 
-@pytest.mark.parametrize("compile_,backend", [(False, "torch"), (True, "torch"), (None, "triton")])
+@pytest.mark.parametrize("compile_,backend", [(False, "torch"), (True, "torch"), (None, "triton"), (None, "triton-grid")])
 def test_tvl1_on_cuda_matches_cpu(compile_, backend):
     f0, f1 = _pairs(6, 64)
     cfg = TVL1Config(compile=compile_, backend=backend)
