@@ -39,7 +39,7 @@ from extractors.decode import (
 )
 from extractors.errors import ConfigError, DecodeError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
-from extractors.tvl1 import flow_to_i3d_input, tvl1_flow
+from extractors.tvl1 import check_backend_device, flow_to_i3d_input, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
 from extractors.weights import resolve_weights
 from extractors.windows import BackgroundIterator, FrameWindow, SnippetWindower, StreamEnd
@@ -118,6 +118,11 @@ class Extractors:
     def __init__(self, config: ExtractConfig) -> None:
         self.config = config
         self.device = torch.device(config.resolved_device())
+        if "i3d_flow" in config.features:
+            try:
+                check_backend_device(config.tvl1, self.device)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         self.weights = {
             f: resolve_weights(WEIGHTS_KEYS[f], config.weights_dir_path(), allow_random=config.allow_random_weights)
             for f in config.features
@@ -131,6 +136,10 @@ class Extractors:
         # decode at once (``video_workers``) but the device computes for one at a time, which keeps
         # its memory bounded and torch.compile's first compilations single-threaded.
         self.compute_lock = threading.Lock()
+        # TV-L1, the one slow stage, runs outside that lock (several windows' flow at once, each
+        # worker on its own CUDA stream, so one batch's last unconverged pairs overlap the next
+        # batch) unless its kernels are torch.compile'd, which must not be entered concurrently.
+        self.concurrent_flow = not uses_torch_compile(config.tvl1, self.device)
         # None: not decided; else the autocast dtype or "fp32" (decided on the first batch).
         self._precision: dict[str, torch.dtype | str | None] = {f: None for f in config.features}
         if self.device.type != "cuda" or config.precision == "fp32":
@@ -156,6 +165,8 @@ class Extractors:
         with self._lock:  # one Extractors may serve several worker threads (Prefect task runners)
             if feature not in self._models:
                 self._models[feature] = self._load(feature)
+                if self.device.type == "cuda":  # loaded on this thread's stream: finish before others use it
+                    torch.cuda.synchronize(self.device)
             return self._models[feature]
 
     def _load(self, feature: str):
@@ -259,9 +270,11 @@ def _window_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors) -> tor
     return flow
 
 
-def _i3d_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int) -> np.ndarray:
+def _i3d_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int,
+              flow: torch.Tensor | None = None) -> np.ndarray:
     net = models.model("i3d_flow")
-    flow = _window_flow(win, grid, models)
+    if flow is None:
+        flow = _window_flow(win, grid, models)
     offsets = win.snippet_offsets(grid)
     out = []
     for i in range(0, len(offsets), bs):
@@ -326,11 +339,12 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
             if isinstance(item, StreamEnd):
                 end = item
                 continue
+            flow = _window_flow(item, grid, models) if want["i3d_flow"] and models.concurrent_flow else None
             with models.compute_lock:
                 if want["i3d_rgb"]:
                     outs["i3d_rgb"].append(_i3d_rgb(item, grid, models, config.batch_size))
                 if want["i3d_flow"]:
-                    outs["i3d_flow"].append(_i3d_flow(item, grid, models, config.batch_size))
+                    outs["i3d_flow"].append(_i3d_flow(item, grid, models, config.batch_size, flow))
                 if want["clip_vitb16"]:
                     outs["clip_vitb16"].append(_clip(item, models))
             done += item.num_snippets
@@ -453,8 +467,10 @@ def extract_many(
 
     With ``config.video_workers`` > 1, that many videos are decoded at once (one thread each, sharing
     the loaded networks), so decoding and preprocessing, which run on the CPU, keep the device busy;
-    the networks serve one window at a time (``Extractors.compute_lock``). Callbacks are then called
-    from the worker threads, one at a time, and ``progress`` (per-video snippets) is not reported.
+    the networks serve one window at a time (``Extractors.compute_lock``) while TV-L1 runs for several
+    windows at once (``Extractors.concurrent_flow``; on CUDA each worker has its own stream).
+    Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
+    snippets) is not reported.
     """
     check_store_grid(store, config)
     if config.torch_threads:
@@ -465,6 +481,13 @@ def extract_many(
     workers = min(config.video_workers, max(1, len(items)))
 
     def one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
+        if workers > 1 and models.device.type == "cuda":
+            # Each worker's GPU work on its own stream, so concurrent TV-L1 batches overlap on the device.
+            with torch.cuda.stream(_worker_stream(models.device)):
+                return _one(item)
+        return _one(item)
+
+    def _one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
         vid, path = item
         if on_video_start:
             with callback_lock:
@@ -483,6 +506,17 @@ def extract_many(
         return [one(item) for item in items]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
         return list(pool.map(one, items))
+
+
+_STREAMS = threading.local()
+
+
+def _worker_stream(device: torch.device) -> torch.cuda.Stream:
+    """One CUDA stream per worker thread, reused across its videos."""
+    stream = getattr(_STREAMS, "stream", None)
+    if stream is None or stream.device != device:
+        stream = _STREAMS.stream = torch.cuda.Stream(device)
+    return stream
 
 
 def summarize(results: Sequence[ExtractReport | ExtractFailure]) -> dict:

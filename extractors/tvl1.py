@@ -15,6 +15,7 @@ Sánchez et al. 2013 (section 2-3 and Algorithm 1 "TV-L1 optical flow") and of Z
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import partial
 
@@ -33,7 +34,7 @@ from extractors.tvl1_ops import (
 
 __all__ = [
     "TVL1Config", "tvl1_flow", "flow_to_i3d_input", "I3D_FLOW_BOUND", "tvl1_iteration", "masked_iteration",
-    "masked_block", "BACKENDS",
+    "masked_block", "BACKENDS", "uses_torch_compile", "check_backend_device",
 ]
 
 I3D_FLOW_BOUND = 20.0  # pixels; the I3D flow stream clips flow to [-20, 20] and maps it to [-1, 1]
@@ -255,6 +256,25 @@ def _kernels(use_compile: bool, backend: str = "torch") -> _Kernels:
     return _COMPILED
 
 
+def check_backend_device(cfg: TVL1Config, device: torch.device | str) -> None:
+    """The Triton backends need a CUDA device (or Triton's interpreter, ``TRITON_INTERPRET=1``, as the tests use)."""
+    dev = torch.device(device)
+    if cfg.backend != "torch" and dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError(f"TVL1Config.backend={cfg.backend!r} runs on a CUDA device, not {dev.type}; "
+                         "use backend='torch' there")
+
+
+def uses_torch_compile(cfg: TVL1Config, device: torch.device | str) -> bool:
+    """Whether ``tvl1_flow`` with ``cfg`` on ``device`` runs torch.compile'd kernels.
+
+    torch.compile is not safe to enter from several threads at once, so callers that run TV-L1 in
+    parallel threads (extractors.pipeline with ``video_workers``) check this first.
+    """
+    if cfg.backend != "torch":
+        return False
+    return cfg.compile if cfg.compile is not None else torch.device(device).type == "cuda"
+
+
 # --------------------------------------------------------------------------- solver
 def _solve_warp(
     u: torch.Tensor,
@@ -394,8 +414,9 @@ def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config |
     _check_inputs(frames0, frames1)
     cfg = config or TVL1Config()
     device = frames0.device
+    check_backend_device(cfg, device)
     check_every = cfg.check_every or (10 if device.type == "cuda" else 1)
-    kernels = _kernels(cfg.compile if cfg.compile is not None else device.type == "cuda", cfg.backend)
+    kernels = _kernels(uses_torch_compile(cfg, device), cfg.backend)
     with torch.no_grad():
         i0s = build_pyramid(frames0.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)
         i1s = build_pyramid(frames1.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)

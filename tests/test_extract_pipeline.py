@@ -146,9 +146,20 @@ def test_extract_many_reports_and_continues(env, tmp_path):
     assert store.list_videos() == ["good"]
 
 
-def test_extract_many_with_several_decoders_keeps_order_and_features(env, tmp_path):
-    """video_workers > 1: same features as one at a time, results in input order, a bad video fails alone."""
+def test_extract_many_with_several_decoders_keeps_order_and_features(env, tmp_path, monkeypatch):
+    """video_workers > 1: same features as one at a time, results in input order, a bad video fails alone.
+
+    TV-L1 (eager on the CPU) runs outside the compute lock here, for several windows at once.
+    """
     cfg = replace(env.cfg, video_workers=3)
+    assert env.models.concurrent_flow
+    # torch.compile'd TV-L1 must not be entered from several threads: it stays under the lock.
+    assert not Extractors(replace(cfg, tvl1=replace(cfg.tvl1, compile=True))).concurrent_flow
+    from extractors.errors import ConfigError
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ConfigError, match="backend='triton' runs on a CUDA device"):  # before any video
+        Extractors(replace(cfg, tvl1=replace(cfg.tvl1, backend="triton")))
     store = FeatureStore.create(tmp_path / "s")
     other = make_video(tmp_path / "b.mp4", seconds=1.4, size=(72, 56), source="testsrc2")
     bad = make_corrupt(tmp_path / "bad.mp4")
@@ -208,7 +219,7 @@ def test_config_from_dict_validates():
             config_from_dict(bad)
     with pytest.raises(ConfigError, match="video_workers must be >= 1"):
         config_from_dict({"video_workers": 0})
-    with pytest.raises(ConfigError, match="backend must be 'torch' or 'triton'"):
+    with pytest.raises(ConfigError, match="backend must be one of torch, triton, triton-grid"):
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
 

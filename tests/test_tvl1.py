@@ -346,6 +346,10 @@ def test_sweep_layout():
         sweep_layout(10_000)
 
 
-def test_backend_is_validated():
+def test_backend_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="backend"):
         TVL1Config(backend="cuda")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    f = torch.zeros(1, 16, 16)
+    with pytest.raises(ValueError, match="runs on a CUDA device, not cpu"):
+        tvl1_flow(f, f, TVL1Config(backend="triton"))
