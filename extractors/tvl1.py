@@ -357,7 +357,7 @@ def _solve_warp_persistent(
     pairs cost nothing in the kernel, so nothing is gathered; the host syncs once per outer block,
     only to stop early when every pair has converged.
     """
-    g, rho, inv = i1w_grad.contiguous(), rho_c.contiguous(), inv_grad_sq.contiguous()
+    g, rho, inv = i1w_grad.contiguous(), rho_c.contiguous(), inv_grad_sq
     active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
     lt, tt = cfg.lambda_ * cfg.theta, cfg.tau / cfg.theta
     for outer in range(cfg.outer_iterations):

@@ -9,7 +9,8 @@ and was bound by per-iteration host overhead (BENCHMARKS.md); two layouts remove
   converged pair costs nothing and the host never syncs inside the loop). Each iteration is ONE sweep
   over the image in bands of rows: the primal update of band k, then the dual update of the rows one
   above it (whose lower neighbours are now final); see ``_sweep_kernel`` for why this order is exact.
-  Data read from memory per pixel and iteration: u, grad I1w, rho_c, 1/|grad|^2, p once (~16 floats).
+  Memory traffic per pixel and iteration: u, grad I1w, rho_c and p read once, u and p written once
+  (15 floats; 1/|grad|^2 is recomputed).
 * ``backend="triton-grid"`` -- :func:`triton_block`, two kernels per iteration over a (pair, tile)
   grid: primal (TH, divergence, u update, per-pair stopping error by atomic sum; p read at the
   left/upper neighbours only, so u updates in place) then dual (forward gradient of the new u,
@@ -30,6 +31,7 @@ import triton.language as tl
 __all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK"]
 
 BLOCK = 1024  # pixels per program
+FLT_EPSILON: tl.constexpr = tl.constexpr(1.1920929e-07)  # extractors.tvl1's "gradient is zero" floor
 
 
 @triton.jit
@@ -137,7 +139,7 @@ def triton_block(
 
 # --------------------------------------------------------------------------- one sweep per iteration
 @triton.jit
-def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt,
+def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt,
                   ROWS: tl.constexpr, BLOCK_W: tl.constexpr):
     """Up to ``steps`` masked iterations of one pair (program b), in place; clears active[b] on convergence.
 
@@ -147,6 +149,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, H, W, steps
     those rows' lower neighbours are final, and the rows whose p they overwrite were the last ones the
     primal needed (band k+1's primal reads p from row kR+R-1 on). One extra band finishes the last
     dual rows. Reads and writes of different threads meet only across the barrier.
+    1/|grad I1w|^2 is recomputed from grad instead of read (one plane less of memory traffic).
     """
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
@@ -155,7 +158,6 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, H, W, steps
         pb = p_ptr + b * 4 * hw
         gb = g_ptr + b * 2 * hw
         rb = rho_ptr + b * hw
-        ib = inv_ptr + b * hw
         r = tl.arange(0, ROWS)[:, None]
         col = tl.arange(0, BLOCK_W)[None, :]
         in_w = col < W
@@ -176,7 +178,8 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, H, W, steps
                 g0 = tl.load(gb + offs, mask=m, other=0.0)
                 g1 = tl.load(gb + hw + offs, mask=m, other=0.0)
                 rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
-                step = tl.minimum(tl.maximum(-rho * tl.load(ib + offs, mask=m, other=0.0), -lt), lt)
+                inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)  # as thresholding_step's inv_grad_sq
+                step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
                 left = m & (col > 0)
                 up = m & (row > 0)
                 p00 = tl.load(pb + offs, mask=m, other=0.0)
@@ -236,7 +239,7 @@ def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, 
         raise ValueError(f"tvl1 triton backend: band_pixels must be a power of 2 >= 32, got {band}")
     block_w = triton.next_power_of_2(width)
     rows = max(1, band // block_w)
-    return rows, block_w, min(16, max(1, rows * block_w // 64))
+    return rows, block_w, min(32, max(1, rows * block_w // 64))
 
 
 def triton_sweep_block(
@@ -255,9 +258,9 @@ def triton_sweep_block(
     """Up to ``steps`` iterations per pair in one launch; same contract as :func:`extractors.tvl1.masked_block`.
 
     All tensors must be contiguous: u, p and ``active`` (bool) are updated in place and returned.
+    ``inv_grad_sq`` is not read: the kernel recomputes it from ``i1w_grad``.
     """
-    for name, t in (("u", u), ("p", p), ("i1w_grad", i1w_grad), ("rho_c", rho_c), ("inv_grad_sq", inv_grad_sq),
-                    ("active", active)):
+    for name, t in (("u", u), ("p", p), ("i1w_grad", i1w_grad), ("rho_c", rho_c), ("active", active)):
         if not t.is_contiguous():
             raise ValueError(f"triton_sweep_block: {name} must be contiguous")
     if p.numel() >= 2**31:
@@ -265,6 +268,6 @@ def triton_sweep_block(
     b, _, h, w = u.shape
     rows, block_w, warps = sweep_layout(w)
     # num_stages=1: no software pipelining, so no load is hoisted above a barrier.
-    _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, inv_grad_sq, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
+    _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
                         theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, num_warps=warps, num_stages=1)
     return u, p, active
