@@ -128,7 +128,8 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
         "videos": len(paths), "seconds_each": args.e2e_seconds, "video_workers": args.video_workers,
         "frames": frames, "wall_s": round(wall, 2), "frames_per_second": round(frames / wall, 1),
         "failed": [str(r.error) for r in failed], "precision": res[0].precision if res[0].ok else None,
-        "flow_batch_pairs": c.flow_batch_pairs, "batch_size": c.batch_size,
+        "flow_batch_pairs": c.flow_batch_pairs, "batch_size": c.batch_size, "window_snippets": c.window_snippets,
+        "tvl1_backend": c.tvl1.backend, "concurrent_flow": models.concurrent_flow,
     }  # fmt: skip
 
 
@@ -141,6 +142,7 @@ def main() -> None:
     ap.add_argument("--snippets", type=int, default=2, help="snippets per extractor micro-benchmark")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--flow-batch", type=int, default=32, help="TV-L1 pairs per call")
+    ap.add_argument("--window-snippets", type=int, default=16, help="snippets per decoded window (flow batches stay within one)")
     ap.add_argument("--e2e", action="store_true", help="also time extract_video on the whole video")
     ap.add_argument("--only-e2e", action="store_true", help="skip the per-extractor rows")
     ap.add_argument("--e2e-tvl1", default="default", choices=["default", "fast"],
@@ -162,7 +164,7 @@ def main() -> None:
     video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
-                        tvl1=TVL1Config(backend=args.tvl1_backend))
+                        tvl1=TVL1Config(backend=args.tvl1_backend), window_snippets=args.window_snippets)
     models = Extractors(cfg)
     positions = {2, 6, 10, 14}
     frames, dec_s = decode_frames(video, PreprocessSpec(), positions)

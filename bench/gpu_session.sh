@@ -59,7 +59,7 @@ for s in $STEPS; do
                 --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 1024 --skip-opencv-speed \
                 --json "$OUT/tvl1_band$band.json"; done ;;
     extract-triton) step extract-triton 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 \
-            --snippets 32 --batch-size 16 --flow-batch 512 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
+            --snippets 32 --batch-size 16 --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
             --video-workers 8 --e2e --out "$OUT/extract_triton.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
