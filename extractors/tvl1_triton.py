@@ -24,11 +24,19 @@ interpreter (``TRITON_INTERPRET=1``), which the tests use; tests also compile th
 """
 from __future__ import annotations
 
+import threading
+
 import torch
 import triton
 import triton.language as tl
 
-__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK"]
+__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK", "LAUNCH_LOCK"]
+
+# Held around every launch of these kernels (microseconds: launches are asynchronous). Threads may
+# call TV-L1 concurrently (extractors.pipeline with video_workers); a kernel's first launch compiles
+# it, and Triton's interpreter (the tests' CPU stand-in) runs kernels inside the launch and is not
+# thread-safe at all, so launches are serialized while the GPU still runs the kernels concurrently.
+LAUNCH_LOCK = threading.Lock()
 
 BLOCK = 1024  # pixels per program
 FLT_EPSILON: tl.constexpr = tl.constexpr(1.1920929e-07)  # extractors.tvl1's "gradient is zero" floor
@@ -131,8 +139,9 @@ def triton_block(
     threshold = epsilon_sq * h * w
     for _ in range(steps):
         err.zero_()
-        _primal_kernel[grid](u, p, g, rho, inv, active, err, h, w, lambda_theta, theta, BLOCK_SIZE=BLOCK)
-        _dual_kernel[grid](u, p, active, h, w, tau_over_theta, BLOCK_SIZE=BLOCK)
+        with LAUNCH_LOCK:
+            _primal_kernel[grid](u, p, g, rho, inv, active, err, h, w, lambda_theta, theta, BLOCK_SIZE=BLOCK)
+            _dual_kernel[grid](u, p, active, h, w, tau_over_theta, BLOCK_SIZE=BLOCK)
         active = active & (err > threshold)
     return u, p, active
 
@@ -268,6 +277,7 @@ def triton_sweep_block(
     b, _, h, w = u.shape
     rows, block_w, warps = sweep_layout(w)
     # num_stages=1: no software pipelining, so no load is hoisted above a barrier.
-    _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
-                        theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, num_warps=warps, num_stages=1)
+    with LAUNCH_LOCK:
+        _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
+                            theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, num_warps=warps, num_stages=1)
     return u, p, active

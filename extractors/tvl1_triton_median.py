@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from extractors.tvl1_triton import LAUNCH_LOCK
+
 __all__ = ["triton_median_filter"]
 
 BLOCK = 1024  # pixels per program
@@ -256,7 +258,8 @@ def triton_median_filter(u: torch.Tensor, ksize: int, active: torch.Tensor | Non
         active = torch.ones(b, dtype=torch.bool, device=u.device)
     out = torch.empty_like(u)
     grid = (b * c, triton.cdiv(h * w, BLOCK))
-    globals()[_KERNELS[ksize]][grid](u, out, active, c, h, w, BLOCK_SIZE=BLOCK)
+    with LAUNCH_LOCK:
+        globals()[_KERNELS[ksize]][grid](u, out, active, c, h, w, BLOCK_SIZE=BLOCK)
     return out
 
 

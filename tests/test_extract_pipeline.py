@@ -267,3 +267,54 @@ def test_decord_failure_mid_stream_is_redone_with_ffmpeg(env, tmp_path, monkeypa
     cfg_strict = replace(cfg, decode_backend="decord")
     with pytest.raises(VideoError, match="simulated read error"):
         extract_video(env.video, "b", store, cfg_strict, Extractors(cfg_strict))
+
+
+_TRITON_PIPELINE = """
+import json, sys
+from dataclasses import replace
+from pathlib import Path
+import numpy as np
+from extractors.pipeline import Extractors, extract_many
+from storage import FeatureStore
+from tests.media import make_video, small_extract_config
+
+d = Path(sys.argv[1])
+(d / "w").mkdir()
+cfg = small_extract_config(d / "w", features=("i3d_flow",), tvl1=replace(small_extract_config(d).tvl1, nscales=2,
+                           inner_iterations=3, outer_iterations=2))
+videos = [(f"v{i}", make_video(d / f"v{i}.mp4", seconds=1.4, size=(64, 48), source="testsrc2")) for i in range(2)]
+out = {}
+for backend in ("torch", "triton"):
+    c = replace(cfg, video_workers=2, tvl1=replace(cfg.tvl1, backend=backend))
+    models = Extractors(c)
+    store = FeatureStore.create(d / backend)
+    res = extract_many(videos, store, c, models)
+    out[backend] = {"ok": [r.ok for r in res], "concurrent": models.concurrent_flow,
+                    "backend_param": store.provenance("v0")["i3d_flow"].params.get("tvl1_backend")}
+for v, _ in videos:
+    a, b = FeatureStore.open(d / "torch").load(v)["i3d_flow"], FeatureStore.open(d / "triton").load(v)["i3d_flow"]
+    out[v] = float(np.abs(a - b).max() / np.abs(a).max())
+print(json.dumps(out))
+"""
+
+
+def test_triton_tvl1_backend_in_the_pipeline(tmp_path):
+    """backend='triton' through extract_many with 2 workers (TV-L1 outside the lock): the torch backend's features.
+
+    A subprocess runs Triton's interpreter (the CPU stand-in for a GPU; see tests/test_tvl1.py).
+    """
+    import json
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", _TRITON_PIPELINE, str(tmp_path)], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["torch"]["ok"] == res["triton"]["ok"] == [True, True], res
+    assert res["triton"]["concurrent"] and res["triton"]["backend_param"] == "triton", res
+    assert res["v0"] < 1e-3 and res["v1"] < 1e-3, res  # float rounding only
