@@ -513,6 +513,8 @@ _STREAMS = threading.local()
 
 def _worker_stream(device: torch.device) -> torch.cuda.Stream:
     """One CUDA stream per worker thread, reused across its videos."""
+    if device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     stream = getattr(_STREAMS, "stream", None)
     if stream is None or stream.device != device:
         stream = _STREAMS.stream = torch.cuda.Stream(device)
