@@ -133,8 +133,9 @@ class Extractors:
         self._models: dict[str, object] = {}
         self._lock = threading.RLock()
         # Held while a window (or a video's audio) runs through the networks: several videos may
-        # decode at once (``video_workers``) but the device computes for one at a time, which keeps
-        # its memory bounded and torch.compile's first compilations single-threaded.
+        # decode at once (``video_workers``) but the networks compute for one at a time, which bounds
+        # their memory and keeps torch.compile's first compilations single-threaded. (Device memory
+        # still grows with video_workers: each worker may hold one window's flow, see below.)
         self.compute_lock = threading.Lock()
         # TV-L1, the one slow stage, runs outside that lock (several windows' flow at once, each
         # worker on its own CUDA stream, so one batch's last unconverged pairs overlap the next
@@ -166,7 +167,7 @@ class Extractors:
             if feature not in self._models:
                 self._models[feature] = self._load(feature)
                 if self.device.type == "cuda":  # loaded on this thread's stream: finish before others use it
-                    torch.cuda.synchronize(self.device)
+                    torch.cuda.current_stream(self.device).synchronize()
             return self._models[feature]
 
     def _load(self, feature: str):
