@@ -38,7 +38,7 @@ from extractors.pipeline import Extractors, extract_video  # noqa: E402
 from extractors.tvl1 import BACKENDS as TVL1_BACKENDS, TVL1Config, flow_to_i3d_input, tvl1_flow  # noqa: E402
 
 
-FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast (torch backend)
+FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast (with --tvl1-backend)
 
 
 def make_video(path: Path, seconds: float, size: str, rate: float = 25) -> Path:
@@ -89,7 +89,7 @@ def run_e2e(args, cfg: ExtractConfig, video: Path, tmp: Path, result: dict) -> N
     """extract_video on the whole video, all four features, into a fresh store."""
     from storage import FeatureStore
 
-    e2e_cfg = cfg if args.e2e_tvl1 == "default" else replace(cfg, tvl1=FAST_TVL1)
+    e2e_cfg = cfg if args.e2e_tvl1 == "default" else replace(cfg, tvl1=replace(FAST_TVL1, backend=cfg.tvl1.backend))
     store = FeatureStore.create(tmp / "store")
     r = extract_video(video, "bench", store, e2e_cfg, Extractors(e2e_cfg))
     result["end_to_end"] = {"frames_per_second": r.frames_per_second, "seconds": r.seconds,
@@ -113,7 +113,7 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
     warm = make_video(tmp / "warm.mp4", 2.0, "320x180", 30)
     c = replace(cfg, video_workers=args.video_workers)
     if args.e2e_tvl1 == "fast":
-        c = replace(c, tvl1=FAST_TVL1)
+        c = replace(c, tvl1=replace(FAST_TVL1, backend=c.tvl1.backend))
     models = Extractors(c)
     store = FeatureStore.create(tmp / "store_many")
     extract_many([("warm", warm)], store, c, models)

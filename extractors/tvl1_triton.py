@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from extractors.tvl1 import _FLT_EPSILON
+
 __all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK", "LAUNCH_LOCK"]
 
 # Held around every launch of these kernels (microseconds: launches are asynchronous). Threads may
@@ -39,7 +41,7 @@ __all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK", "LAUNC
 LAUNCH_LOCK = threading.Lock()
 
 BLOCK = 1024  # pixels per program
-FLT_EPSILON: tl.constexpr = tl.constexpr(1.1920929e-07)  # extractors.tvl1's "gradient is zero" floor
+FLT_EPSILON: tl.constexpr = tl.constexpr(_FLT_EPSILON)  # extractors.tvl1's "gradient is zero" floor
 
 
 @triton.jit

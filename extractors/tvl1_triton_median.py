@@ -315,11 +315,16 @@ _BEGIN = "# ---- GENERATED (python -m extractors.tvl1_triton_median) ----\n"
 _END = "# ---- END GENERATED ----\n"
 
 
+def _span(text: str) -> tuple[int, int]:
+    return text.index(_BEGIN) + len(_BEGIN), text.index(_END)
+
+
 def _current() -> str:
     from pathlib import Path
 
     text = Path(__file__).read_text()
-    return text[text.index(_BEGIN) + len(_BEGIN) : text.index(_END)]
+    start, end = _span(text)
+    return text[start:end]
 
 
 if __name__ == "__main__":
@@ -327,6 +332,6 @@ if __name__ == "__main__":
 
     path = Path(__file__)
     text = path.read_text()
-    start, end = text.index(_BEGIN) + len(_BEGIN), text.index(_END)
+    start, end = _span(text)
     path.write_text(text[:start] + _generate() + text[end:])
     print(f"wrote {path}")

@@ -50,7 +50,7 @@ def test_triton_sweep_block_equals_masked_block_on_cuda(hw):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:
     ROWS = 1 (300 px wide), 2 (224, production), 16 > H (23). Races between bands would show here as
     differences and as run-to-run nondeterminism (the sweep itself has no atomics)."""
-    from extractors.tvl1 import masked_block
+    from extractors.tvl1 import _FLT_EPSILON, masked_block
     from extractors.tvl1_triton import triton_sweep_block
 
     h, w = hw
@@ -60,7 +60,7 @@ def test_triton_sweep_block_equals_masked_block_on_cuda(hw):
     p = (torch.randn(b, 2, 2, h, w, generator=g) * 0.1).cuda()
     grad = (torch.randn(b, 2, h, w, generator=g) * 20).cuda()
     rho = (torch.randn(b, 1, h, w, generator=g) * 5).cuda()
-    inv = 1.0 / (grad * grad).sum(1, keepdim=True).clamp(min=1.1920929e-07)
+    inv = 1.0 / (grad * grad).sum(1, keepdim=True).clamp(min=_FLT_EPSILON)
     active = torch.tensor([True, False, True], device="cuda")
     args = (grad, rho, inv)
     consts = (0.01**2, 0.15 * 0.3, 0.3, 0.25 / 0.3)
