@@ -124,12 +124,17 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
     wall = time.perf_counter() - t
     failed = [r for r in res if not r.ok]
     frames = sum(r.num_frames or 0 for r in res if r.ok)
+    stages: dict[str, float] = {}
+    for r in res:
+        for k, v in getattr(r, "stage_seconds", {}).items():
+            stages[k] = round(stages.get(k, 0.0) + v, 2)
     result["end_to_end_many"] = {
         "videos": len(paths), "seconds_each": args.e2e_seconds, "video_workers": args.video_workers,
         "frames": frames, "wall_s": round(wall, 2), "frames_per_second": round(frames / wall, 1),
         "failed": [str(r.error) for r in failed], "precision": res[0].precision if res[0].ok else None,
         "flow_batch_pairs": c.flow_batch_pairs, "batch_size": c.batch_size, "window_snippets": c.window_snippets,
         "tvl1_backend": c.tvl1.backend, "concurrent_flow": models.concurrent_flow,
+        "stage_seconds_summed_over_videos": stages,
     }  # fmt: skip
 
 

@@ -2,7 +2,7 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
-#   steps: tests tvl1 tvl1-triton tvl1-band extract extract-triton train profile
+#   steps: tests tvl1 tvl1-triton tvl1-band extract extract-triton e2e e2e-fast train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -12,7 +12,7 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-STEPS=${*:-tests tvl1-triton extract-triton}  # limits sum to 550 s: one device call (600 s)
+STEPS=${*:-tests extract-triton}  # limits sum to 530 s: one device call (600 s)
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -31,6 +31,13 @@ PY=${PYTHON:-python3}
   ffprobe -version | head -1
 } >>"$LOG" 2>&1
 
+# GPU utilisation/memory and CPU load through the whole session, to see which side is the bottleneck.
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 1000 >"$OUT/gpu_util.csv" 2>&1 &
+SMI=$!
+vmstat -n 2 >"$OUT/vmstat.txt" 2>&1 &
+VMSTAT=$!
+trap 'kill $SMI $VMSTAT 2>/dev/null' EXIT
+
 step() {  # step NAME SECONDS CMD...
   local name=$1 limit=$2
   shift 2
@@ -42,7 +49,7 @@ step() {  # step NAME SECONDS CMD...
 
 for s in $STEPS; do
   case $s in
-    tests) step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_gpu.py ;;
+    tests) step tests 300 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
     tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --synthetic-pairs 24 --video-pairs 8 --batch 64 \
             --speed-pairs 1024 --batches 64,128,256,512 --speed-video-pairs 512 --skip-opencv-speed --json "$OUT/tvl1.json" ;;
     extract) step extract 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
@@ -61,6 +68,12 @@ for s in $STEPS; do
     extract-triton) step extract-triton 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 \
             --snippets 32 --batch-size 16 --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
             --video-workers 8 --e2e --out "$OUT/extract_triton.json" ;;
+    profile-triton) step profile-triton 120 $PY bench/profile_tvl1.py --pairs 1024 --json "$OUT/profile_triton.json" \
+            --profile triton=backend:triton --variants triton=backend:triton grid=backend:triton-grid ;;
+    e2e|e2e-fast) tv=default; [ $s = e2e-fast ] && tv=fast  # the pipeline alone, with stage times
+            step $s 150 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
+            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
+            --video-workers 8 --only-e2e --e2e-tvl1 $tv --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

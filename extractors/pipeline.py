@@ -13,10 +13,12 @@ import hashlib
 import os
 import threading
 import time
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -48,6 +50,7 @@ from storage import AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, St
 VISUAL_FEATURES = ("i3d_rgb", "i3d_flow", "clip_vitb16")
 _FINGERPRINT_BYTES = 1 << 20
 ProgressFn = Callable[[int, int | None], None]
+_T = TypeVar("_T")
 
 
 # --------------------------------------------------------------------------- results
@@ -65,6 +68,8 @@ class ExtractReport:
     has_audio: bool | None = None
     seconds: float = 0.0
     precision: dict[str, str] = field(default_factory=dict)
+    # Wall seconds per stage as seen by this video's thread (see StageClock): where the time went.
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     ok = True
 
@@ -111,6 +116,36 @@ def file_fingerprint(path: str | os.PathLike) -> str:
     return "head-tail-sha256:" + h.hexdigest()
 
 
+class StageClock:
+    """Wall seconds per stage of one video, as its worker thread sees them (waits included).
+
+    ``decode_wait`` is time spent waiting for the decoder thread (decode is the bottleneck when it is
+    large), ``compute_wait`` waiting for the networks' thread (busy with another video's window); a stage timed
+    with ``sync=True`` waits for its own CUDA stream, so GPU time lands in the stage that queued it.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self._cuda = device.type == "cuda"
+
+    @contextmanager
+    def __call__(self, stage: str, sync: bool = False) -> Iterator[None]:
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            if sync and self._cuda:
+                torch.cuda.current_stream().synchronize()
+            self.seconds[stage] += time.perf_counter() - t
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
+def _note_thread(idents: list[int]) -> None:
+    idents.append(threading.get_ident())
+
+
 # --------------------------------------------------------------------------- networks
 class Extractors:
     """Weights resolved up front (a missing file fails the run before any video); networks load lazily."""
@@ -132,12 +167,17 @@ class Extractors:
             self.vggish_pca = resolve_weights("vggish_pca", config.weights_dir_path(), allow_random=False)
         self._models: dict[str, object] = {}
         self._lock = threading.RLock()
-        # Held while a window (or a video's audio) runs through the networks: several videos may
-        # decode at once (``video_workers``) but the networks compute for one at a time, which bounds
-        # their memory and keeps torch.compile's first compilations single-threaded. (Device memory
-        # still grows with video_workers: each worker may hold one window's flow, see below.)
-        self.compute_lock = threading.Lock()
-        # TV-L1, the one slow stage, runs outside that lock (several windows' flow at once, each
+        # The networks run on ONE long-lived thread (``compute``): several videos may decode at once
+        # (``video_workers``) but the networks compute for one window at a time, which bounds their
+        # memory and keeps torch.compile single-threaded; and cuDNN keeps its per-shape execution
+        # plans per thread, so windows arriving on many short-lived worker threads each rebuilt them
+        # (on the H100: ~5 s of host-bound plan building per video and network, GPU idle).
+        # (Device memory still grows with video_workers: each worker may hold one window's flow.)
+        # (The initializer must not hold ``self``: the live thread would keep the networks alive.)
+        self._compute_thread: list[int] = []
+        self._compute = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipae-networks",
+                                           initializer=_note_thread, initargs=(self._compute_thread,))
+        # TV-L1, the one slow stage, runs on the worker threads (several windows' flow at once, each
         # worker on its own CUDA stream, so one batch's last unconverged pairs overlap the next
         # batch) unless its kernels are torch.compile'd, which must not be entered concurrently.
         self.concurrent_flow = not uses_torch_compile(config.tvl1, self.device)
@@ -149,6 +189,16 @@ class Extractors:
             dt = torch.bfloat16 if config.precision == "bf16" else torch.float16
             self._precision = {f: (dt if f != "vggish" else "fp32") for f in config.features}
         self._precision["vggish"] = "fp32"  # tiny network: nothing to gain
+
+    def compute(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` (network work) on the networks' thread and return its result; one at a time."""
+        if threading.get_ident() in self._compute_thread:  # called from a network job
+            return fn()
+        return self._compute.submit(fn).result()
+
+    def close(self) -> None:
+        """Stop the networks' thread (it also ends when this object is garbage collected)."""
+        self._compute.shutdown(wait=True)
 
     def expected_provenance(self, feature: str) -> FeatureProvenance:
         w = self.weights[feature]
@@ -244,13 +294,25 @@ def _snippet_stack(frames: np.ndarray | torch.Tensor, offsets: list[int], length
     return torch.stack([frames[o : o + length] for o in offsets])
 
 
+def _full_batch(x: torch.Tensor, bs: int) -> tuple[torch.Tensor, int]:
+    """On CUDA, pad a short batch to ``bs`` rows (copies of its last row) and return the real count.
+
+    Each I3D then sees one input shape per run: cuDNN builds execution plans per shape (seconds of
+    host time for I3D's ~60 convolutions), and every window's tail batch would otherwise be new.
+    """
+    n = x.shape[0]
+    if x.device.type != "cuda" or n >= bs:
+        return x, n
+    return torch.cat([x, x[-1:].expand(bs - n, *x.shape[1:])]), n
+
+
 def _i3d_rgb(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int) -> np.ndarray:
     net = models.model("i3d_rgb")
     clips = _snippet_stack(win.rgb, win.snippet_offsets(grid), grid.snippet_frames)  # (T, F, c, c, 3) uint8
     out = []
     for i in range(0, len(clips), bs):
-        x = torch.from_numpy(clips[i : i + bs]).to(models.device, non_blocking=True)
-        out.append(models.run("i3d_rgb", lambda: net.features(rgb_to_i3d_input(x))).cpu())
+        x, n = _full_batch(torch.from_numpy(clips[i : i + bs]).to(models.device, non_blocking=True), bs)
+        out.append(models.run("i3d_rgb", lambda: net.features(rgb_to_i3d_input(x)))[:n].cpu())
     return torch.cat(out).numpy()
 
 
@@ -280,8 +342,8 @@ def _i3d_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int,
     out = []
     for i in range(0, len(offsets), bs):
         # (B, F, 2, c, c) -> (B, 2, F, c, c)
-        x = _snippet_stack(flow, offsets[i : i + bs], grid.snippet_frames).permute(0, 2, 1, 3, 4)
-        out.append(models.run("i3d_flow", lambda: net.features(x)).cpu())
+        x, n = _full_batch(_snippet_stack(flow, offsets[i : i + bs], grid.snippet_frames).permute(0, 2, 1, 3, 4), bs)
+        out.append(models.run("i3d_flow", lambda: net.features(x))[:n].cpu())
     return torch.cat(out).numpy()
 
 
@@ -296,7 +358,7 @@ def _clip(win: FrameWindow, models: Extractors) -> np.ndarray:
 
 # --------------------------------------------------------------------------- the video pass
 def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, models: Extractors,
-                 backend: str, progress: ProgressFn | None) -> tuple[dict[str, np.ndarray], StreamEnd]:
+                 backend: str, progress: ProgressFn | None, clock: StageClock) -> tuple[dict[str, np.ndarray], StreamEnd]:
     grid = _grid_of(config)
     want = {f: f in todo for f in VISUAL_FEATURES}
     positions = (clip_sample_positions(grid.snippet_frames, config.clip.frames_per_snippet)
@@ -336,18 +398,32 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
         expected = grid.num_snippets(int(probe.duration * grid.fps))
     done = 0
     with BackgroundIterator(produce, maxsize=config.queue_windows) as windows:
-        for item in windows:
+        it = iter(windows)
+        while True:
+            with clock("decode_wait"):
+                item = next(it, None)
+            if item is None:
+                break
             if isinstance(item, StreamEnd):
                 end = item
                 continue
-            flow = _window_flow(item, grid, models) if want["i3d_flow"] and models.concurrent_flow else None
-            with models.compute_lock:
+            flow = None
+            if want["i3d_flow"] and models.concurrent_flow:
+                with clock("tvl1", sync=True):  # finished on this stream before the networks' thread reads it
+                    flow = _window_flow(item, grid, models)
+            def networks(win: FrameWindow = item, flow: torch.Tensor | None = flow, queued: float = time.perf_counter()):
+                clock.seconds["compute_wait"] += time.perf_counter() - queued  # another window had the networks
                 if want["i3d_rgb"]:
-                    outs["i3d_rgb"].append(_i3d_rgb(item, grid, models, config.batch_size))
+                    with clock("i3d_rgb"):
+                        outs["i3d_rgb"].append(_i3d_rgb(win, grid, models, config.batch_size))
                 if want["i3d_flow"]:
-                    outs["i3d_flow"].append(_i3d_flow(item, grid, models, config.batch_size, flow))
+                    with clock("i3d_flow" if flow is not None else "tvl1+i3d_flow"):
+                        outs["i3d_flow"].append(_i3d_flow(win, grid, models, config.batch_size, flow))
                 if want["clip_vitb16"]:
-                    outs["clip_vitb16"].append(_clip(item, models))
+                    with clock("clip_vitb16"):
+                        outs["clip_vitb16"].append(_clip(win, models))
+
+            models.compute(networks)
             done += item.num_snippets
             if progress:
                 progress(done, expected)
@@ -396,20 +472,22 @@ def extract_video(
     if not todo:
         return ExtractReport(video_id, path, [], reused, seconds=time.perf_counter() - t0)
     stage = "probe"
+    clock = StageClock(models.device)
     try:
         probe = probe_video(path)
         if not probe.has_video:
             raise VideoError(path, "probe", "no video stream (audio-only or not a video file)")
         stage = "audio"
-        wav = decode_audio(path, probe, config.audio_sample_rate) if "vggish" in todo else None
+        with clock("audio_decode"):
+            wav = decode_audio(path, probe, config.audio_sample_rate) if "vggish" in todo else None
         stage = "decode"
         try:
-            feats, end = _visual_pass(path, probe, todo, config, models, config.decode_backend, progress)
+            feats, end = _visual_pass(path, probe, todo, config, models, config.decode_backend, progress, clock)
         except DecodeError as e:
             if config.decode_backend != "auto" or e.backend != "decord":
                 raise
             # decord opened the file but failed while reading it: redo the whole pass with ffmpeg.
-            feats, end = _visual_pass(path, probe, todo, config, models, "ffmpeg", progress)
+            feats, end = _visual_pass(path, probe, todo, config, models, "ffmpeg", progress, clock)
         t = end.num_snippets
         if t == 0:
             raise VideoError(
@@ -419,8 +497,8 @@ def extract_video(
             )  # fmt: skip
         if "vggish" in todo:
             stage = "vggish"
-            with models.compute_lock:
-                feats["vggish"], feats[AUDIO_MASK] = _audio_features(wav, t, grid, config, models)
+            with clock("vggish"):  # (includes waiting for the networks' thread)
+                feats["vggish"], feats[AUDIO_MASK] = models.compute(lambda: _audio_features(wav, t, grid, config, models))
         for name, arr in feats.items():
             if arr.shape[0] != t:
                 raise VideoError(path, name, f"produced {arr.shape[0]} rows for {t} snippets")
@@ -439,7 +517,8 @@ def extract_video(
             if f == "i3d_flow":
                 p.params["tvl1_backend"] = config.tvl1.backend
             prov[f] = p
-        store.write_video(video_id, feats, info, prov, replace_all=replace_all)
+        with clock("store"):
+            store.write_video(video_id, feats, info, prov, replace_all=replace_all)
     except VideoError:
         raise
     except StoreError as e:
@@ -451,7 +530,7 @@ def extract_video(
     return ExtractReport(
         video_id, path, todo, reused, num_frames=end.num_frames, num_snippets=t, decode_backend=end.backend,
         has_audio=probe.has_audio, seconds=time.perf_counter() - t0,
-        precision={f: models.precision_name(f) for f in todo},
+        precision={f: models.precision_name(f) for f in todo}, stage_seconds=clock.rounded(),
     )  # fmt: skip
 
 
@@ -468,7 +547,7 @@ def extract_many(
 
     With ``config.video_workers`` > 1, that many videos are decoded at once (one thread each, sharing
     the loaded networks), so decoding and preprocessing, which run on the CPU, keep the device busy;
-    the networks serve one window at a time (``Extractors.compute_lock``) while TV-L1 runs for several
+    the networks serve one window at a time (``Extractors.compute``) while TV-L1 runs for several
     windows at once (``Extractors.concurrent_flow``; on CUDA each worker has its own stream).
     Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
     snippets) is not reported.
