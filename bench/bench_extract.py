@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extractors.config import ExtractConfig  # noqa: E402
 from extractors.decode import FramePreprocessor, PreprocessSpec, decode_audio, iter_preprocessed, open_frames, probe_video  # noqa: E402,E501
 from extractors.pipeline import Extractors, extract_video  # noqa: E402
-from extractors.tvl1 import BACKENDS as TVL1_BACKENDS, TVL1Config, flow_to_i3d_input, tvl1_flow  # noqa: E402
+from extractors.tvl1 import BACKENDS as TVL1_BACKENDS, TVL1Config, flow_to_i3d_input, resolve_backend, tvl1_flow  # noqa: E402
 
 
 FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast (with --tvl1-backend)
@@ -133,7 +133,7 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
         "frames": frames, "wall_s": round(wall, 2), "frames_per_second": round(frames / wall, 1),
         "failed": [str(r.error) for r in failed], "precision": res[0].precision if res[0].ok else None,
         "flow_batch_pairs": c.flow_batch_pairs, "batch_size": c.batch_size, "window_snippets": c.window_snippets,
-        "tvl1_backend": c.tvl1.backend, "concurrent_flow": models.concurrent_flow,
+        "tvl1_backend": resolve_backend(c.tvl1, models.device), "concurrent_flow": models.concurrent_flow,
         "stage_seconds_summed_over_videos": stages,
     }  # fmt: skip
 
@@ -155,7 +155,7 @@ def main() -> None:
     ap.add_argument("--e2e-videos", type=int, default=0, help="also time extract_many on this many videos")
     ap.add_argument("--e2e-seconds", type=float, default=60.0, help="length of each --e2e-videos video")
     ap.add_argument("--video-workers", type=int, default=4, help="videos decoded at once for --e2e-videos")
-    ap.add_argument("--tvl1-backend", default="torch", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
+    ap.add_argument("--tvl1-backend", default="auto", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -178,7 +178,7 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
-              "tvl1_backend": args.tvl1_backend,
+              "tvl1_backend": resolve_backend(cfg.tvl1, device),
               "frames_per_second": rows}
     if args.only_e2e:
         run_e2e(args, cfg, video, tmp, result)

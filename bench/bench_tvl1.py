@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from extractors.tvl1 import BACKENDS, TVL1Config, tvl1_flow
+from extractors.tvl1 import BACKENDS, TVL1Config, resolve_backend, tvl1_flow
 
 VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
@@ -128,7 +128,7 @@ def main() -> None:
     ap.add_argument("--cpu-check-pairs", type=int, default=4, help="CUDA: pairs also solved on the CPU to compare")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads for both torch and OpenCV")
     ap.add_argument("--compile", action="store_true", help="torch.compile the kernels (default: only on CUDA)")
-    ap.add_argument("--backend", default="torch", choices=list(BACKENDS), help="TVL1Config.backend")
+    ap.add_argument("--backend", default="auto", choices=list(BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--sweep-band", type=int, default=None,
                     help="backend triton: pixels per band of the sweep kernel (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--skip-accuracy", action="store_true")
@@ -150,7 +150,7 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cv2_threads": cv2.getNumThreads(),
         "compile": bool(args.compile or args.device == "cuda"),
-        "backend": args.backend,
+        "backend": resolve_backend(cfg, args.device),
         "sweep_band": args.sweep_band,
         "size": args.size,
     }

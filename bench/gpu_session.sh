@@ -12,7 +12,7 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-STEPS=${*:-tests extract-triton}  # limits sum to 530 s: one device call (600 s)
+STEPS=${*:-tests tvl1-triton e2e}  # limits sum to 560 s: one device call (600 s)
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -49,15 +49,15 @@ step() {  # step NAME SECONDS CMD...
 
 for s in $STEPS; do
   case $s in
-    tests) step tests 300 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
-    tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --synthetic-pairs 24 --video-pairs 8 --batch 64 \
+    tests) step tests 240 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
+    tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --backend torch --synthetic-pairs 24 --video-pairs 8 --batch 64 \
             --speed-pairs 1024 --batches 64,128,256,512 --speed-video-pairs 512 --skip-opencv-speed --json "$OUT/tvl1.json" ;;
-    extract) step extract 230 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --snippets 32 \
+    extract) step extract 230 $PY bench/bench_extract.py --device cuda --tvl1-backend torch --threads 8 --seconds 20 --snippets 32 \
             --batch-size 16 --flow-batch 256 --e2e --autocast --e2e-videos 8 --e2e-seconds 30 --video-workers 6 \
             --out "$OUT/extract.json" ;;
     profile) step profile 170 $PY bench/profile_tvl1.py --pairs 256 --json "$OUT/profile.json" \
             --profile triton=backend:triton \
-            --variants default= triton=backend:triton grid=backend:triton-grid grid_ce30=backend:triton-grid,check_every:30 ;;
+            --variants default=backend:torch triton=backend:triton grid=backend:triton-grid grid_ce30=backend:triton-grid,check_every:30 ;;
     tvl1-triton) step tvl1-triton 170 $PY bench/bench_tvl1.py --device cuda --backend triton --synthetic-pairs 24 \
             --video-pairs 8 --batch 64 --speed-pairs 2048 --batches 256,512,1024,2048 --speed-video-pairs 1024 \
             --skip-opencv-speed --json "$OUT/tvl1_triton.json" ;;
@@ -70,6 +70,10 @@ for s in $STEPS; do
             --video-workers 8 --e2e --out "$OUT/extract_triton.json" ;;
     profile-triton) step profile-triton 120 $PY bench/profile_tvl1.py --pairs 1024 --json "$OUT/profile_triton.json" \
             --profile triton=backend:triton --variants triton=backend:triton grid=backend:triton-grid ;;
+    tvl1-band2) for band in 256 1024; do  # quicker band check, synthetic pairs only
+              step "tvl1-band$band" 60 $PY bench/bench_tvl1.py --device cuda --backend triton --sweep-band $band \
+                --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 0 --skip-opencv-speed \
+                --json "$OUT/tvl1_band$band.json"; done ;;
     e2e|e2e-fast) tv=default; [ $s = e2e-fast ] && tv=fast  # the pipeline alone, with stage times
             step $s 150 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
             --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \

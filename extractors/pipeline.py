@@ -41,7 +41,7 @@ from extractors.decode import (
 )
 from extractors.errors import ConfigError, DecodeError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
-from extractors.tvl1 import check_backend_device, flow_to_i3d_input, tvl1_flow, uses_torch_compile
+from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
 from extractors.weights import resolve_weights
 from extractors.windows import BackgroundIterator, FrameWindow, SnippetWindower, StreamEnd
@@ -515,7 +515,7 @@ def extract_video(
             p = models.expected_provenance(f)
             p.params = {**p.params, "precision": models.precision_name(f), "decode_backend": end.backend}
             if f == "i3d_flow":
-                p.params["tvl1_backend"] = config.tvl1.backend
+                p.params["tvl1_backend"] = resolve_backend(config.tvl1, models.device)
             prov[f] = p
         with clock("store"):
             store.write_video(video_id, feats, info, prov, replace_all=replace_all)

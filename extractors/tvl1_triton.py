@@ -258,7 +258,7 @@ def triton_sweep_block(
     p: torch.Tensor,
     i1w_grad: torch.Tensor,
     rho_c: torch.Tensor,
-    inv_grad_sq: torch.Tensor,
+    inv_grad_sq: torch.Tensor | None,
     active: torch.Tensor,
     steps: int,
     epsilon_sq: float,

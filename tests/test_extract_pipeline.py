@@ -219,7 +219,7 @@ def test_config_from_dict_validates():
             config_from_dict(bad)
     with pytest.raises(ConfigError, match="video_workers must be >= 1"):
         config_from_dict({"video_workers": 0})
-    with pytest.raises(ConfigError, match="backend must be one of torch, triton, triton-grid"):
+    with pytest.raises(ConfigError, match="backend must be one of auto, torch, triton, triton-grid"):
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
 

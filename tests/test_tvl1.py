@@ -243,12 +243,25 @@ active = torch.tensor([True, False, True], device=dev)
 for k in (3, 5):
     ref_m = torch.where(active.view(-1, 1, 1, 1), median_filter(u, k), u)
     out[f"median{k}_equal"] = bool(torch.equal(ref_m, triton_median_filter(u, k, active)))
+from extractors.tvl1 import linearized_residual_constant
+from extractors.tvl1_ops import centered_gradient, warp_bicubic
+from extractors.tvl1_triton_warp import triton_warp_linearize
+i1, i0 = torch.rand(2, 2, 19, 37, generator=g) * 255
+stack = torch.cat((i1.unsqueeze(1), centered_gradient(i1)), dim=1)
+flow = torch.randn(2, 2, 19, 37, generator=g) * 6  # taps off every border
+flow[0, 0, 3, 3], flow[0, 1, 4, 4], flow[1, 0, 5, 5], flow[1, :, 6, 6] = 1e9, -1e9, -3.5, 0.0
+wp = warp_bicubic(stack, flow)
+rho = linearized_residual_constant(i0, wp[:, 0], wp[:, 1:], flow)
+g_t, rho_t = triton_warp_linearize(stack.to(dev), flow.to(dev), i0.to(dev))
+out["warp_grad_diff"] = (g_t.cpu() - wp[:, 1:]).abs().max().item()
+out["warp_rho_diff"] = (rho_t.cpu() - rho).abs().max().item()
 print(json.dumps(out))
 """
 
 
 def test_triton_backends_match_torch():
-    """Both Triton layouts (one sweep per iteration; two grid kernels per iteration) compute the torch path's iterations.
+    """Both Triton layouts (one sweep per iteration; two grid kernels per iteration), the median and the
+    fused warp kernels compute what the torch path does.
 
     Runs in a fresh interpreter: without a GPU, Triton's interpreter must be switched on
     (TRITON_INTERPRET=1) before triton is first imported, which this test process may have done.
@@ -273,6 +286,8 @@ def test_triton_backends_match_torch():
         assert res[backend]["epe_mean"] < 1e-3 and res[backend]["epe_max"] < 1e-2, res
         assert res[backend]["identical_pair_max"] < 1e-6, res
     assert res["median3_equal"] and res["median5_equal"], res  # bit-exact, converged pairs untouched
+    # The fused warp + linearisation: bit-exact in the interpreter (the GPU may contract into FMAs).
+    assert res["warp_grad_diff"] < 1e-3 and res["warp_rho_diff"] < 1e-2, res
 
 
 def test_triton_median_source_is_in_sync():
@@ -300,6 +315,7 @@ def test_triton_kernels_compile_for_h100(tmp_path):
 
     from extractors import tvl1_triton as T
     from extractors import tvl1_triton_median as M
+    from extractors import tvl1_triton_warp as Wp
 
     ptrs = {n: "*fp32" for n in ("u_ptr", "p_ptr", "g_ptr", "rho_ptr", "inv_ptr")}
     scalars = {"H": "i32", "W": "i32"}
@@ -317,6 +333,9 @@ def test_triton_kernels_compile_for_h100(tmp_path):
         (kernel, {"u_ptr": "*fp32", "out_ptr": "*fp32", "active_ptr": "*i1", "C": "i32", **scalars,
                   "BLOCK_SIZE": "constexpr"}, {"BLOCK_SIZE": M.BLOCK}, {})
         for kernel in (M._median3_kernel, M._median5_kernel)
+    ] + [
+        (Wp._warp_kernel, {"img_ptr": "*fp32", "u_ptr": "*fp32", "i0_ptr": "*fp32", "g_ptr": "*fp32", "rho_ptr": "*fp32",
+                           **scalars, "BLOCK_SIZE": "constexpr"}, {"BLOCK_SIZE": Wp.BLOCK}, {}),
     ]
     for fn, signature, constexprs, options in kernels:
         compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
@@ -360,3 +379,15 @@ def test_backend_is_validated(monkeypatch):
     f = torch.zeros(1, 16, 16)
     with pytest.raises(ValueError, match="runs on a CUDA device, not cpu"):
         tvl1_flow(f, f, TVL1Config(backend="triton"))
+
+
+def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere():
+    from extractors.tvl1 import resolve_backend, uses_torch_compile
+
+    assert TVL1Config().backend == "auto"
+    assert resolve_backend(TVL1Config(), "cpu") == "torch"
+    assert resolve_backend(TVL1Config(backend="triton-grid"), "cpu") == "triton-grid"  # explicit choices stand
+    pytest.importorskip("triton")
+    assert resolve_backend(TVL1Config(), "cuda") == "triton"
+    assert not uses_torch_compile(TVL1Config(), "cuda")  # so the pipeline runs TV-L1 concurrently there
+    assert uses_torch_compile(TVL1Config(backend="torch"), "cuda")
