@@ -2,7 +2,7 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
-#   steps: tests tvl1 tvl1-triton tvl1-band extract extract-triton e2e e2e-fast train profile profile-triton
+#   steps: tests tests-fast tvl1 tvl1-triton tvl1-band tvl1-band2 extract extract-triton e2e e2e-fast train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -50,6 +50,8 @@ step() {  # step NAME SECONDS CMD...
 for s in $STEPS; do
   case $s in
     tests) step tests 240 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
+    tests-fast) step tests-fast 150 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py \
+            -k "not True-torch" ;;  # all but the torch.compile'd TV-L1 check (~2 min of compiling)
     tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --backend torch --synthetic-pairs 24 --video-pairs 8 --batch 64 \
             --speed-pairs 1024 --batches 64,128,256,512 --speed-video-pairs 512 --skip-opencv-speed --json "$OUT/tvl1.json" ;;
     extract) step extract 230 $PY bench/bench_extract.py --device cuda --tvl1-backend torch --threads 8 --seconds 20 --snippets 32 \
