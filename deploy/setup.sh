@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent server-side setup: the process work pool and one global concurrency limit
-# per GPU (gpu-0, gpu-1, ...: one extraction at a time per GPU) plus cpu-extract.
+# per GPU (gpu-0, gpu-1, ...: CLIPAE_VIDEOS_PER_GPU videos extracted at once per GPU, default 8,
+# the setting measured on an H100 in BENCHMARKS.md, ~25 GB peak) plus cpu-extract.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1; then
@@ -10,9 +11,10 @@ else
   log "created process work pool $POOL"
 fi
 
-ensure_limit() {  # ensure_limit NAME SLOTS
+ensure_limit() {  # ensure_limit NAME SLOTS (an existing limit is set to SLOTS)
   if "$PREFECT" global-concurrency-limit inspect "$1" >/dev/null 2>&1; then
-    log "concurrency limit $1 exists"
+    "$PREFECT" global-concurrency-limit update "$1" --limit "$2" >/dev/null
+    log "concurrency limit $1 exists (limit $2)"
   else
     "$PREFECT" global-concurrency-limit create "$1" --limit "$2" >/dev/null
     log "created concurrency limit $1 (limit $2)"
@@ -23,5 +25,5 @@ gpus="${CLIPAE_NUM_GPUS:-}"
 if [[ -z "$gpus" ]]; then
   gpus="$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)"
 fi
-for ((i = 0; i < ${gpus:-0}; i++)); do ensure_limit "gpu-$i" 1; done
+for ((i = 0; i < ${gpus:-0}; i++)); do ensure_limit "gpu-$i" "${CLIPAE_VIDEOS_PER_GPU:-8}"; done
 ensure_limit cpu-extract "${CLIPAE_CPU_EXTRACT_SLOTS:-1}"

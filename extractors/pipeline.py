@@ -457,9 +457,19 @@ def extract_video(
     Raises :class:`VideoError` for anything wrong with this video; configuration and weights
     problems (not tied to one video) raise ConfigError / WeightsError.
     """
+    models = extractors or Extractors(config)
+    if models.device.type == "cuda":
+        # Each calling thread's GPU work (decode uploads, TV-L1) on its own stream, so videos extracted
+        # from several threads (extract_many's workers, Prefect's task threads) overlap on the device.
+        with torch.cuda.stream(_worker_stream(models.device)):
+            return _extract_video(video_path, video_id, store, config, models, progress)
+    return _extract_video(video_path, video_id, store, config, models, progress)
+
+
+def _extract_video(video_path, video_id: str, store: FeatureStore, config: ExtractConfig, models: Extractors,
+                   progress: ProgressFn | None) -> ExtractReport:
     t0 = time.perf_counter()
     path = str(video_path)
-    models = extractors or Extractors(config)
     check_store_grid(store, config)
     grid = store.grid
     if not Path(path).is_file():
@@ -548,7 +558,7 @@ def extract_many(
     With ``config.video_workers`` > 1, that many videos are decoded at once (one thread each, sharing
     the loaded networks), so decoding and preprocessing, which run on the CPU, keep the device busy;
     the networks serve one window at a time (``Extractors.compute``) while TV-L1 runs for several
-    windows at once (``Extractors.concurrent_flow``; on CUDA each worker has its own stream).
+    windows at once (``Extractors.concurrent_flow``; on CUDA each thread has its own stream).
     Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
     snippets) is not reported.
     """
@@ -561,13 +571,6 @@ def extract_many(
     workers = min(config.video_workers, max(1, len(items)))
 
     def one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
-        if workers > 1 and models.device.type == "cuda":
-            # Each worker's GPU work on its own stream, so concurrent TV-L1 batches overlap on the device.
-            with torch.cuda.stream(_worker_stream(models.device)):
-                return _one(item)
-        return _one(item)
-
-    def _one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
         vid, path = item
         if on_video_start:
             with callback_lock:
@@ -592,7 +595,7 @@ _STREAMS = threading.local()
 
 
 def _worker_stream(device: torch.device) -> torch.cuda.Stream:
-    """One CUDA stream per worker thread, reused across its videos."""
+    """One CUDA stream per calling thread, reused across its videos."""
     if device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     stream = getattr(_STREAMS, "stream", None)
