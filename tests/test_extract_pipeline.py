@@ -56,6 +56,27 @@ def test_extraction_writes_every_feature_with_provenance(env):
         assert p.extractor_version == EXTRACTOR_VERSIONS[name]
         assert p.params["preprocess"]["fps"] == 25.0 and p.params["precision"] == "fp32"
     assert env.store.provenance("a")["i3d_rgb"].params["preprocess"]["crop"] == 32
+    assert env.store.provenance("a")["i3d_flow"].params["tvl1_backend"] == "torch"  # "auto" resolved on the CPU
+
+
+def test_report_says_where_the_time_went(env):
+    st = env.report.stage_seconds
+    stages = {"audio_decode", "decode_wait", "tvl1", "compute_wait", "i3d_rgb", "i3d_flow", "clip_vitb16", "vggish", "store"}
+    assert stages <= set(st), st  # (TV-L1 eager on the CPU runs on the calling thread: its own stage)
+    assert all(v >= 0 for v in st.values()) and sum(st.values()) <= env.report.seconds + 0.05, (st, env.report.seconds)
+    assert st["tvl1"] > 0 and st["i3d_rgb"] > 0
+
+
+def test_networks_run_on_one_thread_whatever_thread_asks(env):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    models = Extractors(env.cfg)
+    with ThreadPoolExecutor(4) as pool:  # (cuDNN keeps execution plans per thread: one thread builds them once)
+        idents = set(pool.map(lambda _: models.compute(threading.get_ident), range(8)))
+    assert len(idents) == 1 and threading.get_ident() not in idents
+    assert models.compute(lambda: models.compute(lambda: 7)) == 7  # re-entrant from a network job
+    models.close()
 
 
 def test_rerun_skips_complete_video(env):
