@@ -59,7 +59,7 @@ for s in $STEPS; do
             --out "$OUT/extract.json" ;;
     profile) step profile 170 $PY bench/profile_tvl1.py --pairs 256 --json "$OUT/profile.json" \
             --profile triton=backend:triton \
-            --variants default=backend:torch triton=backend:triton grid=backend:triton-grid grid_ce30=backend:triton-grid,check_every:30 ;;
+            --variants torch=backend:torch triton=backend:triton grid=backend:triton-grid grid_ce30=backend:triton-grid,check_every:30 ;;
     tvl1-triton) step tvl1-triton 170 $PY bench/bench_tvl1.py --device cuda --backend triton --synthetic-pairs 24 \
             --video-pairs 8 --batch 64 --speed-pairs 2048 --batches 256,512,1024,2048 --speed-video-pairs 1024 \
             --skip-opencv-speed --json "$OUT/tvl1_triton.json" ;;

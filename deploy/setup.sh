@@ -11,10 +11,14 @@ else
   log "created process work pool $POOL"
 fi
 
-ensure_limit() {  # ensure_limit NAME SLOTS (an existing limit is set to SLOTS)
+ensure_limit() {  # ensure_limit NAME SLOTS [RESET]: create it; an existing one is set to SLOTS only if RESET=1
   if "$PREFECT" global-concurrency-limit inspect "$1" >/dev/null 2>&1; then
-    "$PREFECT" global-concurrency-limit update "$1" --limit "$2" >/dev/null
-    log "concurrency limit $1 exists (limit $2)"
+    if [[ "${3:-0}" == 1 ]]; then
+      "$PREFECT" global-concurrency-limit update "$1" --limit "$2" >/dev/null
+      log "concurrency limit $1 exists, set to limit $2"
+    else
+      log "concurrency limit $1 exists (kept as is; set its variable to change it)"
+    fi
   else
     "$PREFECT" global-concurrency-limit create "$1" --limit "$2" >/dev/null
     log "created concurrency limit $1 (limit $2)"
@@ -25,5 +29,8 @@ gpus="${CLIPAE_NUM_GPUS:-}"
 if [[ -z "$gpus" ]]; then
   gpus="$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)"
 fi
-for ((i = 0; i < ${gpus:-0}; i++)); do ensure_limit "gpu-$i" "${CLIPAE_VIDEOS_PER_GPU:-8}"; done
-ensure_limit cpu-extract "${CLIPAE_CPU_EXTRACT_SLOTS:-1}"
+# An operator's explicit CLIPAE_VIDEOS_PER_GPU / CLIPAE_CPU_EXTRACT_SLOTS also updates existing limits.
+for ((i = 0; i < ${gpus:-0}; i++)); do
+  ensure_limit "gpu-$i" "${CLIPAE_VIDEOS_PER_GPU:-8}" "$([[ -n "${CLIPAE_VIDEOS_PER_GPU:-}" ]] && echo 1)"
+done
+ensure_limit cpu-extract "${CLIPAE_CPU_EXTRACT_SLOTS:-1}" "$([[ -n "${CLIPAE_CPU_EXTRACT_SLOTS:-}" ]] && echo 1)"

@@ -13,6 +13,7 @@ import hashlib
 import os
 import threading
 import time
+import traceback
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -126,7 +127,7 @@ class StageClock:
 
     def __init__(self, device: torch.device) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self._cuda = device.type == "cuda"
+        self._device = device if device.type == "cuda" else None
 
     @contextmanager
     def __call__(self, stage: str, sync: bool = False) -> Iterator[None]:
@@ -134,8 +135,8 @@ class StageClock:
         try:
             yield
         finally:
-            if sync and self._cuda:
-                torch.cuda.current_stream().synchronize()
+            if sync and self._device is not None:
+                torch.cuda.current_stream(self._device).synchronize()
             self.seconds[stage] += time.perf_counter() - t
 
     def rounded(self) -> dict[str, float]:
@@ -199,6 +200,7 @@ class Extractors:
     def close(self) -> None:
         """Stop the networks' thread (it also ends when this object is garbage collected)."""
         self._compute.shutdown(wait=True)
+        self._compute_thread.clear()  # (a later thread may reuse the id)
 
     def expected_provenance(self, feature: str) -> FeatureProvenance:
         w = self.weights[feature]
@@ -297,6 +299,9 @@ def _snippet_stack(frames: np.ndarray | torch.Tensor, offsets: list[int], length
 def _full_batch(x: torch.Tensor, bs: int) -> tuple[torch.Tensor, int]:
     """On CUDA, pad a short batch to ``bs`` rows (copies of its last row) and return the real count.
 
+    Callers pass min(batch_size, window_snippets): no batch is ever larger, so padding never adds
+    more than one batch's work per window.
+
     Each I3D then sees one input shape per run: cuDNN builds execution plans per shape (seconds of
     host time for I3D's ~60 convolutions), and every window's tail batch would otherwise be new.
     """
@@ -311,7 +316,8 @@ def _i3d_rgb(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int) -
     clips = _snippet_stack(win.rgb, win.snippet_offsets(grid), grid.snippet_frames)  # (T, F, c, c, 3) uint8
     out = []
     for i in range(0, len(clips), bs):
-        x, n = _full_batch(torch.from_numpy(clips[i : i + bs]).to(models.device, non_blocking=True), bs)
+        x, n = _full_batch(torch.from_numpy(clips[i : i + bs]).to(models.device, non_blocking=True),
+                           min(bs, models.config.window_snippets))
         out.append(models.run("i3d_rgb", lambda: net.features(rgb_to_i3d_input(x)))[:n].cpu())
     return torch.cat(out).numpy()
 
@@ -342,7 +348,8 @@ def _i3d_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int,
     out = []
     for i in range(0, len(offsets), bs):
         # (B, F, 2, c, c) -> (B, 2, F, c, c)
-        x, n = _full_batch(_snippet_stack(flow, offsets[i : i + bs], grid.snippet_frames).permute(0, 2, 1, 3, 4), bs)
+        x, n = _full_batch(_snippet_stack(flow, offsets[i : i + bs], grid.snippet_frames).permute(0, 2, 1, 3, 4),
+                           min(bs, models.config.window_snippets))
         out.append(models.run("i3d_flow", lambda: net.features(x))[:n].cpu())
     return torch.cat(out).numpy()
 
@@ -458,12 +465,27 @@ def extract_video(
     problems (not tied to one video) raise ConfigError / WeightsError.
     """
     models = extractors or Extractors(config)
-    if models.device.type == "cuda":
-        # Each calling thread's GPU work (decode uploads, TV-L1) on its own stream, so videos extracted
-        # from several threads (extract_many's workers, Prefect's task threads) overlap on the device.
-        with torch.cuda.stream(_worker_stream(models.device)):
-            return _extract_video(video_path, video_id, store, config, models, progress)
-    return _extract_video(video_path, video_id, store, config, models, progress)
+    try:
+        if models.device.type == "cuda":
+            # Each calling thread's GPU work (decode uploads, TV-L1) on its own stream, so videos extracted
+            # from several threads (extract_many's workers, Prefect's task threads) overlap on the device.
+            # (The device first: leaving a stream context on another GPU would touch the current one.)
+            with torch.cuda.device(models.device), torch.cuda.stream(_worker_stream(models.device)):
+                return _extract_video(video_path, video_id, store, config, models, progress)
+        return _extract_video(video_path, video_id, store, config, models, progress)
+    except VideoError as e:
+        # A failure is kept (ExtractFailure, Prefect's task state): drop the finished frames its
+        # traceback holds, or they would pin that video's GPU tensors (flow, batches) meanwhile.
+        _release_frames(e)
+        raise
+
+
+def _release_frames(exc: BaseException) -> None:
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        traceback.clear_frames(exc.__traceback__)
+        exc = exc.__cause__ or exc.__context__
 
 
 def _extract_video(video_path, video_id: str, store: FeatureStore, config: ExtractConfig, models: Extractors,

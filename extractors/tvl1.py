@@ -15,6 +15,7 @@ Sánchez et al. 2013 (section 2-3 and Algorithm 1 "TV-L1 optical flow") and of Z
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from functools import partial
@@ -261,16 +262,20 @@ def _kernels(use_compile: bool, backend: str = "torch") -> _Kernels:
 
 
 def resolve_backend(cfg: TVL1Config, device: torch.device | str) -> str:
-    """The backend ``tvl1_flow`` runs for ``cfg`` on ``device``: "auto" is triton on CUDA (where
-    triton is installed, as it is with torch's CUDA wheels) and torch elsewhere."""
+    """The backend ``tvl1_flow`` runs for ``cfg`` on ``device``: "auto" is triton on NVIDIA GPUs of
+    compute capability >= 8.0 (where triton is installed, as it is with torch's CUDA wheels) and
+    torch elsewhere."""
     if cfg.backend != "auto":
         return cfg.backend
-    if torch.device(device).type != "cuda":
+    dev = torch.device(device)
+    if dev.type != "cuda" or torch.version.hip is not None:  # (the kernels are laid out for NVIDIA warps)
         return "torch"
     try:
         import triton  # noqa: F401
     except ImportError:
         return "torch"
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(dev) < (8, 0):
+        return "torch"  # Triton 3 targets Ampere and newer
     return "triton"
 
 
@@ -440,7 +445,9 @@ def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config |
     check_backend_device(cfg, device)
     check_every = cfg.check_every or (10 if device.type == "cuda" else 1)
     kernels = _kernels(uses_torch_compile(cfg, device), resolve_backend(cfg, device))
-    with torch.no_grad():
+    # Triton launches on the thread's current device: make it the tensors' one (e.g. cuda:1).
+    on_device = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with torch.no_grad(), on_device:
         i0s = build_pyramid(frames0.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)
         i1s = build_pyramid(frames1.to(torch.float32).unsqueeze(1), cfg.nscales, cfg.scale_step)
         b = frames0.shape[0]

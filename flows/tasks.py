@@ -48,8 +48,8 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
     retry_condition_fn=_transient,
 )
 def extract_video(item: steps.PlannedVideo, store, config, limit_name: str) -> dict[str, Any]:
-    # One slot of the device's global concurrency limit per running extraction: with
-    # limit 1 per GPU, parallel flow runs and workers never share a GPU. A missing GPU limit
+    # One slot of the device's global concurrency limit per running extraction: the limit's
+    # slots (CLIPAE_VIDEOS_PER_GPU) cap the videos on a GPU across all flow runs and workers. A missing GPU limit
     # is an error (strict: no silent oversubscription; deploy/setup.sh creates gpu-N); a
     # missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
     with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-")):

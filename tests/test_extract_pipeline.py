@@ -67,6 +67,27 @@ def test_report_says_where_the_time_went(env):
     assert st["tvl1"] > 0 and st["i3d_rgb"] > 0
 
 
+def test_a_failed_video_does_not_keep_its_tensors_alive(env, tmp_path, monkeypatch):
+    """Failures are kept (ExtractFailure, Prefect task states): their tracebacks must not pin GPU tensors."""
+    import gc
+    import weakref
+
+    import extractors.pipeline as P
+
+    refs = []
+
+    def boom(win, grid, models, bs):
+        t = torch.ones(1000)  # stands for a window's batch on the GPU
+        refs.append(weakref.ref(t))
+        raise RuntimeError("boom in the networks")
+
+    monkeypatch.setattr(P, "_i3d_rgb", boom)
+    res = extract_many([("a", env.video)], FeatureStore.create(tmp_path / "s"), env.cfg, env.models)
+    assert not res[0].ok and "boom in the networks" in str(res[0].error)
+    gc.collect()
+    assert refs and refs[0]() is None
+
+
 def test_networks_run_on_one_thread_whatever_thread_asks(env):
     import threading
     from concurrent.futures import ThreadPoolExecutor
