@@ -299,11 +299,10 @@ def _snippet_stack(frames: np.ndarray | torch.Tensor, offsets: list[int], length
 def _full_batch(x: torch.Tensor, bs: int) -> tuple[torch.Tensor, int]:
     """On CUDA, pad a short batch to ``bs`` rows (copies of its last row) and return the real count.
 
-    Callers pass min(batch_size, window_snippets): no batch is ever larger, so padding never adds
-    more than one batch's work per window.
-
     Each I3D then sees one input shape per run: cuDNN builds execution plans per shape (seconds of
     host time for I3D's ~60 convolutions), and every window's tail batch would otherwise be new.
+    Callers pass min(batch_size, window_snippets), which no batch exceeds, so padding adds at most
+    one batch's work per window.
     """
     n = x.shape[0]
     if x.device.type != "cuda" or n >= bs:

@@ -65,8 +65,8 @@ class TVL1Config:
     backend: str = "auto"  # "triton": each pair's inner loop in one Triton program, one launch per
     # block of inner iterations; "triton-grid": two fused Triton kernels per iteration
     # (extractors/tvl1_triton.py; CUDA, or Triton's interpreter on CPU); "torch": plain torch ops.
-    # "auto": triton on CUDA (2.4-3.2x the compiled torch path on an H100, no compile warm-up),
-    # torch elsewhere; see resolve_backend. Results do not depend on it beyond float rounding.
+    # "auto": triton on CUDA (3.6-5.0x the compiled torch path on an H100, no compile warm-up;
+    # BENCHMARKS.md), torch elsewhere; see resolve_backend. Results do not depend on it beyond float rounding.
 
     def __post_init__(self) -> None:
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}
