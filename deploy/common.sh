@@ -1,40 +1,22 @@
 #!/usr/bin/env bash
-# Shared settings of the deploy/ scripts (sourced, not run). Every value can be overridden
-# from the environment; runtime files (SQLite DB, logs, pid files) live in .prefect-local/.
+# Shared settings and helpers of the deploy/ scripts (sourced, not run). The Prefect settings come
+# from deploy/env.sh (overridable from the environment: CLIPAE_LOCAL_DIR, CLIPAE_PREFECT_HOST/PORT,
+# CLIPAE_DATABASE_URL, CLIPAE_AUTH_STRING, PREFECT_*); runtime files (SQLite DB, logs, pid files)
+# live in .prefect-local/.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${CLIPAE_VENV:-$REPO_ROOT/.venv}"
+source "$REPO_ROOT/deploy/env.sh"  # PREFECT_HOME, PREFECT_API_URL, auth, ...: the same as in a user's shell
+VENV="$REPO_ROOT/.venv"  # made by deploy/install.sh
 PY="$VENV/bin/python"
 PREFECT="$VENV/bin/prefect"
-LOCAL_DIR="${CLIPAE_LOCAL_DIR:-$REPO_ROOT/.prefect-local}"
+LOCAL_DIR="$CLIPAE_LOCAL_DIR"
 LOG_DIR="$LOCAL_DIR/logs"
 RUN_DIR="$LOCAL_DIR/run"
-POOL="${CLIPAE_WORK_POOL:-clipae-process}"
-HOST="${CLIPAE_PREFECT_HOST:-127.0.0.1}"
-PORT="${CLIPAE_PREFECT_PORT:-4200}"
+POOL=clipae-process  # the work pool prefect.yaml deploys to
+HOST="$CLIPAE_PREFECT_HOST"
+PORT="$CLIPAE_PREFECT_PORT"
 mkdir -p "$LOG_DIR" "$RUN_DIR"
-
-# Prefect's own settings: a private PREFECT_HOME (profiles + default SQLite DB) per checkout,
-# so the demo never touches ~/.prefect. PostgreSQL: set CLIPAE_DATABASE_URL, e.g.
-# postgresql+asyncpg://user:pass@db:5432/prefect
-export PREFECT_HOME="${PREFECT_HOME:-$LOCAL_DIR/home}"
-export PREFECT_API_URL="${PREFECT_API_URL:-http://$HOST:$PORT/api}"
-export PREFECT_UI_URL="${PREFECT_UI_URL:-http://$HOST:$PORT}"
-export PREFECT_SERVER_ANALYTICS_ENABLED=false
-export PREFECT_CLI_PROMPT=false
-if [[ -n "${CLIPAE_DATABASE_URL:-}" ]]; then
-  export PREFECT_SERVER_DATABASE_CONNECTION_URL="$CLIPAE_DATABASE_URL"
-fi
-
-# Basic auth ("user:password"): the server checks PREFECT_SERVER_API_AUTH_STRING, clients
-# (CLI, worker, flow runs) send PREFECT_API_AUTH_STRING. One variable sets both.
-if [[ -n "${CLIPAE_AUTH_STRING:-}" ]]; then
-  export PREFECT_SERVER_API_AUTH_STRING="$CLIPAE_AUTH_STRING"
-  export PREFECT_API_AUTH_STRING="$CLIPAE_AUTH_STRING"
-elif [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" && -z "${PREFECT_API_AUTH_STRING:-}" ]]; then
-  export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
-fi
 
 is_loopback() { [[ "$1" == "127.0.0.1" || "$1" == "localhost" || "$1" == "::1" ]]; }
 

@@ -9,7 +9,6 @@
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$HERE/.." && pwd)"
-VENV="${CLIPAE_VENV:-$REPO_ROOT/.venv}"
 cd "$REPO_ROOT"
 
 if [[ "${1:-}" == "stop" ]]; then
@@ -21,8 +20,9 @@ bash "$HERE/install.sh"
 
 source "$HERE/common.sh"
 
-# 2. The self-made demo dataset (real H.264/AAC MP4s + ActivityNet-style annotations).
-"$VENV/bin/clipae" demo generate --out "${CLIPAE_DEMO_DIR:-$REPO_ROOT/demo_data}"
+# 2. The self-made demo dataset (real H.264/AAC MP4s + ActivityNet-style annotations) in
+#    <repo>/demo_data, where configs/datasets/demo.yaml and the demo deployment read it.
+"$VENV/bin/clipae" demo generate --out "$REPO_ROOT/demo_data"
 
 # 3. Local server (SQLite under .prefect-local/), pool + limits, deployments, worker.
 "$HERE/server.sh" start

@@ -19,7 +19,7 @@ from pathlib import Path
 from clipae import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
-VENV_BIN = Path(os.environ.get("CLIPAE_VENV", str(REPO_ROOT / ".venv"))) / "bin"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"  # where deploy/install.sh puts it (the scripts use it too)
 
 
 def free_port() -> int:
@@ -40,7 +40,6 @@ class LocalStack:
         env.update(
             CLIPAE_LOCAL_DIR=str(self.root / "local"),
             CLIPAE_PREFECT_PORT=str(self.port),
-            CLIPAE_VENV=str(VENV_BIN.parent),
             PATH=f"{VENV_BIN}:{env.get('PATH', '')}",
             PREFECT_HOME=str(self.root / "local" / "home"),
             PREFECT_API_URL=self.api_url,

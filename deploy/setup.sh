@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Idempotent server-side setup: the process work pool and one global concurrency limit
 # per GPU (gpu-0, gpu-1, ...: CLIPAE_VIDEOS_PER_GPU videos extracted at once per GPU, default 8,
-# the setting measured on an H100 in BENCHMARKS.md, ~25 GB peak) plus cpu-extract.
+# the setting measured on an H100 in BENCHMARKS.md, ~25 GB peak) plus cpu-extract. GPUs are counted
+# here (nvidia-smi, or CLIPAE_NUM_GPUS); where this machine has none, each flow run creates the gpu-N
+# it uses (flows/limits.py, same default).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1; then

@@ -1,17 +1,19 @@
 """The mapped extraction stage shared by ``extract-and-train`` and ``reextract``.
 
 One task per video; failures are collected (never raised), so one bad video does not
-fail the others, and a live progress artifact advances as each task finishes.
+fail the others, and a live progress artifact advances as each task finishes. The GPU's
+concurrency limit is created first if it is missing (flows/limits.py).
 """
 from __future__ import annotations
 
 from typing import Any
 
-from prefect import unmapped
+from prefect import get_run_logger, unmapped
 from prefect.futures import as_completed
 
 from flows import steps, tasks
 from flows.artifacts import ProgressReporter
+from flows.limits import ensure_gpu_limit
 
 
 def run_extraction(
@@ -21,6 +23,9 @@ def run_extraction(
     progress = ProgressReporter(progress_key, len(todo), "videos extracted")
     if not todo:
         return [], []
+    created = ensure_gpu_limit(limit_name)
+    if created:
+        get_run_logger().info(created)
     futures = tasks.extract_video.map(todo, store=unmapped(store), config=unmapped(config), limit_name=unmapped(limit_name))
     item_of = {f.task_run_id: item for f, item in zip(futures, todo)}
     reports: list[dict[str, Any]] = []

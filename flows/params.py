@@ -129,12 +129,24 @@ class ReextractParams(BaseModel):
         return check_device(v)
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` as extraction resolves it: the first GPU when CUDA is available, else the CPU."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def gpu_limit_name(device: str) -> str:
     """Name of the Prefect global concurrency limit guarding one accelerator (or the CPU).
 
-    One slot per GPU serialises extraction on that GPU across every flow run and worker;
-    ``deploy/setup.sh`` creates ``gpu-0`` ... and ``cpu-extract``.
+    Each running extraction holds one slot, so the limit's size (``CLIPAE_VIDEOS_PER_GPU``, default 8)
+    caps the videos extracted at once on that GPU across every flow run and worker;
+    ``deploy/setup.sh`` creates ``gpu-0`` ... and ``cpu-extract``, and a flow creates a missing
+    ``gpu-N`` itself (flows/limits.py). ``auto`` is resolved to the device extraction will use.
     """
+    device = resolve_device(device)
     if device.startswith("cuda"):
         index = device.split(":", 1)[1] if ":" in device else "0"
         return f"gpu-{index}"

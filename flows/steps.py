@@ -59,12 +59,17 @@ _EXTRACTORS_LOCK = threading.Lock()
 
 
 def get_extractors(config):
-    """One ``extractors.pipeline.Extractors`` per config and process: networks load once, not per video."""
-    from extractors.pipeline import Extractors
+    """One ``extractors.pipeline.Extractors`` per config and process: networks load once, not per video.
+
+    ``config.torch_threads`` is applied here, once per config before its first video (torch's thread
+    count is process-wide; a deployment's flow run is one process with one extraction config).
+    """
+    from extractors.pipeline import Extractors, apply_torch_threads
 
     key = repr(config)
     with _EXTRACTORS_LOCK:
         if key not in _EXTRACTORS:
+            apply_torch_threads(config)
             _EXTRACTORS[key] = Extractors(config)
         return _EXTRACTORS[key]
 

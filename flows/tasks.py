@@ -10,9 +10,11 @@ from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
 
 from flows import steps
+from flows.limits import MissingLimitError, missing_limit_message
 
 
 def _transient(task, task_run, state) -> bool:
@@ -26,7 +28,8 @@ def _transient(task, task_run, state) -> bool:
     exc = state.result(raise_on_failure=False)
     if not isinstance(exc, BaseException):
         return False
-    return not isinstance(exc, (VideoError, StoreError, ValueError, TypeError, KeyError, FileNotFoundError))
+    permanent = (VideoError, StoreError, MissingLimitError, ValueError, TypeError, KeyError, FileNotFoundError)
+    return not isinstance(exc, permanent)
 
 
 @task(name="discover-videos", cache_policy=NO_CACHE)
@@ -49,11 +52,16 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
 )
 def extract_video(item: steps.PlannedVideo, store, config, limit_name: str) -> dict[str, Any]:
     # One slot of the device's global concurrency limit per running extraction: the limit's
-    # slots (CLIPAE_VIDEOS_PER_GPU) cap the videos on a GPU across all flow runs and workers. A missing GPU limit
-    # is an error (strict: no silent oversubscription; deploy/setup.sh creates gpu-N); a
-    # missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
-    with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-")):
-        return steps.extract_one(item, store, config)
+    # slots (CLIPAE_VIDEOS_PER_GPU) cap the videos on a GPU across all flow runs and workers. A missing GPU
+    # limit is an error (strict: no silent oversubscription; the flow creates it before mapping, see
+    # flows/limits.py); a missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
+    try:
+        with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-")):
+            return steps.extract_one(item, store, config)
+    except ConcurrencySlotAcquisitionError as exc:
+        if "must be created" not in str(exc):  # e.g. the server unreachable: transient, retried
+            raise
+        raise MissingLimitError(missing_limit_message(limit_name)) from exc
 
 
 @task(name="check-store", cache_policy=NO_CACHE)

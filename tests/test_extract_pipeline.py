@@ -265,7 +265,30 @@ def test_config_from_dict_validates():
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
 
+def test_speed_only_tvl1_settings_leave_the_preprocess_hash_alone():
+    from extractors.config import ExtractConfig, preprocess_params
+
+    base = ExtractConfig()
+    hashes = {preprocess_hash(replace(base, tvl1=replace(base.tvl1, compile=c, check_every=k)), "i3d_flow")
+              for c in (None, True, False) for k in (None, 1, 10)}
+    assert len(hashes) == 1
+    # blanked to the default rather than dropped: hashes of existing stores stay valid
+    assert preprocess_params(base, "i3d_flow")["tvl1"]["compile"] is None
+    assert preprocess_hash(replace(base, tvl1=replace(base.tvl1, warps=4)), "i3d_flow") not in hashes
+
+
 # ----------------------------------------------------------------------------- CLI
+def test_cli_summary_reports_wall_clock_throughput(capsys):
+    """Videos extracted in parallel overlap: frames/s is over the run's wall time, not summed video times."""
+    from clipae.commands.extract import _print_summary
+
+    done = [SimpleNamespace(ok=True, skipped=False, num_snippets=25, num_frames=400, seconds=10.0,
+                            computed=["vggish"], reused=[], video_id=v) for v in ("a", "b")]
+    assert _print_summary(done, SimpleNamespace(path="/s"), wall_seconds=10.0) == 0
+    out = capsys.readouterr().out
+    assert "2 extracted (50 snippets, 80.0 frames/s over 10.0 s)" in out, out
+
+
 def test_cli_extract_skips_complete_and_fails_on_bad_videos(env, tmp_path, capsys):
     from clipae.cli import main
 

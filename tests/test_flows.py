@@ -24,6 +24,59 @@ def test_parameters_are_typed_and_validated():
     assert gpu_limit_name("cpu") == "cpu-extract"
 
 
+def test_auto_device_takes_the_limit_of_the_device_it_resolves_to(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert gpu_limit_name("auto") == "gpu-0"  # extraction runs on CUDA: the GPU's slots, not cpu-extract
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert gpu_limit_name("auto") == "cpu-extract"
+
+
+def test_deployments_take_weights_from_clipae_weights_dir(monkeypatch, tmp_path):
+    import yaml
+
+    from clipae import REPO_ROOT
+    from extractors.weights import default_weights_dir, weights_path
+    from flows.params import resolve_path
+
+    doc = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text())
+    assert all("weights_dir" not in d["parameters"] for d in doc["deployments"]), "would override the env var"
+    monkeypatch.delenv("CLIPAE_WEIGHTS_DIR", raising=False)
+    assert default_weights_dir() == resolve_path("weights")  # what the removed `weights_dir: weights` meant
+    monkeypatch.setenv("CLIPAE_WEIGHTS_DIR", str(tmp_path))
+    cfg = ExtractOptions().build(["vggish"], None, "cpu", False)
+    assert weights_path("vggish", cfg.weights_dir_path()).is_relative_to(tmp_path)
+
+
+def test_flow_step_applies_torch_threads_once_per_config(monkeypatch, tmp_path):
+    """extract.overrides.torch_threads is not ignored by the flows (they never call extract_many)."""
+    import torch
+
+    from flows import steps
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    want = torch.get_num_threads() + 1
+    cfg = ExtractOptions(overrides={"torch_threads": want}).build(["vggish"], str(tmp_path), "cpu", True)
+    try:
+        first = steps.get_extractors(cfg)
+        assert steps.get_extractors(cfg) is first
+        assert calls == [want], "set once, when the config's networks are set up"
+    finally:
+        steps._EXTRACTORS.pop(repr(cfg)).close()
+
+
+def test_a_missing_limit_is_not_retried():
+    from prefect.states import Failed
+
+    from flows.limits import MissingLimitError
+    from flows.tasks import _transient
+
+    assert not _transient(None, None, Failed(data=MissingLimitError("gpu-0 does not exist")))
+    assert _transient(None, None, Failed(data=RuntimeError("CUDA out of memory")))
+
+
 def test_extract_options_build_the_real_extract_config():
     from storage import SnippetGrid
 
@@ -113,6 +166,30 @@ def test_flow_extracts_trains_evaluates_lists_failures_and_resumes(harness, tmp_
     again = extract_and_train(**params)
     assert again["extracted"] == 0 and [f["video_id"] for f in again["failures"]] == ["broken_clip"]
     assert again["store_fingerprint"] == out["store_fingerprint"]
+
+
+def test_flow_creates_a_missing_gpu_limit_and_never_changes_an_existing_one(harness, monkeypatch):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    from flows.limits import ensure_gpu_limit
+
+    monkeypatch.setenv("CLIPAE_VIDEOS_PER_GPU", "3")
+    assert "gpu-7" in ensure_gpu_limit("gpu-7")
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name("gpu-7").limit == 3
+        client.update_global_concurrency_limit("gpu-7", GlobalConcurrencyLimitUpdate(limit=5))  # an operator's choice
+        assert ensure_gpu_limit("gpu-7") is None
+        assert client.read_global_concurrency_limit_by_name("gpu-7").limit == 5
+    assert ensure_gpu_limit("cpu-extract") is None  # CPU: a missing limit only means "no cap"
+
+
+def test_extraction_without_its_gpu_limit_fails_with_how_to_fix_it(harness):
+    from flows import tasks
+    from flows.limits import MissingLimitError
+
+    with pytest.raises(MissingLimitError, match=r"'gpu-42' does not exist: create it with deploy/setup.sh"):
+        tasks.extract_video.fn(None, None, None, "gpu-42")
 
 
 def _date_dir(tmp_path) -> str:

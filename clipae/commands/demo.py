@@ -3,24 +3,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 
 from clipae import REPO_ROOT
 
-DEMO_DIR_ENV = "CLIPAE_DEMO_DIR"
-
-
-def default_demo_dir() -> str:
-    """``$CLIPAE_DEMO_DIR`` or ``<repo>/demo_data`` (what configs/datasets/demo.yaml points at)."""
-    return os.environ.get(DEMO_DIR_ENV, str(REPO_ROOT / "demo_data"))
+# Where configs/datasets/demo.yaml and the demo deployment (prefect.yaml) read the demo dataset.
+DEMO_DIR = str(REPO_ROOT / "demo_data")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("demo", help="generate the self-made demo video dataset")
     sub = parser.add_subparsers(dest="demo_command", metavar="ACTION")
     gen = sub.add_parser("generate", help="write demo MP4s (H.264+AAC) and ActivityNet-style annotations")
-    gen.add_argument("--out", default=default_demo_dir(), help="output directory (default: %(default)s)")
+    gen.add_argument("--out", default=DEMO_DIR, help="output directory (default: %(default)s)")
     gen.add_argument("--train-per-class", type=int, default=None)
     gen.add_argument("--test-per-class", type=int, default=None)
     gen.add_argument("--duration", type=float, default=None, help="seconds per video")

@@ -69,6 +69,7 @@ def _build_config(args, store_grid) -> ExtractConfig:
 
 
 def run(args) -> int:
+    import time
     from pathlib import Path
 
     from extractors.manifest import ManifestError, discover_videos
@@ -82,11 +83,13 @@ def run(args) -> int:
         store = existing or FeatureStore.open_or_create(
             args.store, grid=SnippetGrid(config.fps, config.snippet_frames, config.stride), name=args.name
         )
+        t0 = time.perf_counter()
         results = _run_with_progress(videos, store, config, progress=not args.no_progress)
+        wall = time.perf_counter() - t0
     except (ConfigError, ManifestError, WeightsError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return _print_summary(results, store)
+    return _print_summary(results, store, wall)
 
 
 def _run_with_progress(videos, store, config, progress: bool):
@@ -123,12 +126,14 @@ def _run_with_progress(videos, store, config, progress: bool):
         overall.close()
 
 
-def _print_summary(results, store) -> int:
+def _print_summary(results, store, wall_seconds: float) -> int:
+    """Counts, and the run's throughput: frames extracted / wall time of the whole run (model loading
+    included). Not per-video time summed: with --video-workers N the videos overlap."""
     from extractors.pipeline import summarize
 
     s = summarize(results)
-    rate = f", {sum(r.num_frames or 0 for r in results if r.ok and not r.skipped) / s['seconds']:.1f} frames/s" \
-        if s["seconds"] > 0 else ""
+    rate = f", {s['frames'] / wall_seconds:.1f} frames/s over {wall_seconds:.1f} s" \
+        if s["frames"] and wall_seconds > 0 else ""
     print(f"store {store.path}: {s['videos']} videos: {s['extracted']} extracted ({s['snippets']} snippets"
           f"{rate}), {s['skipped']} already complete, {s['failed']} failed")
     partial = [r for r in results if r.ok and r.computed and r.reused]

@@ -7,7 +7,6 @@ function states how its indices map onto the paper's. ``mask`` is (B, L) bool, T
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 NEG_INF = -1e4  # large negative instead of -inf: keeps fp16 softmax finite and all-masked rows defined

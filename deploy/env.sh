@@ -1,0 +1,33 @@
+# Prefect settings of this checkout, for your shell and for the deploy/ scripts (which source it):
+#   source deploy/env.sh
+#   .venv/bin/prefect deployment run extract-and-train/thumos --param device=cuda:1
+# Without it the prefect CLI talks to its own ~/.prefect (an ephemeral API), not to the server that
+# deploy/server.sh started, and finds no deployments. Only sets variables: safe in an interactive shell.
+# Values already in the environment win (e.g. PREFECT_API_URL of a remote server).
+
+_clipae_root="$(cd "$(dirname "${BASH_SOURCE[0]:-$0}")/.." && pwd)"
+# Where the server listens and keeps its files (also read by deploy/common.sh).
+CLIPAE_LOCAL_DIR="${CLIPAE_LOCAL_DIR:-$_clipae_root/.prefect-local}"
+CLIPAE_PREFECT_HOST="${CLIPAE_PREFECT_HOST:-127.0.0.1}"
+CLIPAE_PREFECT_PORT="${CLIPAE_PREFECT_PORT:-4200}"
+unset _clipae_root
+
+# A private PREFECT_HOME (profiles + default SQLite DB) per checkout, so nothing touches ~/.prefect.
+# PostgreSQL: set CLIPAE_DATABASE_URL, e.g. postgresql+asyncpg://user:pass@db:5432/prefect
+export PREFECT_HOME="${PREFECT_HOME:-$CLIPAE_LOCAL_DIR/home}"
+export PREFECT_API_URL="${PREFECT_API_URL:-http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT/api}"
+export PREFECT_UI_URL="${PREFECT_UI_URL:-http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT}"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false
+export PREFECT_CLI_PROMPT=false
+if [[ -n "${CLIPAE_DATABASE_URL:-}" ]]; then
+  export PREFECT_SERVER_DATABASE_CONNECTION_URL="$CLIPAE_DATABASE_URL"
+fi
+
+# Basic auth ("user:password"): the server checks PREFECT_SERVER_API_AUTH_STRING, clients
+# (CLI, worker, flow runs) send PREFECT_API_AUTH_STRING. One variable sets both.
+if [[ -n "${CLIPAE_AUTH_STRING:-}" ]]; then
+  export PREFECT_SERVER_API_AUTH_STRING="$CLIPAE_AUTH_STRING"
+  export PREFECT_API_AUTH_STRING="$CLIPAE_AUTH_STRING"
+elif [[ -n "${PREFECT_SERVER_API_AUTH_STRING:-}" && -z "${PREFECT_API_AUTH_STRING:-}" ]]; then
+  export PREFECT_API_AUTH_STRING="$PREFECT_SERVER_API_AUTH_STRING"
+fi
