@@ -35,7 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from extractors.config import ExtractConfig  # noqa: E402
 from extractors.decode import FramePreprocessor, PreprocessSpec, decode_audio, iter_preprocessed, open_frames, probe_video  # noqa: E402,E501
 from extractors.pipeline import Extractors, extract_video  # noqa: E402
-from extractors.tvl1 import BACKENDS as TVL1_BACKENDS, TVL1Config, flow_to_i3d_input, resolve_backend, tvl1_flow  # noqa: E402
+from extractors.tvl1 import (  # noqa: E402
+    BACKENDS as TVL1_BACKENDS, STATE_DTYPES, TVL1Config, flow_to_i3d_input, resolve_backend, tvl1_flow,
+)
 
 
 FAST_TVL1 = TVL1Config(nscales=1, warps=1, inner_iterations=5, outer_iterations=1)  # --e2e-tvl1 fast (with --tvl1-backend)
@@ -156,6 +158,8 @@ def main() -> None:
     ap.add_argument("--e2e-seconds", type=float, default=60.0, help="length of each --e2e-videos video")
     ap.add_argument("--video-workers", type=int, default=4, help="videos decoded at once for --e2e-videos")
     ap.add_argument("--tvl1-backend", default="auto", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
+    ap.add_argument("--tvl1-state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
+    ap.add_argument("--sweep-maxnreg", type=int, default=None, help="register cap of the Triton sweep (tvl1_triton.SWEEP_MAXNREG)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -165,11 +169,16 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    if args.sweep_maxnreg:
+        from extractors import tvl1_triton
+
+        tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
-                        tvl1=TVL1Config(backend=args.tvl1_backend), window_snippets=args.window_snippets)
+                        tvl1=TVL1Config(backend=args.tvl1_backend, state_dtype=args.tvl1_state_dtype),
+                        window_snippets=args.window_snippets)
     models = Extractors(cfg)
     positions = {2, 6, 10, 14}
     frames, dec_s = decode_frames(video, PreprocessSpec(), positions)
@@ -178,8 +187,8 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
-              "tvl1_backend": resolve_backend(cfg.tvl1, device),
-              "frames_per_second": rows}
+              "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
+              "sweep_maxnreg": args.sweep_maxnreg, "frames_per_second": rows}
     if args.only_e2e:
         run_e2e(args, cfg, video, tmp, result)
         if args.e2e_videos:

@@ -32,7 +32,7 @@ import cv2
 import numpy as np
 import torch
 
-from extractors.tvl1 import BACKENDS, TVL1Config, resolve_backend, tvl1_flow
+from extractors.tvl1 import BACKENDS, STATE_DTYPES, TVL1Config, resolve_backend, tvl1_flow
 
 VIDEOS = ("bikes.mp4", "bigbuckbunny.mp4")
 
@@ -131,6 +131,9 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", choices=list(BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--sweep-band", type=int, default=None,
                     help="backend triton: pixels per band of the sweep kernel (tvl1_triton.SWEEP_BAND_PIXELS)")
+    ap.add_argument("--sweep-maxnreg", type=int, default=None,
+                    help="backend triton: register cap of the sweep kernel (tvl1_triton.SWEEP_MAXNREG)")
+    ap.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-opencv-speed", action="store_true", help="e.g. for GPU runs")
     ap.add_argument("--json", type=Path, help="also write the results here")
@@ -138,12 +141,14 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
-    cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend)
-    if args.sweep_band:
+    cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend, state_dtype=args.state_dtype)
+    if args.sweep_band or args.sweep_maxnreg:
         from extractors import tvl1_triton
 
-        tvl1_triton.sweep_layout(224, args.sweep_band)  # validates
-        tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
+        if args.sweep_band:
+            tvl1_triton.sweep_layout(224, args.sweep_band)  # validates
+            tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
+        tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -152,6 +157,8 @@ def main() -> None:
         "compile": bool(args.compile or args.device == "cuda"),
         "backend": resolve_backend(cfg, args.device),
         "sweep_band": args.sweep_band,
+        "sweep_maxnreg": args.sweep_maxnreg,
+        "state_dtype": args.state_dtype,
         "size": args.size,
     }
     print(json.dumps(results))

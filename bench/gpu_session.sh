@@ -2,7 +2,8 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
-#   steps: tests tests-fast tvl1 tvl1-triton tvl1-band tvl1-band2 extract extract-triton e2e e2e-fast train profile profile-triton
+#   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-band tvl1-band2 extract extract-triton
+#          e2e e2e-fast e2e-r48 e2e-f16 train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -12,11 +13,14 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-STEPS=${*:-tests tvl1-triton e2e}  # limits sum to 560 s: one device call (600 s)
+# Default: GPU tests, then the open TV-L1 speed questions in one device call (limits sum to 580 s of 600):
+# float16 state and the sweep's register cap, timed against the float32 default in the same process, then
+# end to end with each.
+STEPS=${*:-tests-fast tvl1-variants e2e e2e-f16 e2e-r48}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-PY=${PYTHON:-python3}
+PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # the project venv, else the image's python3 (GPU machine)
 
 {
   if [ -d .gpu/whl ]; then
@@ -76,10 +80,16 @@ for s in $STEPS; do
               step "tvl1-band$band" 60 $PY bench/bench_tvl1.py --device cuda --backend triton --sweep-band $band \
                 --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 0 --skip-opencv-speed \
                 --json "$OUT/tvl1_band$band.json"; done ;;
-    e2e|e2e-fast) tv=default; [ $s = e2e-fast ] && tv=fast  # the pipeline alone, with stage times
-            step $s 150 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
+    tvl1-variants) step tvl1-variants 130 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --rounds 2 \
+            --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
+            f16=backend:triton,state_dtype:float16 f16r48=backend:triton,state_dtype:float16,sweep_maxnreg:48 ;;
+    e2e|e2e-fast|e2e-r48|e2e-f16) tv=default; extra=""  # the pipeline alone, with stage times
+            [ $s = e2e-fast ] && tv=fast  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
+            [ $s = e2e-r48 ] && extra="--sweep-maxnreg 48"
+            [ $s = e2e-f16 ] && extra="--sweep-maxnreg 48 --tvl1-state-dtype float16"
+            step $s 100 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
             --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
-            --video-workers 8 --only-e2e --e2e-tvl1 $tv --out "$OUT/$s.json" ;;
+            --video-workers 8 --only-e2e --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

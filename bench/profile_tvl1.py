@@ -1,14 +1,19 @@
 """Where TV-L1's GPU time goes: kernel table of one batch, recompilations, and timed variants.
 
     python bench/profile_tvl1.py --pairs 256          # CUDA; real-video pairs (bikes.mp4, 224 px)
+    python bench/profile_tvl1.py --pairs 1024 --no-profile --source both --rounds 2 \
+        --variants f32=backend:triton f16=backend:triton,state_dtype:float16,sweep_maxnreg:48
 
 Prints torch.profiler's top kernels by device time for one ``tvl1_flow`` call (``--profile``), dynamo's
 counters (recompiles, graph breaks), the iterations actually run per pyramid level, and
-pairs/s for each variant named in ``--variants`` (``name=field:value,...`` over TVL1Config).
+pairs/s for each variant named in ``--variants`` (``name=field:value,...`` over TVL1Config's fields and the
+sweep kernel's launch settings ``sweep_band`` / ``sweep_maxnreg``), timed in the same process.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import dataclasses
 import json
 import sys
 import time
@@ -20,22 +25,48 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_tvl1 import decode_gray_224, sample_video_dir  # noqa: E402
+from bench_tvl1 import decode_gray_224, sample_video_dir, synthetic_pairs  # noqa: E402
 
 import extractors.tvl1 as T  # noqa: E402
 
 
-def parse_variant(spec: str) -> tuple[str, T.TVL1Config]:
+# Variant keys that are launch settings of the Triton sweep kernel, not TVL1Config fields.
+KNOBS = {"sweep_band": "SWEEP_BAND_PIXELS", "sweep_maxnreg": "SWEEP_MAXNREG"}
+
+
+def parse_variant(spec: str) -> tuple[str, T.TVL1Config, dict]:
+    """"name=field:value,..." -> (name, TVL1Config, knobs); fields are TVL1Config's, knobs KNOBS' keys."""
     name, _, fields = spec.partition("=")
-    kw = {}
+    kw, knobs = {}, {}
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition(":")
-        kw[k] = None if v == "None" else (v == "True" if v in ("True", "False") else type_of(k)(v))
-    return name, T.TVL1Config(**kw)
+        if k in KNOBS:
+            knobs[KNOBS[k]] = None if v == "None" else int(v)
+        else:
+            kw[k] = None if v == "None" else (v == "True" if v in ("True", "False") else type_of(k)(v))
+    return name, T.TVL1Config(**kw), knobs
 
 
 def type_of(field: str):
-    return {"check_every": int, "compile": bool, "backend": str}.get(field, float if field in ("tau", "lambda_", "theta", "epsilon", "scale_step") else int)
+    types = {f.name: str(f.type) for f in dataclasses.fields(T.TVL1Config)}
+    if field not in types:
+        raise SystemExit(f"unknown variant field {field!r}: TVL1Config fields or {', '.join(KNOBS)}")
+    t = types[field]
+    return str if t.startswith("str") else float if t.startswith("float") else int
+
+
+@contextlib.contextmanager
+def knobs_set(knobs: dict):
+    from extractors import tvl1_triton
+
+    saved = {k: getattr(tvl1_triton, k) for k in knobs}
+    for k, v in knobs.items():
+        setattr(tvl1_triton, k, v)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(tvl1_triton, k, v)
 
 
 def timed(f0, f1, cfg, repeats=2) -> float:
@@ -48,40 +79,83 @@ def timed(f0, f1, cfg, repeats=2) -> float:
     return repeats * f0.shape[0] / (time.perf_counter() - t)
 
 
+def sweep_kernels_compiled() -> list[dict]:
+    """Registers and spills of every compiled variant of the sweep kernel (what sets its occupancy)."""
+    from extractors import tvl1_triton
+
+    out = []
+    try:
+        for caches in tvl1_triton._sweep_kernel.device_caches.values():
+            for k in caches[0].values():
+                k._init_handles()
+                out.append({"p": str(k.src.signature.get("p_ptr")) if hasattr(k, "src") else None,
+                            "maxnreg": getattr(k.metadata, "maxnreg", None), "n_regs": k.n_regs, "n_spills": k.n_spills})
+    except Exception as e:  # Triton internals: diagnostics only, never fail the benchmark on them
+        out.append({"error": repr(e)})
+    return out
+
+
+def pair_sets(n: int, source: str) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """CUDA (frames0, frames1) batches of n pairs: consecutive bikes.mp4 frames (large motion) and/or
+    bench_tvl1's synthetic pairs (real textures warped by smooth flow of 1-6 px)."""
+    fs = decode_gray_224(sample_video_dir() / "bikes.mp4", 250, 224)
+    out = {}
+    if source in ("bikes", "both"):
+        idx = [k % (len(fs) - 1) for k in range(n)]
+        out["bikes"] = (torch.from_numpy(np.stack([fs[k] for k in idx])).float().cuda(),
+                        torch.from_numpy(np.stack([fs[k + 1] for k in idx])).float().cuda())
+    if source in ("synthetic", "both"):
+        pairs = synthetic_pairs(fs[:64], n, seed=1)
+        out["synthetic"] = (torch.from_numpy(np.stack([p[0] for p in pairs])).float().cuda(),
+                            torch.from_numpy(np.stack([p[1] for p in pairs])).float().cuda())
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=256)
     ap.add_argument("--variants", nargs="*", default=["default="])
     ap.add_argument("--profile", default="default=", help="the config to profile, same syntax as a variant")
+    ap.add_argument("--source", default="bikes", choices=["bikes", "synthetic", "both"], help="pairs to time")
+    ap.add_argument("--rounds", type=int, default=1, help="time the variants this many times, interleaved")
+    ap.add_argument("--no-profile", action="store_true", help="only time the variants")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
-    fs = decode_gray_224(sample_video_dir() / "bikes.mp4", 250, 224)
-    idx = [k % (len(fs) - 1) for k in range(args.pairs)]
-    f0 = torch.from_numpy(np.stack([fs[k] for k in idx])).float().cuda()
-    f1 = torch.from_numpy(np.stack([fs[k + 1] for k in idx])).float().cuda()
-    out: dict = {"pairs": args.pairs, "device": torch.cuda.get_device_name()}
+    sets = pair_sets(args.pairs, args.source)
+    out: dict = {"pairs": args.pairs, "device": torch.cuda.get_device_name(), "source": args.source}
+    f0, f1 = next(iter(sets.values()))
 
-    out["profiled"], cfg = args.profile, parse_variant(args.profile)[1]
-    t = time.perf_counter()
-    T.tvl1_flow(f0, f1, cfg)
-    torch.cuda.synchronize()
-    out["first_call_s"] = round(time.perf_counter() - t, 1)
+    if not args.no_profile:
+        out["profiled"] = args.profile
+        _, cfg, knobs = parse_variant(args.profile)
+        with knobs_set(knobs):
+            t = time.perf_counter()
+            T.tvl1_flow(f0, f1, cfg)
+            torch.cuda.synchronize()
+            out["first_call_s"] = round(time.perf_counter() - t, 1)
 
-    from torch._dynamo.utils import counters
+            from torch._dynamo.utils import counters
 
-    out["dynamo_counters"] = {k: dict(v) for k, v in counters.items() if v}
-    from torch.profiler import ProfilerActivity, profile
+            out["dynamo_counters"] = {k: dict(v) for k, v in counters.items() if v}
+            from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        T.tvl1_flow(f0, f1, cfg)
-        torch.cuda.synchronize()
-    print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
-    print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                T.tvl1_flow(f0, f1, cfg)
+                torch.cuda.synchronize()
+        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
+        print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
 
-    for spec in args.variants:
-        name, vcfg = parse_variant(spec)
-        out[f"pairs_per_s[{name}]"] = round(timed(f0, f1, vcfg), 1)
-        print(name, out[f"pairs_per_s[{name}]"], flush=True)
+    # Interleaved rounds, so that a variant is not favoured by when it ran (clocks, other tenants).
+    for r in range(args.rounds):
+        for spec in args.variants:
+            name, vcfg, knobs = parse_variant(spec)
+            for set_name, (a, b) in sets.items():
+                key = f"pairs_per_s[{name}]" + ("" if len(sets) == 1 else f"[{set_name}]")
+                with knobs_set(knobs):
+                    rate = round(timed(a, b, vcfg), 1)
+                out.setdefault(key, []).append(rate)  # one rate per round
+                print(r, key, rate, flush=True)
+    out["sweep_kernels"] = sweep_kernels_compiled()
     print(json.dumps(out, indent=1, default=str))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))

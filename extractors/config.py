@@ -3,7 +3,8 @@
 Everything that changes feature values goes into the per-feature preprocess hash
 (:func:`preprocess_params`), which the store records in each feature's provenance; the
 pipeline re-extracts a feature when the hash (or weights, or extractor version) differs.
-Settings that only change speed (batch sizes, threads, queue depth) do not.
+Settings that change only speed, or values only within float rounding (batch sizes, threads,
+queue depth, device, precision, decode and TV-L1 backends, TV-L1 compile/check_every), do not.
 """
 from __future__ import annotations
 
@@ -115,10 +116,13 @@ class ExtractConfig:
 
 
 def _tvl1_params(tvl1) -> dict:
-    # Speed-only settings leave the hash alone: check_every does not change the result, and the
-    # backend only within float rounding (it is recorded in provenance params instead).
-    params = asdict(tvl1) | {"check_every": None}
+    # Speed-only settings leave the hash alone: check_every and compile do not change the result,
+    # and the backend only within float rounding (it is recorded in provenance params instead).
+    # check_every/compile are blanked to their default None, not dropped, so existing hashes stay valid.
+    params = asdict(tvl1) | {"check_every": None, "compile": None}
     params.pop("backend", None)
+    if params.get("state_dtype") == "float32":  # (added later: the default leaves existing hashes valid)
+        params.pop("state_dtype")
     return params
 
 

@@ -35,12 +35,13 @@ from extractors.tvl1_ops import (
 
 __all__ = [
     "TVL1Config", "tvl1_flow", "flow_to_i3d_input", "I3D_FLOW_BOUND", "tvl1_iteration", "masked_iteration",
-    "masked_block", "BACKENDS", "uses_torch_compile", "check_backend_device", "resolve_backend",
+    "masked_block", "BACKENDS", "STATE_DTYPES", "uses_torch_compile", "check_backend_device", "resolve_backend",
 ]
 
 I3D_FLOW_BOUND = 20.0  # pixels; the I3D flow stream clips flow to [-20, 20] and maps it to [-1, 1]
 _FLT_EPSILON = 1.1920929e-07  # std::numeric_limits<float>::epsilon(), OpenCV's "gradient is zero" test
 BACKENDS = ("auto", "torch", "triton", "triton-grid")
+STATE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,11 @@ class TVL1Config:
     # (extractors/tvl1_triton.py; CUDA, or Triton's interpreter on CPU); "torch": plain torch ops.
     # "auto": triton on CUDA (3.6-5.0x the compiled torch path on an H100, no compile warm-up;
     # BENCHMARKS.md), torch elsewhere; see resolve_backend. Results do not depend on it beyond float rounding.
+    state_dtype: str = "float32"  # "float16": store the dual variable p (|p| <= 1) and the warped
+    # gradient grad I1(x+u0) as float16; u, rho_c and all arithmetic stay float32. The Triton sweep then
+    # moves 40 instead of 60 bytes per pixel and iteration. It changes the flow about as much as two
+    # float32 implementations differ (bench/study_tvl1_storage.py: EPE 1.004x OpenCV's, same iteration
+    # counts; BENCHMARKS.md), so it is part of the feature hash. Opt-in until its speed-up is measured.
 
     def __post_init__(self) -> None:
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}
@@ -86,6 +92,8 @@ class TVL1Config:
             raise ValueError(f"TVL1Config.median_filtering must be 0, 1, 3 or 5, got {self.median_filtering}")
         if self.backend not in BACKENDS:
             raise ValueError(f"TVL1Config.backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"TVL1Config.state_dtype must be one of {', '.join(STATE_DTYPES)}; got {self.state_dtype!r}")
         if self.check_every is not None and self.check_every < 1:
             raise ValueError(f"TVL1Config.check_every must be >= 1 or None, got {self.check_every}")
 
@@ -165,11 +173,14 @@ def tvl1_iteration(
 
     Returns (u, p, per-pair stopping error). OpenCV's ``estimateV``, ``divergence`` +
     ``estimateU``, ``forwardGradient`` + ``estimateDualVariables`` in that order.
+    p and i1w_grad may be stored as float16 (``TVL1Config.state_dtype``): they are read as float32,
+    everything is computed in float32, and the new p is rounded to p's dtype.
     """
-    v = thresholding_step(u, i1w_grad, rho_c, inv_grad_sq, lambda_theta)
-    u_new = primal_step(v, p, theta)
+    p32 = p.float()
+    v = thresholding_step(u, i1w_grad.float(), rho_c, inv_grad_sq, lambda_theta)
+    u_new = primal_step(v, p32, theta)
     err = stopping_error(u_new, u)
-    p_new = dual_step(p, u_new, tau_over_theta)
+    p_new = dual_step(p32, u_new, tau_over_theta).to(p.dtype)
     return u_new, p_new, err
 
 
@@ -230,7 +241,8 @@ class _Kernels:
     median: object  # (u, ksize, active or None) -> median-filtered copy; inactive pairs pass through
     masked_always: bool  # compiled / Triton: always use the masked blocks (one call, no branch)
     persistent: bool = False  # block = a whole inner loop per pair, in place (see _solve_warp_persistent)
-    # (stack (B,3,H,W), u, i0) -> (i1w_grad, rho_c) fused (Triton); None: warp_bicubic + linearized_residual_constant
+    # (stack (B,3,H,W), u, i0, grad dtype) -> (i1w_grad, rho_c) fused (Triton); None: warp_bicubic +
+    # linearized_residual_constant
     warp: object = None
 
 
@@ -396,19 +408,23 @@ def _solve_scale(
 ) -> torch.Tensor:
     """All warps at one pyramid level (OpenCV ``procOneScale``); i0, i1 (B,H,W), u (B,2,H,W)."""
     b, h, w = i0.shape
+    state = STATE_DTYPES[cfg.state_dtype]
     i1_grad = centered_gradient(i1)
-    p = torch.zeros(b, 2, 2, h, w, dtype=u.dtype, device=u.device)
+    p = torch.zeros(b, 2, 2, h, w, dtype=state, device=u.device)
     stack = torch.cat((i1.unsqueeze(1), i1_grad), dim=1)  # warp I1, I1x, I1y together
     for _ in range(cfg.warps):
         if kernels.warp is not None:  # the same two steps in one kernel
-            i1w_grad, rho_c = kernels.warp(stack, u, i0)
+            i1w_grad, rho_c = kernels.warp(stack, u, i0, state)
         else:
             warped = warp_bicubic(stack, u)
-            i1w, i1w_grad = warped[:, 0], warped[:, 1:]
-            rho_c = linearized_residual_constant(i0, i1w, i1w_grad, u)
+            # Stored gradient: rounded to the state dtype once; rho_c is formed from the rounded values
+            # so that rho(u0) = I1w - I0 holds for the gradient the iterations actually use.
+            i1w, i1w_grad = warped[:, 0], warped[:, 1:].to(state)
+            rho_c = linearized_residual_constant(i0, i1w, i1w_grad.float(), u)
         inv_grad_sq = None  # the sweep kernel recomputes it
         if not kernels.persistent:
-            grad_sq = (i1w_grad * i1w_grad).sum(dim=1, keepdim=True)
+            g32 = i1w_grad.float()
+            grad_sq = (g32 * g32).sum(dim=1, keepdim=True)
             inv_grad_sq = 1.0 / grad_sq.clamp(min=_FLT_EPSILON)
         _solve_warp(u, p, i1w_grad, rho_c, inv_grad_sq, cfg, check_every, kernels)
     return u

@@ -10,7 +10,8 @@ and was bound by per-iteration host overhead (BENCHMARKS.md); two layouts remove
   over the image in bands of rows: the primal update of band k, then the dual update of the rows one
   above it (whose lower neighbours are now final); see ``_sweep_kernel`` for why this order is exact.
   Memory traffic per pixel and iteration: u, grad I1w, rho_c and p read once, u and p written once
-  (15 floats; 1/|grad|^2 is recomputed).
+  (15 floats, 60 bytes; 1/|grad|^2 is recomputed; 40 bytes with ``TVL1Config(state_dtype="float16")``,
+  which stores p and grad I1w as float16 and computes in float32).
 * ``backend="triton-grid"`` -- :func:`triton_block`, two kernels per iteration over a (pair, tile)
   grid: primal (TH, divergence, u update, per-pair stopping error by atomic sum; p read at the
   left/upper neighbours only, so u updates in place) then dual (forward gradient of the new u,
@@ -64,8 +65,8 @@ def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H
     pb = p_ptr + b * 4 * hw
     u0 = tl.load(ub + offs, mask=inb, other=0.0)
     u1 = tl.load(ub + hw + offs, mask=inb, other=0.0)
-    g0 = tl.load(gb + offs, mask=inb, other=0.0)
-    g1 = tl.load(gb + hw + offs, mask=inb, other=0.0)
+    g0 = tl.load(gb + offs, mask=inb, other=0.0).to(tl.float32)  # (g and p may be stored as float16)
+    g1 = tl.load(gb + hw + offs, mask=inb, other=0.0).to(tl.float32)
     rho_c = tl.load(rho_ptr + b * hw + offs, mask=inb, other=0.0)
     inv = tl.load(inv_ptr + b * hw + offs, mask=inb, other=0.0)
     # TH: v = u + clamp(-rho / |grad|^2, -lambda theta, lambda theta) * grad
@@ -76,14 +77,14 @@ def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H
     # div p with OpenCV's boundary: the field is zero left of column 0 and above row 0
     left = inb & (col > 0)
     up = inb & (row > 0)
-    p00 = tl.load(pb + offs, mask=inb, other=0.0)
-    p00l = tl.load(pb + offs - 1, mask=left, other=0.0)
-    p01 = tl.load(pb + hw + offs, mask=inb, other=0.0)
-    p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0)
-    p10 = tl.load(pb + 2 * hw + offs, mask=inb, other=0.0)
-    p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0)
-    p11 = tl.load(pb + 3 * hw + offs, mask=inb, other=0.0)
-    p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0)
+    p00 = tl.load(pb + offs, mask=inb, other=0.0).to(tl.float32)
+    p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
+    p01 = tl.load(pb + hw + offs, mask=inb, other=0.0).to(tl.float32)
+    p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0).to(tl.float32)
+    p10 = tl.load(pb + 2 * hw + offs, mask=inb, other=0.0).to(tl.float32)
+    p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
+    p11 = tl.load(pb + 3 * hw + offs, mask=inb, other=0.0).to(tl.float32)
+    p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
     n0 = v0 + theta * ((p00 - p00l) + (p01 - p01u))
     n1 = v1 + theta * ((p10 - p10l) + (p11 - p11u))
     d0 = n0 - u0
@@ -108,9 +109,9 @@ def _dual_kernel(u_ptr, p_ptr, active_ptr, H, W, tt, BLOCK_SIZE: tl.constexpr):
         gx = tl.where(right, ur - uc, 0.0)  # forward differences, zero on the last column/row
         gy = tl.where(down, ud - uc, 0.0)
         scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
-        px = tl.load(pb + (2 * c) * hw + offs, mask=inb, other=0.0)
-        py = tl.load(pb + (2 * c + 1) * hw + offs, mask=inb, other=0.0)
-        tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=inb)
+        px = tl.load(pb + (2 * c) * hw + offs, mask=inb, other=0.0).to(tl.float32)
+        py = tl.load(pb + (2 * c + 1) * hw + offs, mask=inb, other=0.0).to(tl.float32)
+        tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=inb)  # (rounded to p's dtype)
         tl.store(pb + (2 * c + 1) * hw + offs, (py + tt * gy) * scale, mask=inb)
 
 
@@ -186,21 +187,21 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                 offs = row * W + col
                 u0 = tl.load(ub + offs, mask=m, other=0.0)
                 u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
-                g0 = tl.load(gb + offs, mask=m, other=0.0)
-                g1 = tl.load(gb + hw + offs, mask=m, other=0.0)
+                g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)  # (g, p may be float16)
+                g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
                 rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
                 inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)  # as thresholding_step's inv_grad_sq
                 step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
                 left = m & (col > 0)
                 up = m & (row > 0)
-                p00 = tl.load(pb + offs, mask=m, other=0.0)
-                p00l = tl.load(pb + offs - 1, mask=left, other=0.0)
-                p01 = tl.load(pb + hw + offs, mask=m, other=0.0)
-                p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0)
-                p10 = tl.load(pb + 2 * hw + offs, mask=m, other=0.0)
-                p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0)
-                p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0)
-                p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0)
+                p00 = tl.load(pb + offs, mask=m, other=0.0).to(tl.float32)
+                p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
+                p01 = tl.load(pb + hw + offs, mask=m, other=0.0).to(tl.float32)
+                p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0).to(tl.float32)
+                p10 = tl.load(pb + 2 * hw + offs, mask=m, other=0.0).to(tl.float32)
+                p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
+                p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0).to(tl.float32)
+                p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
                 n0 = (u0 + step * g0) + theta * ((p00 - p00l) + (p01 - p01u))
                 n1 = (u1 + step * g1) + theta * ((p10 - p10l) + (p11 - p11u))
                 d0 = n0 - u0
@@ -222,8 +223,8 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                     gx = tl.where(right, ur - uc, 0.0)  # forward differences, zero on the last column/row
                     gy = tl.where(down, ud - uc, 0.0)
                     scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
-                    px = tl.load(pb + (2 * c) * hw + doffs, mask=dm, other=0.0)
-                    py = tl.load(pb + (2 * c + 1) * hw + doffs, mask=dm, other=0.0)
+                    px = tl.load(pb + (2 * c) * hw + doffs, mask=dm, other=0.0).to(tl.float32)
+                    py = tl.load(pb + (2 * c + 1) * hw + doffs, mask=dm, other=0.0).to(tl.float32)
                     tl.store(pb + (2 * c) * hw + doffs, (px + tt * gx) * scale, mask=dm)
                     tl.store(pb + (2 * c + 1) * hw + doffs, (py + tt * gy) * scale, mask=dm)
                 k += 1
@@ -236,8 +237,12 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
 
 
 MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too many registers
-SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread. Compiled for sm_90 at 224 px wide:
-# 48 registers, no spills, 5 resident programs of 8 warps per SM; at 4 pixels per thread it took 128 registers.
+SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pixels per thread: 128 registers).
+# Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: compiled for sm_90 at
+# 224 px wide (Triton 3.6, tests/test_tvl1.py) the float32 sweep takes 56 registers, so 4 programs of
+# 8 warps fit on an SM; capped at 48 it still spills nothing and 5 fit (float16 state: 48 either way).
+# Whether that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
+SWEEP_MAXNREG: int | None = None
 
 
 def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, int]:
@@ -279,7 +284,10 @@ def triton_sweep_block(
     b, _, h, w = u.shape
     rows, block_w, warps = sweep_layout(w)
     # num_stages=1: no software pipelining, so no load is hoisted above a barrier.
+    options = {"num_warps": warps, "num_stages": 1}
+    if SWEEP_MAXNREG:
+        options["maxnreg"] = SWEEP_MAXNREG
     with LAUNCH_LOCK:
         _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
-                            theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, num_warps=warps, num_stages=1)
+                            theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, **options)
     return u, p, active

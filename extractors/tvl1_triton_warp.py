@@ -63,7 +63,9 @@ def _tap_row(base, hw, yy, xl, H, W, m, wx0, wx1, wx2, wx3):
 def _warp_kernel(img_ptr, u_ptr, i0_ptr, g_ptr, rho_ptr, H, W, BLOCK_SIZE: tl.constexpr):
     """Program (b, tile): bicubic samples of I1, I1x, I1y (img, (B, 3, H, W)) at x + u -> g, rho_c.
 
-    Taps outside the image read 0 (BORDER_CONSTANT), as warp_bicubic's zero padding gives.
+    Taps outside the image read 0 (BORDER_CONSTANT), as warp_bicubic's zero padding gives. When g is
+    a float16 tensor (TVL1Config.state_dtype) the gradient is rounded first and rho_c formed from the
+    rounded values, as extractors.tvl1._solve_scale does.
     """
     b = tl.program_id(0)
     offs = tl.program_id(1) * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
@@ -94,16 +96,19 @@ def _warp_kernel(img_ptr, u_ptr, i0_ptr, g_ptr, rho_ptr, H, W, BLOCK_SIZE: tl.co
     a0, a1, a2 = _tap_row(base, hw, yt + 3, xl, H, W, m, wx0, wx1, wx2, wx3)
     v0, v1, v2 = v0 + wy3 * a0, v1 + wy3 * a1, v2 + wy3 * a2
     i0 = tl.load(i0_ptr + b * hw + offs, mask=m, other=0.0)
+    v1 = v1.to(g_ptr.dtype.element_ty).to(tl.float32)  # (a no-op for a float32 g)
+    v2 = v2.to(g_ptr.dtype.element_ty).to(tl.float32)
     tl.store(g_ptr + b * 2 * hw + offs, v1, mask=m)
     tl.store(g_ptr + b * 2 * hw + hw + offs, v2, mask=m)
     tl.store(rho_ptr + b * hw + offs, (v0 - (v1 * u0 + v2 * u1)) - i0, mask=m)
 
 
-def triton_warp_linearize(stack: torch.Tensor, u: torch.Tensor, i0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def triton_warp_linearize(stack: torch.Tensor, u: torch.Tensor, i0: torch.Tensor,
+                          grad_dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad I1(x+u), rho_c) for stack = (I1, I1x, I1y) (B, 3, H, W), u (B, 2, H, W), i0 (B, H, W).
 
-    Returns i1w_grad (B, 2, H, W) and rho_c (B, 1, H, W), contiguous float32: what
-    ``warp_bicubic`` followed by ``linearized_residual_constant`` give.
+    Returns i1w_grad (B, 2, H, W) in ``grad_dtype`` and rho_c (B, 1, H, W) float32, contiguous: what
+    ``warp_bicubic`` followed by ``linearized_residual_constant`` give (extractors.tvl1._solve_scale).
     """
     b, c, h, w = stack.shape
     if c != 3 or u.shape != (b, 2, h, w) or i0.shape != (b, h, w):
@@ -111,7 +116,7 @@ def triton_warp_linearize(stack: torch.Tensor, u: torch.Tensor, i0: torch.Tensor
     if stack.numel() >= 2**31:
         raise ValueError(f"tvl1 triton backend: batch too large for 32-bit offsets ({tuple(stack.shape)})")
     stack, u, i0 = stack.contiguous(), u.contiguous(), i0.contiguous()
-    g = torch.empty((b, 2, h, w), dtype=torch.float32, device=u.device)
+    g = torch.empty((b, 2, h, w), dtype=grad_dtype, device=u.device)
     rho = torch.empty((b, 1, h, w), dtype=torch.float32, device=u.device)
     with LAUNCH_LOCK:
         _warp_kernel[(b, triton.cdiv(h * w, BLOCK))](stack, u, i0, g, rho, h, w, BLOCK_SIZE=BLOCK)

@@ -31,11 +31,14 @@ def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
     return moved[:, 0].clamp(0, 255), tex[:, 0].clamp(0, 255)
 
 
-@pytest.mark.parametrize("compile_,backend", [(False, "torch"), (True, "torch"), (None, "triton"), (None, "triton-grid")])
-def test_tvl1_on_cuda_matches_cpu(compile_, backend):
+@pytest.mark.parametrize("compile_,backend,state", [
+    (False, "torch", "float32"), (True, "torch", "float32"), (None, "triton", "float32"), (None, "triton-grid", "float32"),
+    (None, "triton", "float16"), (None, "triton-grid", "float16"),
+])
+def test_tvl1_on_cuda_matches_cpu(compile_, backend, state):
     f0, f1 = _pairs(6, 64)
-    cfg = TVL1Config(compile=compile_, backend=backend)
-    cpu = tvl1_flow(f0, f1, TVL1Config(compile=False))
+    cfg = TVL1Config(compile=compile_, backend=backend, state_dtype=state)
+    cpu = tvl1_flow(f0, f1, TVL1Config(compile=False, state_dtype=state))
     gpu = tvl1_flow(f0.cuda(), f1.cuda(), cfg).cpu()
     epe = (gpu - cpu).pow(2).sum(1).sqrt()
     # Float rounding differs between devices; where it flips a pair's stopping test, the pair runs
@@ -45,22 +48,28 @@ def test_tvl1_on_cuda_matches_cpu(compile_, backend):
     assert cpu.abs().mean() > 0.3  # the pairs really move
 
 
+@pytest.mark.parametrize("state,maxnreg", [("float32", None), ("float32", 48), ("float16", 48)])
 @pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224)])
-def test_triton_sweep_block_equals_masked_block_on_cuda(hw):
+def test_triton_sweep_block_equals_masked_block_on_cuda(hw, state, maxnreg, monkeypatch):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:
-    ROWS = 1 (300 px wide), 2 (224, production), 16 > H (23). Races between bands would show here as
-    differences and as run-to-run nondeterminism (the sweep itself has no atomics)."""
-    from extractors.tvl1 import _FLT_EPSILON, masked_block
+    ROWS = 1 (300 px wide), 2 (224, production), 16 > H (23); float32 and float16 state, with and without
+    the register cap the benchmark tries. Races between bands would show here as differences and as
+    run-to-run nondeterminism (the sweep itself has no atomics)."""
+    from extractors import tvl1_triton
+    from extractors.tvl1 import _FLT_EPSILON, STATE_DTYPES, masked_block
     from extractors.tvl1_triton import triton_sweep_block
 
+    monkeypatch.setattr(tvl1_triton, "SWEEP_MAXNREG", maxnreg)
     h, w = hw
     g = torch.Generator().manual_seed(h * w)
     b = 3
+    sd = STATE_DTYPES[state]
     u = torch.randn(b, 2, h, w, generator=g).cuda()
-    p = (torch.randn(b, 2, 2, h, w, generator=g) * 0.1).cuda()
-    grad = (torch.randn(b, 2, h, w, generator=g) * 20).cuda()
+    p = (torch.randn(b, 2, 2, h, w, generator=g) * 0.1).cuda().to(sd)
+    grad = (torch.randn(b, 2, h, w, generator=g) * 20).cuda().to(sd)
     rho = (torch.randn(b, 1, h, w, generator=g) * 5).cuda()
-    inv = 1.0 / (grad * grad).sum(1, keepdim=True).clamp(min=_FLT_EPSILON)
+    inv = 1.0 / (grad.float() ** 2).sum(1, keepdim=True).clamp(min=_FLT_EPSILON)
+    tol = 1e-4 if state == "float32" else 1e-2  # float16: a rounding flip is one float16 ulp
     active = torch.tensor([True, False, True], device="cuda")
     args = (grad, rho, inv)
     consts = (0.01**2, 0.15 * 0.3, 0.3, 0.25 / 0.3)
@@ -69,8 +78,9 @@ def test_triton_sweep_block_equals_masked_block_on_cuda(hw):
     for _ in range(3):
         su, sp, sa = triton_sweep_block(u.clone(), p.clone(), *args, active.clone(), 30, *consts)
         runs.append((su.clone(), sp.clone()))
-        assert torch.equal(sa, ra)
-        assert (su - ru).abs().max() < 1e-4 and (sp - rp).abs().max() < 1e-4, ((su - ru).abs().max(), (sp - rp).abs().max())
+        assert torch.equal(sa, ra) and sp.dtype == sd
+        du, dp = (su - ru).abs().max(), (sp.float() - rp.float()).abs().max()
+        assert du < tol and dp < tol, (du, dp)
         assert torch.equal(su[1], u[1]) and torch.equal(sp[1], p[1])  # the inactive pair is untouched
     for su, sp in runs[1:]:
         assert torch.equal(su, runs[0][0]) and torch.equal(sp, runs[0][1])
