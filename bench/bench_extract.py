@@ -91,7 +91,7 @@ def run_e2e(args, cfg: ExtractConfig, video: Path, tmp: Path, result: dict) -> N
     """extract_video on the whole video, all four features, into a fresh store."""
     from storage import FeatureStore
 
-    e2e_cfg = cfg if args.e2e_tvl1 == "default" else replace(cfg, tvl1=replace(FAST_TVL1, backend=cfg.tvl1.backend))
+    e2e_cfg = cfg if args.e2e_tvl1 == "default" else replace(cfg, tvl1=replace(FAST_TVL1, backend=cfg.tvl1.backend, state_dtype=cfg.tvl1.state_dtype))
     store = FeatureStore.create(tmp / "store")
     r = extract_video(video, "bench", store, e2e_cfg, Extractors(e2e_cfg))
     result["end_to_end"] = {"frames_per_second": r.frames_per_second, "seconds": r.seconds,
@@ -115,7 +115,7 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
     warm = make_video(tmp / "warm.mp4", 2.0, "320x180", 30)
     c = replace(cfg, video_workers=args.video_workers)
     if args.e2e_tvl1 == "fast":
-        c = replace(c, tvl1=replace(FAST_TVL1, backend=c.tvl1.backend))
+        c = replace(c, tvl1=replace(FAST_TVL1, backend=c.tvl1.backend, state_dtype=c.tvl1.state_dtype))
     models = Extractors(c)
     store = FeatureStore.create(tmp / "store_many")
     extract_many([("warm", warm)], store, c, models)

@@ -43,7 +43,7 @@ def parse_variant(spec: str) -> tuple[str, T.TVL1Config, dict]:
         if k in KNOBS:
             knobs[KNOBS[k]] = None if v == "None" else int(v)
         else:
-            kw[k] = None if v == "None" else (v == "True" if v in ("True", "False") else type_of(k)(v))
+            kw[k] = None if v == "None" else type_of(k)(v)
     return name, T.TVL1Config(**kw), knobs
 
 
@@ -52,6 +52,8 @@ def type_of(field: str):
     if field not in types:
         raise SystemExit(f"unknown variant field {field!r}: TVL1Config fields or {', '.join(KNOBS)}")
     t = types[field]
+    if t.startswith("bool"):
+        return lambda v: {"true": True, "false": False}[v.lower()]
     return str if t.startswith("str") else float if t.startswith("float") else int
 
 
@@ -88,7 +90,10 @@ def sweep_kernels_compiled() -> list[dict]:
         for caches in tvl1_triton._sweep_kernel.device_caches.values():
             for k in caches[0].values():
                 k._init_handles()
-                out.append({"p": str(k.src.signature.get("p_ptr")) if hasattr(k, "src") else None,
+                src = getattr(k, "src", None)
+                out.append({"p": str(src.signature.get("p_ptr")) if src else None,
+                            "constants": str(getattr(src, "constants", None)),  # ROWS, BLOCK_W: the layout
+                            "num_warps": getattr(k.metadata, "num_warps", None),
                             "maxnreg": getattr(k.metadata, "maxnreg", None), "n_regs": k.n_regs, "n_spills": k.n_spills})
     except Exception as e:  # Triton internals: diagnostics only, never fail the benchmark on them
         out.append({"error": repr(e)})

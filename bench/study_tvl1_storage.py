@@ -10,11 +10,13 @@ that loads 16-bit values and computes in 32-bit):
   p16           the dual variable p (4 planes, |p| <= 1 by construction) rounded after every update
   g16           the warped gradient grad I1(x+u0) (2 planes, read every iteration) rounded once per warp
   p16+g16       both (traffic 60 -> 40 bytes per pixel and iteration)
-  p16+g16+rho16 also rho_c (60 -> 36 bytes)
+  p16+g16+rho16 also rho_c (60 -> 38 bytes)
+  float16       TVL1Config(state_dtype="float16") itself (= p16+g16; reports its difference from the emulation)
 
 Measured per mode, on the same pairs as bench/bench_tvl1.py: EPE vs ground truth on synthetic pairs
 (smooth random flow warping real frames), EPE vs the float32 flow and vs OpenCV on consecutive real
-frames (bikes.mp4: large motion; bigbuckbunny.mp4), the I3D-input difference (flow clipped to +-20 px
+frames (bikes.mp4: large motion; bigbuckbunny.mp4; testsrc2: the content of bench_extract.py's end-to-end
+videos, 320x180 at 30 fps resampled to 25 fps, short side 256, centre crop 224), the I3D-input difference (flow clipped to +-20 px
 and scaled to [-1, 1]: relative L2, mean and max abs), the cosine of I3D-flow features of one 16-flow
 snippet per set (a randomly initialised, seeded I3D: no weights here, so only a sensitivity proxy), and
 the work: finest-level-equivalent iterations per pair (rounding noise that kept pairs from meeting the
@@ -47,14 +49,15 @@ from bench_tvl1 import (  # noqa: E402
 )
 from extractors.tvl1 import TVL1Config, flow_to_i3d_input, tvl1_flow  # noqa: E402
 
-MODES = {
-    "fp32": (),
-    "p16": ("p",),
-    "g16": ("grad",),
-    "p16+g16": ("p", "grad"),
-    "p16+g16+rho16": ("p", "grad", "rho"),
+MODES = {  # planes rounded by the emulation, TVL1Config.state_dtype
+    "fp32": ((), "float32"),
+    "p16": (("p",), "float32"),
+    "g16": (("grad",), "float32"),
+    "p16+g16": (("p", "grad"), "float32"),
+    "p16+g16+rho16": (("p", "grad", "rho"), "float32"),
+    "float16": ((), "float16"),
 }
-BYTES = {"fp32": 60, "p16": 44, "g16": 56, "p16+g16": 40, "p16+g16+rho16": 38}  # per pixel and iteration
+BYTES = {"fp32": 60, "p16": 44, "g16": 56, "p16+g16": 40, "p16+g16+rho16": 38, "float16": 40}  # per pixel and iteration
 
 
 def _half(t: torch.Tensor) -> torch.Tensor:
@@ -116,8 +119,34 @@ def input_diff(flows: np.ndarray, ref: np.ndarray, net) -> dict:
     return out
 
 
-def solve(pairs, batch: int) -> np.ndarray:
-    cfg = TVL1Config(backend="torch", compile=False)
+def testsrc_frames(n: int, size: int) -> list[np.ndarray]:
+    """Gray 224 crops of a generated testsrc2 clip, prepared like the pipeline's I3D frames."""
+    import subprocess
+    import tempfile
+
+    path = Path(tempfile.mkdtemp()) / "testsrc2.mp4"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=30",
+                    "-t", str(n / 25 + 1), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    cap = cv2.VideoCapture(str(path))
+    decoded = []
+    ok, frame = cap.read()
+    while ok:
+        decoded.append(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY))
+        ok, frame = cap.read()
+    out = []
+    for k in range(n):  # 25 fps by timestamp from 30 fps
+        g = decoded[min(round(k / 25 * 30), len(decoded) - 1)]
+        h, w = g.shape
+        s = 256 / min(h, w)
+        g = cv2.resize(g, (round(w * s), round(h * s)), interpolation=cv2.INTER_LINEAR)
+        h, w = g.shape
+        t, left = (h - size) // 2, (w - size) // 2
+        out.append(np.ascontiguousarray(g[t : t + size, left : left + size]))
+    return out
+
+
+def solve(pairs, batch: int, state_dtype: str = "float32") -> np.ndarray:
+    cfg = TVL1Config(backend="torch", compile=False, state_dtype=state_dtype)
     out = []
     for s in range(0, len(pairs), batch):
         f0 = torch.from_numpy(np.stack([p[0] for p in pairs[s : s + batch]])).float()
@@ -143,6 +172,7 @@ def main() -> None:
     frames = {name: decode_gray_224(video_dir / name, args.video_pairs + 1, size) for name in VIDEOS}
     synth = synthetic_pairs([f for fs in frames.values() for f in fs], args.synthetic_pairs)
     gt = np.stack([p[2] for p in synth])
+    frames["testsrc2"] = testsrc_frames(args.video_pairs + 1, size)
     real = {name: [(fs[k], fs[k + 1], None) for k in range(len(fs) - 1)] for name, fs in frames.items()}
     sets = {"synthetic": synth, **real}
     opencv = {name: np.stack(run_opencv(pairs)[0]) for name, pairs in sets.items()} if have_opencv_tvl1() else {}
@@ -156,19 +186,25 @@ def main() -> None:
     net = build_i3d(2, seed=0).eval()
     results["random_init_i3d"] = True
     reference: dict[str, np.ndarray] = {}
+    emulated: dict[str, np.ndarray] = {}
     for mode in args.modes.split(","):
+        planes, state_dtype = MODES[mode]
         row: dict = {"bytes_per_pixel_iteration": BYTES[mode]}
         for name, pairs in sets.items():
             work = _Work()
             t = time.perf_counter()
-            with emulate(MODES[mode], work):
-                flows = solve(pairs, args.batch)
+            with emulate(planes, work):
+                flows = solve(pairs, args.batch, state_dtype)
             stats = {"seconds": round(time.perf_counter() - t, 1),
                      "iterations_per_pair": round(work.pixel_iterations / len(pairs) / (size * size), 1)}
             if name == "synthetic":
                 stats["epe_vs_truth"] = round(float(np.mean([epe(a, b) for a, b in zip(flows, gt)])), 4)
                 if opencv:
                     stats["epe_ratio_to_opencv"] = round(stats["epe_vs_truth"] / results["opencv_synthetic_epe"], 4)
+            if mode == "p16+g16":
+                emulated[name] = flows
+            if mode == "float16" and name in emulated:  # the real option vs its emulation: expected 0
+                stats["vs_emulation_max_abs"] = float(np.abs(flows - emulated[name]).max())
             if mode == "fp32":
                 reference[name] = flows
                 if name in opencv:  # the baseline: OpenCV vs our float32 flow

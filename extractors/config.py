@@ -4,7 +4,9 @@ Everything that changes feature values goes into the per-feature preprocess hash
 (:func:`preprocess_params`), which the store records in each feature's provenance; the
 pipeline re-extracts a feature when the hash (or weights, or extractor version) differs.
 Settings that change only speed, or values only within float rounding (batch sizes, threads,
-queue depth, device, precision, decode and TV-L1 backends, TV-L1 compile/check_every), do not.
+queue depth, device, decode and TV-L1 backends, TV-L1 compile/check_every), do not; nor does
+``precision``, whose reduced-precision choice is gated on cosine >= 0.999 against fp32 per run and
+recorded in provenance instead.
 """
 from __future__ import annotations
 

@@ -70,9 +70,9 @@ class TVL1Config:
     # BENCHMARKS.md), torch elsewhere; see resolve_backend. Results do not depend on it beyond float rounding.
     state_dtype: str = "float32"  # "float16": store the dual variable p (|p| <= 1) and the warped
     # gradient grad I1(x+u0) as float16; u, rho_c and all arithmetic stay float32. The Triton sweep then
-    # moves 40 instead of 60 bytes per pixel and iteration. It changes the flow about as much as two
-    # float32 implementations differ (bench/study_tvl1_storage.py: EPE 1.004x OpenCV's, same iteration
-    # counts; BENCHMARKS.md), so it is part of the feature hash. Opt-in until its speed-up is measured.
+    # moves 40 instead of 60 bytes per pixel and iteration. Accuracy kept (bench/study_tvl1_storage.py:
+    # EPE 1.004x OpenCV's, same iteration counts); the flow moves 1.2-2.2x as much as OpenCV's and our float32
+    # flow differ (BENCHMARKS.md), so it is part of the feature hash. Opt-in until its speed-up is measured.
 
     def __post_init__(self) -> None:
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}

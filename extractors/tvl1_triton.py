@@ -240,7 +240,8 @@ MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too m
 SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pixels per thread: 128 registers).
 # Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: compiled for sm_90 at
 # 224 px wide (Triton 3.6, tests/test_tvl1.py) the float32 sweep takes 56 registers, so 4 programs of
-# 8 warps fit on an SM; capped at 48 it still spills nothing and 5 fit (float16 state: 48 either way).
+# 8 warps fit on an SM; capped at 48 it still spills nothing and 5 fit (float16 state: 48, with 4 bytes
+# spilled uncapped and none capped).
 # Whether that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
 SWEEP_MAXNREG: int | None = None
 

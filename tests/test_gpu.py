@@ -33,7 +33,7 @@ def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 
 @pytest.mark.parametrize("compile_,backend,state", [
     (False, "torch", "float32"), (True, "torch", "float32"), (None, "triton", "float32"), (None, "triton-grid", "float32"),
-    (None, "triton", "float16"), (None, "triton-grid", "float16"),
+    (False, "torch", "float16"), (True, "torch", "float16"), (None, "triton", "float16"), (None, "triton-grid", "float16"),
 ])
 def test_tvl1_on_cuda_matches_cpu(compile_, backend, state):
     f0, f1 = _pairs(6, 64)
@@ -48,7 +48,7 @@ def test_tvl1_on_cuda_matches_cpu(compile_, backend, state):
     assert cpu.abs().mean() > 0.3  # the pairs really move
 
 
-@pytest.mark.parametrize("state,maxnreg", [("float32", None), ("float32", 48), ("float16", 48)])
+@pytest.mark.parametrize("state,maxnreg", [("float32", None), ("float32", 48), ("float16", None), ("float16", 48)])
 @pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224)])
 def test_triton_sweep_block_equals_masked_block_on_cuda(hw, state, maxnreg, monkeypatch):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:

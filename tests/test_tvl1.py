@@ -294,12 +294,14 @@ rho = linearized_residual_constant(i0, wp[:, 0], wp[:, 1:], flow)
 g_t, rho_t = triton_warp_linearize(stack.to(dev), flow.to(dev), i0.to(dev))
 out["warp_grad_diff"] = (g_t.cpu() - wp[:, 1:]).abs().max().item()
 out["warp_rho_diff"] = (rho_t.cpu() - rho).abs().max().item()
-g16 = wp[:, 1:].half()  # float16 state: rho_c from the rounded gradient, as _solve_scale does
-rho16 = linearized_residual_constant(i0, wp[:, 0], g16.float(), flow)
+g16 = wp[:, 1:].half().float()  # float16 state
 g_t, rho_t = triton_warp_linearize(stack.to(dev), flow.to(dev), i0.to(dev), torch.float16)
 out["warp16_dtype"] = str(g_t.dtype)
-out["warp16_grad_diff"] = (g_t.cpu().float() - g16.float()).abs().max().item()
-out["warp16_rho_diff"] = (rho_t.cpu() - rho16).abs().max().item()
+g_t = g_t.cpu().float()
+# Within one float16 ulp (on a GPU, fused multiply-adds can move a value across a rounding boundary;
+# in the interpreter it is exact), and rho_c formed from the kernel's own rounded gradient.
+out["warp16_grad_ulps"] = ((g_t - g16).abs() / (g16.abs() * 2.0**-10).clamp(min=2.0**-24)).max().item()
+out["warp16_rho_diff"] = (rho_t.cpu() - linearized_residual_constant(i0, wp[:, 0], g_t, flow)).abs().max().item()
 print(json.dumps(out))
 """
 
@@ -338,7 +340,7 @@ def test_triton_backends_match_torch():
     # The fused warp + linearisation: bit-exact in the interpreter (the GPU may contract into FMAs).
     assert res["warp_grad_diff"] < 1e-3 and res["warp_rho_diff"] < 1e-2, res
     assert res["warp16_dtype"] == "torch.float16", res
-    assert res["warp16_grad_diff"] < 0.07 and res["warp16_rho_diff"] < 1e-2, res  # (an fp16 ulp at 255 is 0.125)
+    assert res["warp16_grad_ulps"] <= 1.0 and res["warp16_rho_diff"] < 1e-2, res
 
 
 def test_triton_median_source_is_in_sync():
