@@ -274,4 +274,9 @@ def median_filter(u: torch.Tensor, ksize: int = 5, core=median_of_shifts) -> tor
     """
     r = ksize // 2
     h, w = u.shape[-2:]
+    if core is median_of_shifts and u.device.type == "cpu" and u.shape[0] * u.shape[1] > 1:
+        # Eager on the CPU: one plane at a time keeps the 25 shifted windows and the network's
+        # intermediates in cache: 2x faster on (8, 2, 224, 224) than the whole batch at once.
+        planes = u.reshape(-1, 1, h, w).split(1)
+        return torch.cat([core(F.pad(x, (r, r, r, r), mode="replicate"), ksize, h, w) for x in planes]).view(u.shape)
     return core(F.pad(u, (r, r, r, r), mode="replicate"), ksize, h, w)
