@@ -118,6 +118,21 @@ def test_changed_extractor_config_recomputes_only_that_feature(env, tmp_path):
     assert store.provenance("a")["clip_vitb16"].params["preprocess"]["positions"] == [2, 6, 10, 14]
 
 
+def test_float16_tvl1_state_recomputes_only_the_flow_feature(env, tmp_path):
+    """TVL1Config(state_dtype="float16") changes the flow values, so it is a new i3d_flow feature (new hash,
+    recorded in provenance), computed alongside the untouched others, and close to the float32 one."""
+    store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    before = store.load("a")
+    cfg = replace(env.cfg, tvl1=replace(env.cfg.tvl1, state_dtype="float16"))
+    r = extract_video(env.video, "a", store, cfg, Extractors(cfg))
+    assert r.computed == ["i3d_flow"] and sorted(r.reused) == ["clip_vitb16", "i3d_rgb", "vggish"]
+    assert store.provenance("a")["i3d_flow"].params["preprocess"]["tvl1"]["state_dtype"] == "float16"
+    after = store.load("a")["i3d_flow"]
+    assert np.isfinite(after).all() and after.shape == before["i3d_flow"].shape
+    cos = (after * before["i3d_flow"]).sum(1) / (np.linalg.norm(after, axis=1) * np.linalg.norm(before["i3d_flow"], axis=1))
+    assert cos.min() > 0.99, cos
+
+
 def test_features_match_direct_computation(env):
     """Snippet 1 recomputed by hand from decoded frames equals what the pipeline stored."""
     from extractors.i3d import rgb_to_i3d_input
