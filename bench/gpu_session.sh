@@ -54,7 +54,7 @@ step() {  # step NAME SECONDS CMD...
 
 for s in $STEPS; do
   case $s in
-    tests) step tests 240 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
+    tests) step tests 360 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py ;;
     tests-fast) step tests-fast 150 $PY -m pytest -q -p no:cacheprovider --durations=0 tests/test_gpu.py \
             -k "not True-torch" ;;  # all but the torch.compile'd TV-L1 check (~2 min of compiling)
     tvl1) step tvl1 170 $PY bench/bench_tvl1.py --device cuda --backend torch --synthetic-pairs 24 --video-pairs 8 --batch 64 \

@@ -12,11 +12,23 @@ CLIPAE_PREFECT_HOST="${CLIPAE_PREFECT_HOST:-127.0.0.1}"
 CLIPAE_PREFECT_PORT="${CLIPAE_PREFECT_PORT:-4200}"
 unset _clipae_root
 
+# _clipae_derive VAR VALUE: export VAR=VALUE unless the user set VAR. A value this file derived
+# earlier (remembered in _CLIPAE_DERIVED_VAR, e.g. from a `source deploy/env.sh` in the parent shell)
+# is derived again, so `CLIPAE_PREFECT_PORT=4300 deploy/server.sh start` is not held to the old port.
+# (eval, not ${!var}: also works when sourced from zsh.)
+_clipae_derive() {
+  local _cur _mark
+  eval "_cur=\${$1:-}; _mark=\${_CLIPAE_DERIVED_$1:-}"
+  if [[ -z "$_cur" || "$_cur" == "$_mark" ]]; then
+    eval "export $1=\"\$2\" _CLIPAE_DERIVED_$1=\"\$2\""
+  fi
+}
 # A private PREFECT_HOME (profiles + default SQLite DB) per checkout, so nothing touches ~/.prefect.
 # PostgreSQL: set CLIPAE_DATABASE_URL, e.g. postgresql+asyncpg://user:pass@db:5432/prefect
-export PREFECT_HOME="${PREFECT_HOME:-$CLIPAE_LOCAL_DIR/home}"
-export PREFECT_API_URL="${PREFECT_API_URL:-http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT/api}"
-export PREFECT_UI_URL="${PREFECT_UI_URL:-http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT}"
+_clipae_derive PREFECT_HOME "$CLIPAE_LOCAL_DIR/home"
+_clipae_derive PREFECT_API_URL "http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT/api"
+_clipae_derive PREFECT_UI_URL "http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT"
+unset -f _clipae_derive
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_CLI_PROMPT=false
 if [[ -n "${CLIPAE_DATABASE_URL:-}" ]]; then

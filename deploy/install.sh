@@ -25,7 +25,7 @@ apt_install() {
 
 apt_candidate() {  # apt_candidate NAME...: the first package apt can install (names differ per distro; apt_update first)
   for pkg in "$@"; do
-    if apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then echo "$pkg"; return 0; fi
+    if LC_ALL=C apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then echo "$pkg"; return 0; fi
   done
   return 1
 }
@@ -34,8 +34,11 @@ command -v ffmpeg >/dev/null 2>&1 || apt_install ffmpeg
 command -v curl >/dev/null 2>&1 || apt_install curl
 
 PYTHON="${PYTHON:-python3}"
+# A .venv whose pip does not run is broken (e.g. left by `python3 -m venv` failing at ensurepip on a
+# machine without python3-venv): rebuild it rather than reuse it.
+venv_ok() { [[ -x .venv/bin/python ]] && .venv/bin/python -m pip --version >/dev/null 2>&1; }
 # Debian and Ubuntu ship venv's pip bootstrap (ensurepip) separately: python3.X-venv / python3-venv.
-if [[ ! -x .venv/bin/python ]] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
+if ! venv_ok && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1; then
   pyver="$("$PYTHON" -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
   apt_update
   apt_install "$(apt_candidate "python$pyver-venv" python3-venv || echo python3-venv)"
@@ -49,9 +52,10 @@ if ((want_browser)) && ! command -v chromium >/dev/null 2>&1 && ! command -v chr
   fi
 fi
 
-if [[ ! -x .venv/bin/python ]]; then
+if ! venv_ok; then
   echo "[install] creating .venv with $($PYTHON --version)"
-  "$PYTHON" -m venv .venv
+  "$PYTHON" -m venv --clear .venv
+  rm -f .venv/.clipae-installed
 fi
 # Re-install only when pyproject.toml changed since the last successful install.
 stamp=".venv/.clipae-installed"

@@ -33,3 +33,11 @@ def test_deploy_scripts_use_the_same_settings_and_the_environment_wins(tmp_path)
     assert api == "http://127.0.0.1:4300/api"
     api = _bash(f"source {REPO_ROOT}/deploy/env.sh; {SHOW}", PREFECT_API_URL="http://remote:4200/api").split("|")[0]
     assert api == "http://remote:4200/api"
+
+
+def test_values_derived_by_an_earlier_source_follow_a_new_port():
+    """A shell that sourced env.sh exports its derived URL; `CLIPAE_PREFECT_PORT=4300 deploy/server.sh start`
+    from that shell must use 4300 (a value the user set explicitly still wins, as above)."""
+    script = (f"source {REPO_ROOT}/deploy/env.sh; "
+              f"CLIPAE_PREFECT_PORT=4300 bash -c 'source {REPO_ROOT}/deploy/env.sh; {SHOW}'")
+    assert _bash(script).split("|")[0] == "http://127.0.0.1:4300/api"
