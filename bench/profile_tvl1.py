@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import torch
@@ -57,18 +58,11 @@ def type_of(field: str):
     return str if t.startswith("str") else float if t.startswith("float") else int
 
 
-@contextlib.contextmanager
 def knobs_set(knobs: dict):
+    """Context manager setting the sweep kernel's launch settings (tvl1_triton module constants) for a while."""
     from extractors import tvl1_triton
 
-    saved = {k: getattr(tvl1_triton, k) for k in knobs}
-    for k, v in knobs.items():
-        setattr(tvl1_triton, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(tvl1_triton, k, v)
+    return mock.patch.multiple(tvl1_triton, **knobs) if knobs else contextlib.nullcontext()
 
 
 def timed(f0, f1, cfg, repeats=2) -> float:

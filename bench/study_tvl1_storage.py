@@ -29,12 +29,12 @@ flow and our float32 flow are the baseline: two faithful float32 implementations
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import platform
 import sys
 import time
 from pathlib import Path
+from unittest import mock
 
 import cv2
 import numpy as np
@@ -71,9 +71,9 @@ class _Work:
         self.pixel_iterations = 0
 
 
-@contextlib.contextmanager
 def emulate(planes: tuple[str, ...], work: _Work):
-    """Patch extractors.tvl1's steps so the named planes are stored as float16 (rounded where written)."""
+    """Context manager patching extractors.tvl1's steps so the named planes are stored as float16
+    (rounded where written) and every iteration is counted in ``work``."""
     saved = {name: getattr(tv, name) for name in ("dual_step", "warp_bicubic", "linearized_residual_constant", "tvl1_iteration")}
 
     def dual_step(p, u, tt):
@@ -94,14 +94,8 @@ def emulate(planes: tuple[str, ...], work: _Work):
         work.pixel_iterations += u.shape[0] * u.shape[-2] * u.shape[-1]
         return saved["tvl1_iteration"](u, *args)
 
-    for name, fn in (("dual_step", dual_step), ("warp_bicubic", warp_bicubic),
-                     ("linearized_residual_constant", linearized_residual_constant), ("tvl1_iteration", tvl1_iteration)):
-        setattr(tv, name, fn)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(tv, name, fn)
+    return mock.patch.multiple(tv, dual_step=dual_step, warp_bicubic=warp_bicubic,
+                               linearized_residual_constant=linearized_residual_constant, tvl1_iteration=tvl1_iteration)
 
 
 def input_diff(flows: np.ndarray, ref: np.ndarray, net) -> dict:

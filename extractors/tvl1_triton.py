@@ -57,6 +57,38 @@ def _pixels(active_ptr, H, W, BLOCK_SIZE: tl.constexpr):
 
 
 @triton.jit
+def _div_p(pb, hw, offs, W, m, left, up):
+    """theta-free divergence of p at ``offs`` (both flow components), OpenCV's boundary: the field is zero
+    left of column 0 and above row 0 (``left``/``up`` mask those neighbours). p may be stored as float16."""
+    p00 = tl.load(pb + offs, mask=m, other=0.0).to(tl.float32)
+    p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
+    p01 = tl.load(pb + hw + offs, mask=m, other=0.0).to(tl.float32)
+    p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0).to(tl.float32)
+    p10 = tl.load(pb + 2 * hw + offs, mask=m, other=0.0).to(tl.float32)
+    p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
+    p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0).to(tl.float32)
+    p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
+    return (p00 - p00l) + (p01 - p01u), (p10 - p10l) + (p11 - p11u)
+
+
+@triton.jit
+def _dual_update(ub, pb, hw, offs, W, m, right, down, tt):
+    """Chambolle update of p at ``offs`` from the forward gradient of u (zero on the last column/row,
+    ``right``/``down`` false there), in place; the new p is rounded to p's dtype on store."""
+    for c in tl.static_range(2):
+        uc = tl.load(ub + c * hw + offs, mask=m, other=0.0)
+        ur = tl.load(ub + c * hw + offs + 1, mask=right, other=0.0)
+        ud = tl.load(ub + c * hw + offs + W, mask=down, other=0.0)
+        gx = tl.where(right, ur - uc, 0.0)
+        gy = tl.where(down, ud - uc, 0.0)
+        scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
+        px = tl.load(pb + (2 * c) * hw + offs, mask=m, other=0.0).to(tl.float32)
+        py = tl.load(pb + (2 * c + 1) * hw + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=m)
+        tl.store(pb + (2 * c + 1) * hw + offs, (py + tt * gy) * scale, mask=m)
+
+
+@triton.jit
 def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H, W, lt, theta,
                    BLOCK_SIZE: tl.constexpr):
     b, offs, hw, inb, row, col = _pixels(active_ptr, H, W, BLOCK_SIZE)
@@ -74,19 +106,9 @@ def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H
     step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
     v0 = u0 + step * g0
     v1 = u1 + step * g1
-    # div p with OpenCV's boundary: the field is zero left of column 0 and above row 0
-    left = inb & (col > 0)
-    up = inb & (row > 0)
-    p00 = tl.load(pb + offs, mask=inb, other=0.0).to(tl.float32)
-    p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
-    p01 = tl.load(pb + hw + offs, mask=inb, other=0.0).to(tl.float32)
-    p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0).to(tl.float32)
-    p10 = tl.load(pb + 2 * hw + offs, mask=inb, other=0.0).to(tl.float32)
-    p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
-    p11 = tl.load(pb + 3 * hw + offs, mask=inb, other=0.0).to(tl.float32)
-    p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
-    n0 = v0 + theta * ((p00 - p00l) + (p01 - p01u))
-    n1 = v1 + theta * ((p10 - p10l) + (p11 - p11u))
+    div0, div1 = _div_p(pb, hw, offs, W, inb, inb & (col > 0), inb & (row > 0))
+    n0 = v0 + theta * div0
+    n1 = v1 + theta * div1
     d0 = n0 - u0
     d1 = n1 - u1
     e = tl.where(inb, d0 * d0 + d1 * d1, 0.0)
@@ -100,19 +122,7 @@ def _dual_kernel(u_ptr, p_ptr, active_ptr, H, W, tt, BLOCK_SIZE: tl.constexpr):
     b, offs, hw, inb, row, col = _pixels(active_ptr, H, W, BLOCK_SIZE)
     right = inb & (col < W - 1)
     down = inb & (row < H - 1)
-    ub = u_ptr + b * 2 * hw
-    pb = p_ptr + b * 4 * hw
-    for c in tl.static_range(2):
-        uc = tl.load(ub + c * hw + offs, mask=inb, other=0.0)
-        ur = tl.load(ub + c * hw + offs + 1, mask=right, other=0.0)
-        ud = tl.load(ub + c * hw + offs + W, mask=down, other=0.0)
-        gx = tl.where(right, ur - uc, 0.0)  # forward differences, zero on the last column/row
-        gy = tl.where(down, ud - uc, 0.0)
-        scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
-        px = tl.load(pb + (2 * c) * hw + offs, mask=inb, other=0.0).to(tl.float32)
-        py = tl.load(pb + (2 * c + 1) * hw + offs, mask=inb, other=0.0).to(tl.float32)
-        tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=inb)  # (rounded to p's dtype)
-        tl.store(pb + (2 * c + 1) * hw + offs, (py + tt * gy) * scale, mask=inb)
+    _dual_update(u_ptr + b * 2 * hw, p_ptr + b * 4 * hw, hw, offs, W, inb, right, down, tt)
 
 
 def triton_block(
@@ -192,18 +202,9 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                 rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
                 inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)  # as thresholding_step's inv_grad_sq
                 step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
-                left = m & (col > 0)
-                up = m & (row > 0)
-                p00 = tl.load(pb + offs, mask=m, other=0.0).to(tl.float32)
-                p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
-                p01 = tl.load(pb + hw + offs, mask=m, other=0.0).to(tl.float32)
-                p01u = tl.load(pb + hw + offs - W, mask=up, other=0.0).to(tl.float32)
-                p10 = tl.load(pb + 2 * hw + offs, mask=m, other=0.0).to(tl.float32)
-                p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
-                p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0).to(tl.float32)
-                p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
-                n0 = (u0 + step * g0) + theta * ((p00 - p00l) + (p01 - p01u))
-                n1 = (u1 + step * g1) + theta * ((p10 - p10l) + (p11 - p11u))
+                div0, div1 = _div_p(pb, hw, offs, W, m, m & (col > 0), m & (row > 0))
+                n0 = (u0 + step * g0) + theta * div0
+                n1 = (u1 + step * g1) + theta * div1
                 d0 = n0 - u0
                 d1 = n1 - u1
                 acc += tl.where(m, d0 * d0 + d1 * d1, 0.0)
@@ -214,19 +215,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                 drow = row - 1
                 dm = (drow >= 0) & (drow < H) & in_w
                 doffs = offs - W
-                right = dm & (col < W - 1)
-                down = dm & (drow < H - 1)
-                for c in tl.static_range(2):
-                    uc = tl.load(ub + c * hw + doffs, mask=dm, other=0.0)
-                    ur = tl.load(ub + c * hw + doffs + 1, mask=right, other=0.0)
-                    ud = tl.load(ub + c * hw + doffs + W, mask=down, other=0.0)
-                    gx = tl.where(right, ur - uc, 0.0)  # forward differences, zero on the last column/row
-                    gy = tl.where(down, ud - uc, 0.0)
-                    scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
-                    px = tl.load(pb + (2 * c) * hw + doffs, mask=dm, other=0.0).to(tl.float32)
-                    py = tl.load(pb + (2 * c + 1) * hw + doffs, mask=dm, other=0.0).to(tl.float32)
-                    tl.store(pb + (2 * c) * hw + doffs, (px + tt * gx) * scale, mask=dm)
-                    tl.store(pb + (2 * c + 1) * hw + doffs, (py + tt * gy) * scale, mask=dm)
+                _dual_update(ub, pb, hw, doffs, W, dm, dm & (col < W - 1), dm & (drow < H - 1), tt)
                 k += 1
             tl.debug_barrier()  # the next iteration's first bands read rows the last bands wrote
             err = tl.sum(tl.sum(acc, axis=1), axis=0)
