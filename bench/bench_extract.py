@@ -152,6 +152,8 @@ def main() -> None:
     ap.add_argument("--window-snippets", type=int, default=16, help="snippets per decoded window (flow batches stay within one)")
     ap.add_argument("--e2e", action="store_true", help="also time extract_video on the whole video")
     ap.add_argument("--only-e2e", action="store_true", help="skip the per-extractor rows")
+    ap.add_argument("--only-many", action="store_true",
+                    help="only the --e2e-videos run (no per-extractor rows, no cold single-video run)")
     ap.add_argument("--e2e-tvl1", default="default", choices=["default", "fast"],
                     help="TV-L1 setting for --e2e: OpenCV defaults, or 1 scale/1 warp/5 iterations")
     ap.add_argument("--e2e-videos", type=int, default=0, help="also time extract_many on this many videos")
@@ -160,6 +162,8 @@ def main() -> None:
     ap.add_argument("--tvl1-backend", default="auto", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--tvl1-state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
     ap.add_argument("--sweep-maxnreg", type=int, default=None, help="register cap of the Triton sweep (tvl1_triton.SWEEP_MAXNREG)")
+    ap.add_argument("--sweep-layout", default=None, choices=["rows", "flat"],
+                    help="band shape of the Triton sweep (tvl1_triton.SWEEP_LAYOUT)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -169,17 +173,17 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if args.sweep_maxnreg:
+    if args.sweep_maxnreg or args.sweep_layout:
         from extractors import tvl1_triton
 
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
+        tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
                         tvl1=TVL1Config(backend=args.tvl1_backend, state_dtype=args.tvl1_state_dtype),
                         window_snippets=args.window_snippets)
-    models = Extractors(cfg)
     positions = {2, 6, 10, 14}
     frames, dec_s = decode_frames(video, PreprocessSpec(), positions)
     n_frames = len(frames["rgb"])
@@ -188,15 +192,17 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
               "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
-              "sweep_maxnreg": args.sweep_maxnreg, "frames_per_second": rows}
-    if args.only_e2e:
-        run_e2e(args, cfg, video, tmp, result)
+              "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": args.sweep_layout, "frames_per_second": rows}
+    if args.only_e2e or args.only_many:
+        if not args.only_many:
+            run_e2e(args, cfg, video, tmp, result)
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)
         print(json.dumps(result, indent=2))
         if args.out:
             Path(args.out).write_text(json.dumps(result, indent=2))
         return
+    models = Extractors(cfg)
     s = min(args.snippets, n_frames // 16 - 1)
     result["snippets_per_extractor"] = s
     nf = 16 * s

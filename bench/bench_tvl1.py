@@ -133,6 +133,8 @@ def main() -> None:
                     help="backend triton: pixels per band of the sweep kernel (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--sweep-maxnreg", type=int, default=None,
                     help="backend triton: register cap of the sweep kernel (tvl1_triton.SWEEP_MAXNREG)")
+    ap.add_argument("--sweep-layout", default=None, choices=["rows", "flat"],
+                    help="backend triton: band shape of the sweep kernel (tvl1_triton.SWEEP_LAYOUT)")
     ap.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-opencv-speed", action="store_true", help="e.g. for GPU runs")
@@ -142,13 +144,14 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend, state_dtype=args.state_dtype)
-    if args.sweep_band or args.sweep_maxnreg:
+    if args.sweep_band or args.sweep_maxnreg or args.sweep_layout:
         from extractors import tvl1_triton
 
         if args.sweep_band:
             tvl1_triton.sweep_layout(224, args.sweep_band)  # validates
             tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
+        tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -158,6 +161,7 @@ def main() -> None:
         "backend": resolve_backend(cfg, args.device),
         "sweep_band": args.sweep_band,
         "sweep_maxnreg": args.sweep_maxnreg,
+        "sweep_layout": args.sweep_layout,
         "state_dtype": args.state_dtype,
         "size": args.size,
     }

@@ -7,7 +7,7 @@
 Prints torch.profiler's top kernels by device time for one ``tvl1_flow`` call (``--profile``), dynamo's
 counters (recompiles, graph breaks), the iterations actually run per pyramid level, and
 pairs/s for each variant named in ``--variants`` (``name=field:value,...`` over TVL1Config's fields and the
-sweep kernel's launch settings ``sweep_band`` / ``sweep_maxnreg``), timed in the same process.
+sweep kernel's launch settings ``sweep_band`` / ``sweep_maxnreg`` / ``sweep_layout``), timed in the same process.
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ import extractors.tvl1 as T  # noqa: E402
 
 
 # Variant keys that are launch settings of the Triton sweep kernel, not TVL1Config fields.
-KNOBS = {"sweep_band": "SWEEP_BAND_PIXELS", "sweep_maxnreg": "SWEEP_MAXNREG"}
+KNOBS = {"sweep_band": "SWEEP_BAND_PIXELS", "sweep_maxnreg": "SWEEP_MAXNREG", "sweep_layout": "SWEEP_LAYOUT"}
 
 
 def parse_variant(spec: str) -> tuple[str, T.TVL1Config, dict]:
@@ -42,7 +42,7 @@ def parse_variant(spec: str) -> tuple[str, T.TVL1Config, dict]:
     for item in filter(None, fields.split(",")):
         k, _, v = item.partition(":")
         if k in KNOBS:
-            knobs[KNOBS[k]] = None if v == "None" else int(v)
+            knobs[KNOBS[k]] = None if v == "None" else v if k == "sweep_layout" else int(v)
         else:
             kw[k] = None if v == "None" else type_of(k)(v)
     return name, T.TVL1Config(**kw), knobs
@@ -81,14 +81,15 @@ def sweep_kernels_compiled() -> list[dict]:
 
     out = []
     try:
-        for caches in tvl1_triton._sweep_kernel.device_caches.values():
-            for k in caches[0].values():
-                k._init_handles()
-                src = getattr(k, "src", None)
-                out.append({"p": str(src.signature.get("p_ptr")) if src else None,
-                            "constants": str(getattr(src, "constants", None)),  # ROWS, BLOCK_W: the layout
-                            "num_warps": getattr(k.metadata, "num_warps", None),
-                            "maxnreg": getattr(k.metadata, "maxnreg", None), "n_regs": k.n_regs, "n_spills": k.n_spills})
+        compiled = [(kernel.fn.__name__, k) for kernel in (tvl1_triton._sweep_kernel, tvl1_triton._sweep_flat_kernel)
+                    for caches in kernel.device_caches.values() for k in caches[0].values()]
+        for name, k in compiled:
+            k._init_handles()
+            src = getattr(k, "src", None)
+            out.append({"kernel": name, "p": str(src.signature.get("p_ptr")) if src else None,
+                        "constants": str(getattr(src, "constants", None)),  # ROWS, BLOCK_W / BAND: the layout
+                        "num_warps": getattr(k.metadata, "num_warps", None),
+                        "maxnreg": getattr(k.metadata, "maxnreg", None), "n_regs": k.n_regs, "n_spills": k.n_spills})
     except Exception as e:  # Triton internals: diagnostics only, never fail the benchmark on them
         out.append({"error": repr(e)})
     return out

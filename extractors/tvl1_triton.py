@@ -33,7 +33,7 @@ import triton.language as tl
 
 from extractors.tvl1 import _FLT_EPSILON
 
-__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "BLOCK", "LAUNCH_LOCK"]
+__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "flat_sweep_layout", "BLOCK", "LAUNCH_LOCK"]
 
 # Held around every launch of these kernels (microseconds: launches are asynchronous). Threads may
 # call TV-L1 concurrently (extractors.pipeline with video_workers); a kernel's first launch compiles
@@ -225,6 +225,71 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
             tl.store(active_ptr + b, err > threshold)
 
 
+@triton.jit
+def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt, col_step,
+                       BAND: tl.constexpr):
+    """``_sweep_kernel`` with bands of BAND consecutive pixels of the flattened image instead of whole rows.
+
+    Every lane holds a pixel (whole-row bands leave the lanes past the width idle, padded to a power of
+    2: 12-44% of them at the pyramid's widths 224/179/143/114/91), and bands start aligned. The
+    dependencies are the same with "row" read as "W pixels": the primal at pixel i reads p^n at i-1 and
+    i-W; the dual at j reads u^{n+1} at j, j+1, j+W. Band k does primal(pixels kB..kB+B-1), barrier,
+    dual(pixels kB-W..kB+B-1-W): their u neighbours are final, and the p they overwrite is read by no
+    later primal (band k+1 reads p from (k+1)B-W on). ``col`` (pixel column) is carried from band to
+    band by adding ``col_step`` = B mod W, so no division runs in the loop.
+    """
+    b = tl.program_id(0)
+    if tl.load(active_ptr + b).to(tl.int32) != 0:
+        hw = H * W
+        ub = u_ptr + b * 2 * hw
+        pb = p_ptr + b * 4 * hw
+        gb = g_ptr + b * 2 * hw
+        rb = rho_ptr + b * hw
+        lane = tl.arange(0, BAND)
+        col_first = lane % W
+        bands = (hw + W + BAND - 1) // BAND  # the dual runs W pixels behind the primal
+        err = threshold
+        n = 0
+        go = n < steps
+        while go:
+            acc = tl.zeros([BAND], dtype=tl.float32)
+            col = col_first
+            k = 0
+            while k < bands:
+                # ---- primal on pixels k*BAND + lane
+                offs = k * BAND + lane
+                m = offs < hw
+                u0 = tl.load(ub + offs, mask=m, other=0.0)
+                u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
+                g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)
+                g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
+                rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
+                inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)
+                step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
+                div0, div1 = _div_p(pb, hw, offs, W, m, m & (col > 0), m & (offs >= W))
+                n0 = (u0 + step * g0) + theta * div0
+                n1 = (u1 + step * g1) + theta * div1
+                d0 = n0 - u0
+                d1 = n1 - u1
+                acc += tl.where(m, d0 * d0 + d1 * d1, 0.0)
+                tl.store(ub + offs, n0, mask=m)
+                tl.store(ub + hw + offs, n1, mask=m)
+                tl.debug_barrier()
+                # ---- dual on the pixels one row (W) behind: same columns
+                doffs = offs - W
+                dm = (doffs >= 0) & (doffs < hw)
+                _dual_update(ub, pb, hw, doffs, W, dm, dm & (col < W - 1), dm & (doffs < hw - W), tt)
+                col += col_step
+                col = tl.where(col >= W, col - W, col)
+                k += 1
+            tl.debug_barrier()
+            err = tl.sum(acc, axis=0)
+            n += 1
+            go = (err > threshold) & (n < steps)
+        if n > 0:
+            tl.store(active_ptr + b, err > threshold)
+
+
 MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too many registers
 SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pixels per thread: 128 registers).
 # Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: compiled for sm_90 at
@@ -233,19 +298,35 @@ SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pi
 # spilled uncapped and none capped).
 # Whether that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
 SWEEP_MAXNREG: int | None = None
+# Band shape: "rows" (bands of whole rows, the layout measured on the H100) or "flat" (bands of consecutive
+# pixels: every lane busy at every width, same results up to the order of the stopping error's sum;
+# not measured on a GPU yet: bench/gpu_session.sh step tvl1-variants times both).
+SWEEP_LAYOUT = "rows"
 
 
-def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, int]:
-    """(ROWS, BLOCK_W, num_warps) for images ``width`` pixels wide: bands of whole rows, ~2 pixels per thread."""
-    if width > MAX_SWEEP_WIDTH:
-        raise ValueError(f"tvl1 triton backend: images wider than {MAX_SWEEP_WIDTH} px are not supported "
-                         f"(got {width}); use backend='torch' or 'triton-grid'")
+def _band(band_pixels: int | None) -> int:
     band = band_pixels or SWEEP_BAND_PIXELS
     if band < 32 or band & (band - 1):
         raise ValueError(f"tvl1 triton backend: band_pixels must be a power of 2 >= 32, got {band}")
+    return band
+
+
+def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, int]:
+    """(ROWS, BLOCK_W, num_warps) of the "rows" layout for images ``width`` pixels wide: bands of whole
+    rows, ~2 pixels per thread."""
+    if width > MAX_SWEEP_WIDTH:
+        raise ValueError(f"tvl1 triton backend: images wider than {MAX_SWEEP_WIDTH} px are not supported "
+                         f"(got {width}); use backend='torch' or 'triton-grid'")
+    band = _band(band_pixels)
     block_w = triton.next_power_of_2(width)
     rows = max(1, band // block_w)
     return rows, block_w, min(32, max(1, rows * block_w // 64))
+
+
+def flat_sweep_layout(band_pixels: int | None = None) -> tuple[int, int]:
+    """(BAND, num_warps) of the "flat" layout (any width): 2 pixels per thread."""
+    band = _band(band_pixels)
+    return band, min(32, max(1, band // 64))
 
 
 def triton_sweep_block(
@@ -272,12 +353,19 @@ def triton_sweep_block(
     if p.numel() >= 2**31:
         raise ValueError(f"tvl1 triton backend: batch too large for 32-bit offsets ({tuple(p.shape)}); use smaller batches")
     b, _, h, w = u.shape
-    rows, block_w, warps = sweep_layout(w)
+    if SWEEP_LAYOUT not in ("rows", "flat"):
+        raise ValueError(f"tvl1_triton.SWEEP_LAYOUT must be 'rows' or 'flat', got {SWEEP_LAYOUT!r}")
+    args = (u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta, theta, tau_over_theta)
+    if SWEEP_LAYOUT == "flat":
+        band, warps = flat_sweep_layout()
+        kernel, args, constexprs = _sweep_flat_kernel, (*args, band % w), {"BAND": band}
+    else:
+        rows, block_w, warps = sweep_layout(w)
+        kernel, constexprs = _sweep_kernel, {"ROWS": rows, "BLOCK_W": block_w}
     # num_stages=1: no software pipelining, so no load is hoisted above a barrier.
     options = {"num_warps": warps, "num_stages": 1}
     if SWEEP_MAXNREG:
         options["maxnreg"] = SWEEP_MAXNREG
     with LAUNCH_LOCK:
-        _sweep_kernel[(b,)](u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta,
-                            theta, tau_over_theta, ROWS=rows, BLOCK_W=block_w, **options)
+        kernel[(b,)](*args, **constexprs, **options)
     return u, p, active

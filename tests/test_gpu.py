@@ -34,8 +34,14 @@ def _pairs(n: int, size: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor
 @pytest.mark.parametrize("compile_,backend,state", [
     (False, "torch", "float32"), (True, "torch", "float32"), (None, "triton", "float32"), (None, "triton-grid", "float32"),
     (False, "torch", "float16"), (True, "torch", "float16"), (None, "triton", "float16"), (None, "triton-grid", "float16"),
+    (None, "triton-flat", "float32"), (None, "triton-flat", "float16"),  # the sweep's "flat" band layout
 ])
-def test_tvl1_on_cuda_matches_cpu(compile_, backend, state):
+def test_tvl1_on_cuda_matches_cpu(compile_, backend, state, monkeypatch):
+    from extractors import tvl1_triton
+
+    if backend == "triton-flat":
+        monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", "flat")
+        backend = "triton"
     f0, f1 = _pairs(6, 64)
     cfg = TVL1Config(compile=compile_, backend=backend, state_dtype=state)
     cpu = tvl1_flow(f0, f1, TVL1Config(compile=False, state_dtype=state))
@@ -48,18 +54,22 @@ def test_tvl1_on_cuda_matches_cpu(compile_, backend, state):
     assert cpu.abs().mean() > 0.3  # the pairs really move
 
 
-@pytest.mark.parametrize("state,maxnreg", [("float32", None), ("float32", 48), ("float16", None), ("float16", 48)])
-@pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224)])
-def test_triton_sweep_block_equals_masked_block_on_cuda(hw, state, maxnreg, monkeypatch):
+@pytest.mark.parametrize("layout,state,maxnreg", [
+    ("rows", "float32", None), ("rows", "float32", 48), ("rows", "float16", None), ("rows", "float16", 48),
+    ("flat", "float32", None), ("flat", "float32", 40), ("flat", "float16", 40)])
+@pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224), (3, 600)])
+def test_triton_sweep_block_equals_masked_block_on_cuda(hw, layout, state, maxnreg, monkeypatch):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:
-    ROWS = 1 (300 px wide), 2 (224, production), 16 > H (23); float32 and float16 state, with and without
-    the register cap the benchmark tries. Races between bands would show here as differences and as
-    run-to-run nondeterminism (the sweep itself has no atomics)."""
+    rows: ROWS = 1 (300 and 600 px wide), 2 (224, production), 16 > H (23); flat: bands wider and
+    narrower than a row (600 px > 512). float32 and float16 state, with and without the register caps
+    the benchmark tries. Races between bands would show here as differences and as run-to-run
+    nondeterminism (the sweep itself has no atomics)."""
     from extractors import tvl1_triton
     from extractors.tvl1 import _FLT_EPSILON, STATE_DTYPES, masked_block
     from extractors.tvl1_triton import triton_sweep_block
 
     monkeypatch.setattr(tvl1_triton, "SWEEP_MAXNREG", maxnreg)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", layout)
     h, w = hw
     g = torch.Generator().manual_seed(h * w)
     b = 3
