@@ -83,6 +83,21 @@ def decode_frames(video: Path, spec: PreprocessSpec, positions) -> tuple[dict, f
     return {"rgb": np.concatenate(rgb), "gray": np.concatenate(gray), "clip": clip}, dt
 
 
+def sweep_layout_in_use(cfg: ExtractConfig, device: torch.device) -> str | None:
+    """The Triton sweep's band layout TV-L1 runs with (None when the backend is not "triton")."""
+    if resolve_backend(cfg.tvl1, device) != "triton":
+        return None
+    from extractors import tvl1_triton
+
+    return tvl1_triton.SWEEP_LAYOUT
+
+
+def emit(result: dict, out: str | None) -> None:
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).write_text(json.dumps(result, indent=2))
+
+
 def cosine_min(a: torch.Tensor, b: torch.Tensor) -> float:
     return torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).min().item()
 
@@ -179,28 +194,31 @@ def main() -> None:
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
         tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
-    video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
                         tvl1=TVL1Config(backend=args.tvl1_backend, state_dtype=args.tvl1_state_dtype),
                         window_snippets=args.window_snippets)
+    result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
+              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+              "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
+              "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device)}
+    if args.only_many:
+        if args.e2e_videos:
+            run_e2e_many(args, cfg, tmp, result)
+        emit(result, args.out)
+        return
+    video = make_video(tmp / "bench.mp4", args.seconds, args.size)
     positions = {2, 6, 10, 14}
     frames, dec_s = decode_frames(video, PreprocessSpec(), positions)
     n_frames = len(frames["rgb"])
     rows = {"decode+preprocess (whole video)": n_frames / dec_s}
-    result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
-              "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
-              "video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
-              "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
-              "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": args.sweep_layout, "frames_per_second": rows}
-    if args.only_e2e or args.only_many:
-        if not args.only_many:
-            run_e2e(args, cfg, video, tmp, result)
+    result.update({"video": f"{args.size} {args.seconds:g}s testsrc2 h264 + aac", "frames": n_frames,
+                   "frames_per_second": rows})
+    if args.only_e2e:
+        run_e2e(args, cfg, video, tmp, result)
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)
-        print(json.dumps(result, indent=2))
-        if args.out:
-            Path(args.out).write_text(json.dumps(result, indent=2))
+        emit(result, args.out)
         return
     models = Extractors(cfg)
     s = min(args.snippets, n_frames // 16 - 1)
@@ -253,9 +271,7 @@ def main() -> None:
                     low = fn()
                 checks[name][str(dt).replace("torch.", "")] = cosine_min(ref, low)
         result["autocast_min_cosine"] = checks
-    print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
+    emit(result, args.out)
 
 
 if __name__ == "__main__":

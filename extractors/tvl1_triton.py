@@ -226,7 +226,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
 
 
 @triton.jit
-def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt, col_step,
+def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt,
                        BAND: tl.constexpr):
     """``_sweep_kernel`` with bands of BAND consecutive pixels of the flattened image instead of whole rows.
 
@@ -235,8 +235,9 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
     dependencies are the same with "row" read as "W pixels": the primal at pixel i reads p^n at i-1 and
     i-W; the dual at j reads u^{n+1} at j, j+1, j+W. Band k does primal(pixels kB..kB+B-1), barrier,
     dual(pixels kB-W..kB+B-1-W): their u neighbours are final, and the p they overwrite is read by no
-    later primal (band k+1 reads p from (k+1)B-W on). ``col`` (pixel column) is carried from band to
-    band by adding ``col_step`` = B mod W, so no division runs in the loop.
+    later primal (band k+1 reads p from (k+1)B-W on). The pixel's column (for the left/right borders)
+    is ``offs % W``: carrying it from band to band instead took more registers (63 vs 48 at 224 px,
+    from ptxas) and more instructions.
     """
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
@@ -246,19 +247,18 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
         gb = g_ptr + b * 2 * hw
         rb = rho_ptr + b * hw
         lane = tl.arange(0, BAND)
-        col_first = lane % W
         bands = (hw + W + BAND - 1) // BAND  # the dual runs W pixels behind the primal
         err = threshold
         n = 0
         go = n < steps
         while go:
             acc = tl.zeros([BAND], dtype=tl.float32)
-            col = col_first
             k = 0
             while k < bands:
                 # ---- primal on pixels k*BAND + lane
                 offs = k * BAND + lane
                 m = offs < hw
+                col = offs % W
                 u0 = tl.load(ub + offs, mask=m, other=0.0)
                 u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
                 g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)
@@ -279,8 +279,6 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
                 doffs = offs - W
                 dm = (doffs >= 0) & (doffs < hw)
                 _dual_update(ub, pb, hw, doffs, W, dm, dm & (col < W - 1), dm & (doffs < hw - W), tt)
-                col += col_step
-                col = tl.where(col >= W, col - W, col)
                 k += 1
             tl.debug_barrier()
             err = tl.sum(acc, axis=0)
@@ -292,11 +290,11 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
 
 MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too many registers
 SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pixels per thread: 128 registers).
-# Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: compiled for sm_90 at
-# 224 px wide (Triton 3.6, tests/test_tvl1.py) the float32 sweep takes 56 registers, so 4 programs of
-# 8 warps fit on an SM; capped at 48 it still spills nothing and 5 fit (float16 state: 48, with 4 bytes
-# spilled uncapped and none capped).
-# Whether that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
+# Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: as a launch compiles
+# it for sm_90 (Triton 3.6; tests/test_tvl1.py pins the figures), the float32 rows sweep takes 40 registers
+# at 224 px (6 programs of 8 warps per SM) but 56-58 at the pyramid's widths not divisible by 16 (4
+# programs); capped at 48 those take 48 without spilling (5 programs) while 224 px rises to 48. Whether
+# that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
 SWEEP_MAXNREG: int | None = None
 # Band shape: "rows" (bands of whole rows, the layout measured on the H100) or "flat" (bands of consecutive
 # pixels: every lane busy at every width, same results up to the order of the stopping error's sum;
@@ -358,7 +356,7 @@ def triton_sweep_block(
     args = (u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta, theta, tau_over_theta)
     if SWEEP_LAYOUT == "flat":
         band, warps = flat_sweep_layout()
-        kernel, args, constexprs = _sweep_flat_kernel, (*args, band % w), {"BAND": band}
+        kernel, constexprs = _sweep_flat_kernel, {"BAND": band}
     else:
         rows, block_w, warps = sweep_layout(w)
         kernel, constexprs = _sweep_kernel, {"ROWS": rows, "BLOCK_W": block_w}

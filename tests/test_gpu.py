@@ -56,12 +56,12 @@ def test_tvl1_on_cuda_matches_cpu(compile_, backend, state, monkeypatch):
 
 @pytest.mark.parametrize("layout,state,maxnreg", [
     ("rows", "float32", None), ("rows", "float32", 48), ("rows", "float16", None), ("rows", "float16", 48),
-    ("flat", "float32", None), ("flat", "float32", 40), ("flat", "float16", 40)])
+    ("flat", "float32", None), ("flat", "float16", None)])
 @pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224), (3, 600)])
 def test_triton_sweep_block_equals_masked_block_on_cuda(hw, layout, state, maxnreg, monkeypatch):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:
     rows: ROWS = 1 (300 and 600 px wide), 2 (224, production), 16 > H (23); flat: bands wider and
-    narrower than a row (600 px > 512). float32 and float16 state, with and without the register caps
+    narrower than a row (600 px > 512). float32 and float16 state, with and without the register cap
     the benchmark tries. Races between bands would show here as differences and as run-to-run
     nondeterminism (the sweep itself has no atomics)."""
     from extractors import tvl1_triton
