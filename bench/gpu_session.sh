@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-band tvl1-band2 extract extract-triton
-#          e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat train profile profile-triton
+#          e2e[-long][-fast|-r48|-f16|-flat|-f16flat] train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -13,12 +13,12 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-# Default: GPU tests, then the open TV-L1 speed questions in one device call (limits sum to 510 s of 600,
+# Default: GPU tests, then the open TV-L1 speed questions in one device call (limits sum to 540 s of 600,
 # leaving room for the setup above): the sweep's "flat" band layout, float16 state and register caps,
-# timed against the float32 "rows" default in the same process, then end to end with the default, with
-# the flat layout (exact: same values) and with flat + float16 state. (e2e-f16: rows + cap 48 + float16;
-# e2e-r48: rows + cap 48, if the variants call for them.)
-STEPS=${*:-tests-fast tvl1-variants e2e e2e-flat e2e-f16flat}
+# timed against the float32 "rows" default in the same process, then end to end on THUMOS-length videos
+# with the default and with the flat layout (exact: same values). A second call can run e2e (30 s videos,
+# the figure earlier sessions reported) and the other variants (e.g. e2e-long-f16flat, e2e-long-r48).
+STEPS=${*:-tests-fast tvl1-variants e2e-long e2e-long-flat}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -86,15 +86,22 @@ for s in $STEPS; do
             --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
             flat=backend:triton,sweep_layout:flat f16=backend:triton,state_dtype:float16 \
             f16r48=backend:triton,state_dtype:float16,sweep_maxnreg:48 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
-    e2e|e2e-fast|e2e-r48|e2e-f16|e2e-flat|e2e-f16flat) tv=default; extra=""  # the pipeline alone, with stage times
-            [ $s = e2e-fast ] && tv=fast  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
-            [ $s = e2e-r48 ] && extra="--sweep-maxnreg 48"
-            [ $s = e2e-f16 ] && extra="--sweep-maxnreg 48 --tvl1-state-dtype float16"
-            [ $s = e2e-flat ] && extra="--sweep-layout flat"  # (the flat kernel spills under a cap of 48)
-            [ $s = e2e-f16flat ] && extra="--sweep-layout flat --tvl1-state-dtype float16"
+    e2e|e2e-*) tv=default; extra=""; secs=30; limit=70  # the pipeline alone, with stage times
+            v=${s#e2e}; v=${v#-long}
+            case $v in ""|-fast|-r48|-f16flat|-flat|-f16) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
+            # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
+            case $s in *-long*) secs=155; limit=120 ;; esac
+            case $s in  # the TV-L1 variant
+              *-fast) tv=fast ;;  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
+              *-r48) extra="--sweep-maxnreg 48" ;;
+              *-f16flat) extra="--sweep-layout flat --tvl1-state-dtype float16" ;;
+              *-flat) extra="--sweep-layout flat" ;;  # (the flat kernel spills under a cap of 48)
+              *-f16) extra="--sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
+            esac
             # --only-many: the extract_many figure only (the cold single-video run cost ~35 s per step)
-            step $s 70 $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
-            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds 30 \
+            step $s $limit $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
+            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds $secs \
             --video-workers 8 --only-many --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
