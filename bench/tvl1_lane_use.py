@@ -7,7 +7,8 @@ CPU only (the torch solver at OpenCV's defaults counts the iterations; the layou
 bikes.mp4 (large real motion), 224x224 crops as the pipeline makes them: iterations per pair at each
 pyramid level, and for the Triton sweep's "rows" and "flat" band layouts the lane slots one iteration
 occupies (bands x band size, the dual's extra lag band included) against the pixels it updates. The ratio
-of slots weighted by the measured iterations is how many more band steps the rows layout runs.
+of slots weighted by the measured iterations is how many more band steps the rows layout runs (both use
+512-lane bands at widths up to 512, so slots and band steps are proportional).
 """
 from __future__ import annotations
 

@@ -231,7 +231,7 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
     """``_sweep_kernel`` with bands of BAND consecutive pixels of the flattened image instead of whole rows.
 
     Every lane holds a pixel (whole-row bands leave the lanes past the width idle, padded to a power of
-    2: 12-44% of them at the pyramid's widths 224/179/143/114/91), and bands start aligned. The
+    2: 11-44% of them at the pyramid's widths 224/179/143/114/91), and bands start aligned. The
     dependencies are the same with "row" read as "W pixels": the primal at pixel i reads p^n at i-1 and
     i-W; the dual at j reads u^{n+1} at j, j+1, j+W. Band k does primal(pixels kB..kB+B-1), barrier,
     dual(pixels kB-W..kB+B-1-W): their u neighbours are final, and the p they overwrite is read by no
