@@ -19,6 +19,7 @@ on real frames: the pipeline's ``precision=auto`` keeps bf16 only where it is >=
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -224,14 +225,25 @@ def main() -> None:
     s = min(args.snippets, n_frames // 16 - 1)
     result["snippets_per_extractor"] = s
     nf = 16 * s
+    # The networks' rows run at the precision the pipeline would use: --precision bf16/fp16 as given, auto as
+    # bf16 (what its cosine check kept for all three networks in every recorded run), fp32 on the CPU.
+    # (Before 2026-11-23's sixth session these rows ran without autocast, i.e. fp32.)
+    amp_dtype = {"bf16": torch.bfloat16, "auto": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
+    if device.type != "cuda":
+        amp_dtype = None
+    result["networks_precision"] = str(amp_dtype).replace("torch.", "") if amp_dtype else "fp32"
+
+    def amp():
+        return torch.autocast("cuda", dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
 
     rgb = torch.from_numpy(frames["rgb"][:nf]).reshape(s, 16, 224, 224, 3).to(device)
     gray = torch.from_numpy(frames["gray"][: nf + 1]).to(device)
     from extractors.i3d import rgb_to_i3d_input
 
     i3d_rgb, i3d_flow = models.model("i3d_rgb"), models.model("i3d_flow")
-    rows["i3d_rgb"] = nf / timed(lambda: [i3d_rgb.features(rgb_to_i3d_input(rgb[i : i + args.batch_size]))
-                                          for i in range(0, s, args.batch_size)], device)
+    with amp():
+        rows["i3d_rgb"] = nf / timed(lambda: [i3d_rgb.features(rgb_to_i3d_input(rgb[i : i + args.batch_size]))
+                                              for i in range(0, s, args.batch_size)], device)
     flows = {}
 
     def run_tvl1():
@@ -243,11 +255,13 @@ def main() -> None:
 
     rows["tvl1 (OpenCV defaults)"] = nf / timed(run_tvl1, device)
     fx = flows["x"].reshape(s, 16, 2, 224, 224).permute(0, 2, 1, 3, 4)
-    rows["i3d_flow"] = nf / timed(lambda: [i3d_flow.features(fx[i : i + args.batch_size])
-                                           for i in range(0, s, args.batch_size)], device)
+    with amp():
+        rows["i3d_flow"] = nf / timed(lambda: [i3d_flow.features(fx[i : i + args.batch_size])
+                                               for i in range(0, s, args.batch_size)], device)
     clip = models.model("clip_vitb16")
     crops = torch.from_numpy(np.stack([frames["clip"][k] for k in sorted(frames["clip"])][: 4 * s]))
-    rows["clip_vitb16 (4 frames/snippet)"] = nf / timed(lambda: clip.embed_crops(crops, batch_size=64), device)
+    with amp():
+        rows["clip_vitb16 (4 frames/snippet)"] = nf / timed(lambda: clip.embed_crops(crops, batch_size=64), device)
     wav = decode_audio(video, probe_video(video))
     vgg = models.model("vggish")
     centers = (np.arange(s) * 16 + 8) / 25.0
