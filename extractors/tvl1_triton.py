@@ -89,6 +89,28 @@ def _dual_update(ub, pb, hw, offs, W, m, right, down, tt):
 
 
 @triton.jit
+def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, lt, theta):
+    """TH and u <- v + theta div p at ``offs``, in place; returns the pixels' stopping-error terms.
+    (g and p may be stored as float16; 1/|grad|^2 is recomputed as thresholding_step's inv_grad_sq.)"""
+    u0 = tl.load(ub + offs, mask=m, other=0.0)
+    u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
+    g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)
+    g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
+    rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
+    inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)
+    step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
+    div0, div1 = _div_p(pb, hw, offs, W, m, left, up)
+    n0 = (u0 + step * g0) + theta * div0
+    n1 = (u1 + step * g1) + theta * div1
+    d0 = n0 - u0
+    d1 = n1 - u1
+    e = tl.where(m, d0 * d0 + d1 * d1, 0.0)
+    tl.store(ub + offs, n0, mask=m)
+    tl.store(ub + hw + offs, n1, mask=m)
+    return e
+
+
+@triton.jit
 def _primal_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, inv_ptr, active_ptr, err_ptr, H, W, lt, theta,
                    BLOCK_SIZE: tl.constexpr):
     b, offs, hw, inb, row, col = _pixels(active_ptr, H, W, BLOCK_SIZE)
@@ -195,21 +217,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                 row = k * ROWS + r
                 m = (row < H) & in_w
                 offs = row * W + col
-                u0 = tl.load(ub + offs, mask=m, other=0.0)
-                u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
-                g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)  # (g, p may be float16)
-                g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
-                rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
-                inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)  # as thresholding_step's inv_grad_sq
-                step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
-                div0, div1 = _div_p(pb, hw, offs, W, m, m & (col > 0), m & (row > 0))
-                n0 = (u0 + step * g0) + theta * div0
-                n1 = (u1 + step * g1) + theta * div1
-                d0 = n0 - u0
-                d1 = n1 - u1
-                acc += tl.where(m, d0 * d0 + d1 * d1, 0.0)
-                tl.store(ub + offs, n0, mask=m)
-                tl.store(ub + hw + offs, n1, mask=m)
+                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, m & (col > 0), m & (row > 0), lt, theta)
                 tl.debug_barrier()
                 # ---- dual on rows k*ROWS - 1 + r: forward gradient of u^{n+1}, Chambolle update of p
                 drow = row - 1
@@ -259,21 +267,7 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
                 offs = k * BAND + lane
                 m = offs < hw
                 col = offs % W
-                u0 = tl.load(ub + offs, mask=m, other=0.0)
-                u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
-                g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)
-                g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
-                rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
-                inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)
-                step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
-                div0, div1 = _div_p(pb, hw, offs, W, m, m & (col > 0), m & (offs >= W))
-                n0 = (u0 + step * g0) + theta * div0
-                n1 = (u1 + step * g1) + theta * div1
-                d0 = n0 - u0
-                d1 = n1 - u1
-                acc += tl.where(m, d0 * d0 + d1 * d1, 0.0)
-                tl.store(ub + offs, n0, mask=m)
-                tl.store(ub + hw + offs, n1, mask=m)
+                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, m & (col > 0), m & (offs >= W), lt, theta)
                 tl.debug_barrier()
                 # ---- dual on the pixels one row (W) behind: same columns
                 doffs = offs - W
@@ -292,7 +286,7 @@ MAX_SWEEP_WIDTH = 8192  # a band holds whole rows: wider images would need too m
 SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pixels per thread: 128 registers).
 # Register cap passed to ptxas (None: its own choice). Occupancy is set by registers: as a launch compiles
 # it for sm_90 (Triton 3.6; tests/test_tvl1.py pins the figures), the float32 rows sweep takes 40 registers
-# at 224 px (6 programs of 8 warps per SM) but 56-58 at the pyramid's widths not divisible by 16 (4
+# at 224 px (6 programs of 8 warps per SM) but 56 at the pyramid's widths not divisible by 16 (4
 # programs); capped at 48 those take 48 without spilling (5 programs) while 224 px rises to 48. Whether
 # that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
 SWEEP_MAXNREG: int | None = None
