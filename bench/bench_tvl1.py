@@ -161,7 +161,7 @@ def main() -> None:
         "backend": resolve_backend(cfg, args.device),
         "sweep_band": args.sweep_band,
         "sweep_maxnreg": args.sweep_maxnreg,
-        "sweep_layout": args.sweep_layout,
+        "sweep_layout": (args.sweep_layout or "rows") if resolve_backend(cfg, args.device) == "triton" else None,
         "state_dtype": args.state_dtype,
         "size": args.size,
     }
