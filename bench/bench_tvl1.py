@@ -152,6 +152,11 @@ def main() -> None:
             tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
         tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
+    layout = None  # the Triton sweep's band layout in use
+    if resolve_backend(cfg, args.device) == "triton":
+        from extractors import tvl1_triton
+
+        layout = tvl1_triton.SWEEP_LAYOUT
     results: dict = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs visible",
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
@@ -161,7 +166,7 @@ def main() -> None:
         "backend": resolve_backend(cfg, args.device),
         "sweep_band": args.sweep_band,
         "sweep_maxnreg": args.sweep_maxnreg,
-        "sweep_layout": (args.sweep_layout or "rows") if resolve_backend(cfg, args.device) == "triton" else None,
+        "sweep_layout": layout,
         "state_dtype": args.state_dtype,
         "size": args.size,
     }
