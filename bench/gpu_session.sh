@@ -24,7 +24,11 @@ LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}  # the project venv, else the image's python3 (GPU machine)
 
-{
+# GPU_SESSION_DRY_RUN=1: print each step's limit and command instead of running anything (tests check the
+# commands' flags against the scripts, so no device time is lost on a typo).
+DRY=${GPU_SESSION_DRY_RUN:-}
+
+[ -z "$DRY" ] && {
   if [ -d .gpu/whl ]; then
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
       && export PYTHONPATH="$PYTHONPATH:/tmp/site"
@@ -38,15 +42,18 @@ PY=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)
 } >>"$LOG" 2>&1
 
 # GPU utilisation/memory and CPU load through the whole session, to see which side is the bottleneck.
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 1000 >"$OUT/gpu_util.csv" 2>&1 &
-SMI=$!
-vmstat -n 2 >"$OUT/vmstat.txt" 2>&1 &
-VMSTAT=$!
-trap 'kill $SMI $VMSTAT 2>/dev/null' EXIT
+if [ -z "$DRY" ]; then
+  nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -lms 1000 >"$OUT/gpu_util.csv" 2>&1 &
+  SMI=$!
+  vmstat -n 2 >"$OUT/vmstat.txt" 2>&1 &
+  VMSTAT=$!
+  trap 'kill $SMI $VMSTAT 2>/dev/null' EXIT
+fi
 
 step() {  # step NAME SECONDS CMD...
   local name=$1 limit=$2
   shift 2
+  if [ -n "$DRY" ]; then echo "$name $limit $*" >>"$LOG"; return; fi
   echo "=== $name ($(date -u +%T), limit ${limit}s): $*" >>"$LOG"
   local t0=$SECONDS
   timeout --kill-after=10 "$limit" "$@" >>"$LOG" 2>&1

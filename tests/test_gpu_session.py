@@ -1,0 +1,83 @@
+"""bench/gpu_session.sh, checked without a GPU: every step's command uses flags its script has, the
+TV-L1 variants parse, and the default steps fit in one device call. Device time is scarce (30 minutes a
+session, when a machine is lent at all): a typo there would cost a whole call."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-band tvl1-band2 extract extract-triton profile "
+         "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
+         "e2e-long-f16 e2e-long-flat e2e-long-f16flat train").split()
+DEVICE_CALL_S = 600  # the device tool's per-call limit
+SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
+
+
+def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
+    env = {**os.environ, "GPU_SESSION_DRY_RUN": "1", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "bench/gpu_session.sh", str(out), *steps], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    log = (out / "session.log").read_text()
+    assert "unknown step" not in log, log
+    rows = []
+    for line in log.splitlines():
+        name, limit, *cmd = line.split()
+        rows.append((name, int(limit), cmd))
+    return rows
+
+
+def test_default_steps_fit_one_device_call(tmp_path):
+    rows = _dry_run(tmp_path)
+    assert [r[0] for r in rows] == ["tests-fast", "tvl1-variants", "e2e-long", "e2e-long-flat"]
+    # Each step's timeout also allows 10 s to kill it (--kill-after=10).
+    assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
+
+
+def test_unknown_steps_are_refused(tmp_path):
+    env = {**os.environ, "GPU_SESSION_DRY_RUN": "1", "PYTHON": sys.executable}
+    subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-bogus", "e2e-flat-long"], cwd=ROOT,
+                   env=env, capture_output=True, text=True, timeout=60, check=True)
+    log = (tmp_path / "session.log").read_text()
+    assert log.count("unknown step") == 2, log
+
+
+def test_every_step_uses_real_flags(tmp_path):
+    rows = _dry_run(tmp_path, *STEPS)
+    assert {r[0] for r in rows} >= {s for s in STEPS if not s.startswith("tvl1-band")}
+    helps: dict[str, str] = {}
+    variants = []
+    for name, _, cmd in rows:
+        if cmd[1:3] == ["-m", "pytest"]:  # the GPU tests
+            assert (ROOT / cmd[-1]).is_file() or "tests/test_gpu.py" in cmd, (name, cmd)
+            continue
+        script = next(c for c in cmd if c.endswith(".py"))
+        if script not in helps:
+            r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True,
+                               timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+            assert r.returncode == 0, (script, r.stderr[-2000:])
+            helps[script] = r.stdout
+        flags = {c.split("=")[0] for c in cmd if c.startswith("--")}
+        missing = sorted(f for f in flags if not re.search(rf"{re.escape(f)}\b", helps[script]))
+        assert not missing, (name, script, missing)
+        if "--variants" in cmd:
+            i = cmd.index("--variants") + 1
+            variants += [c for c in cmd[i:] if not c.startswith("--")]
+    assert variants
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        profile_tvl1 = pytest.importorskip("profile_tvl1")
+        for spec in variants:
+            name, cfg, knobs = profile_tvl1.parse_variant(spec)
+            assert cfg.backend in ("torch", "triton", "triton-grid"), spec
+            assert set(knobs) <= set(profile_tvl1.KNOBS.values()), spec
+            if "SWEEP_LAYOUT" in knobs:
+                assert knobs["SWEEP_LAYOUT"] in ("rows", "flat"), spec
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
