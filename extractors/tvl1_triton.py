@@ -89,6 +89,12 @@ def _dual_update(ub, pb, hw, offs, W, m, right, down, tt):
 
 
 @triton.jit
+def _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw):
+    """Pair b's u (2 planes), p (4), grad (2) and rho_c (1) in the contiguous batch layout."""
+    return u_ptr + b * 2 * hw, p_ptr + b * 4 * hw, g_ptr + b * 2 * hw, rho_ptr + b * hw
+
+
+@triton.jit
 def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, lt, theta):
     """TH and u <- v + theta div p at ``offs``, in place; returns the pixels' stopping-error terms.
     (g and p may be stored as float16; 1/|grad|^2 is recomputed as thresholding_step's inv_grad_sq.)"""
@@ -198,10 +204,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
         hw = H * W
-        ub = u_ptr + b * 2 * hw
-        pb = p_ptr + b * 4 * hw
-        gb = g_ptr + b * 2 * hw
-        rb = rho_ptr + b * hw
+        ub, pb, gb, rb = _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw)
         r = tl.arange(0, ROWS)[:, None]
         col = tl.arange(0, BLOCK_W)[None, :]
         in_w = col < W
@@ -250,10 +253,7 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
         hw = H * W
-        ub = u_ptr + b * 2 * hw
-        pb = p_ptr + b * 4 * hw
-        gb = g_ptr + b * 2 * hw
-        rb = rho_ptr + b * hw
+        ub, pb, gb, rb = _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw)
         lane = tl.arange(0, BAND)
         bands = (hw + W + BAND - 1) // BAND  # the dual runs W pixels behind the primal
         err = threshold

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-band tvl1-band2 extract extract-triton profile "
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
@@ -55,7 +53,7 @@ def test_every_step_uses_real_flags(tmp_path):
     variants = []
     for name, _, cmd in rows:
         if cmd[1:3] == ["-m", "pytest"]:  # the GPU tests
-            assert (ROOT / cmd[-1]).is_file() or "tests/test_gpu.py" in cmd, (name, cmd)
+            assert "tests/test_gpu.py" in cmd, (name, cmd)
             continue
         script = next(c for c in cmd if c.endswith(".py"))
         if script not in helps:
@@ -72,7 +70,8 @@ def test_every_step_uses_real_flags(tmp_path):
     assert variants
     sys.path.insert(0, str(ROOT / "bench"))
     try:
-        profile_tvl1 = pytest.importorskip("profile_tvl1")
+        import profile_tvl1  # (its --help ran above: an import failure is a real failure, not a skip)
+
         for spec in variants:
             name, cfg, knobs = profile_tvl1.parse_variant(spec)
             assert cfg.backend in ("torch", "triton", "triton-grid"), spec
