@@ -2,7 +2,7 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
-#   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-band tvl1-band2 extract extract-triton
+#   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
 #          e2e[-long][-fast|-r48|-f16|-flat|-f16flat] train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
@@ -93,6 +93,10 @@ for s in $STEPS; do
             --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
             flat=backend:triton,sweep_layout:flat f16=backend:triton,state_dtype:float16 \
             f16r48=backend:triton,state_dtype:float16,sweep_maxnreg:48 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
+    tvl1-tail) step tvl1-tail 90 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --sizes 8,64,512 \
+            --json "$OUT/tvl1_tail.json" --variants f32=backend:triton flat=backend:triton,sweep_layout:flat ;;
+            # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
+            # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)
     e2e|e2e-*) tv=default; extra=""; secs=30; limit=70  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
             case $v in ""|-fast|-r48|-f16flat|-flat|-f16) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac

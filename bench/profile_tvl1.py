@@ -118,6 +118,10 @@ def main() -> None:
     ap.add_argument("--profile", default="default=", help="the config to profile, same syntax as a variant")
     ap.add_argument("--source", default="bikes", choices=["bikes", "synthetic", "both"], help="pairs to time")
     ap.add_argument("--rounds", type=int, default=1, help="time the variants this many times, interleaved")
+    ap.add_argument("--sizes", default="",
+                    help="comma-separated batch sizes <= --pairs: time each variant on the first n pairs of each set "
+                         "(small batches leave most SMs idle, so their time is the slowest pairs' chain of band "
+                         "steps: with bench/tvl1_launch_balance.py's count of those steps, the time of one)")
     ap.add_argument("--no-profile", action="store_true", help="only time the variants")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -146,15 +150,20 @@ def main() -> None:
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))
 
     # Interleaved rounds, so that a variant is not favoured by when it ran (clocks, other tenants).
+    sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [args.pairs]
+    if max(sizes) > args.pairs:
+        ap.error(f"--sizes {args.sizes}: at most --pairs {args.pairs}")
     for r in range(args.rounds):
         for spec in args.variants:
             name, vcfg, knobs = parse_variant(spec)
             for set_name, (a, b) in sets.items():
-                key = f"pairs_per_s[{name}]" + ("" if len(sets) == 1 else f"[{set_name}]")
-                with knobs_set(knobs):
-                    rate = round(timed(a, b, vcfg), 1)
-                out.setdefault(key, []).append(rate)  # one rate per round
-                print(r, key, rate, flush=True)
+                for n in sizes:
+                    key = (f"pairs_per_s[{name}]" + ("" if len(sets) == 1 else f"[{set_name}]")
+                           + ("" if not args.sizes else f"[n={n}]"))
+                    with knobs_set(knobs):
+                        rate = round(timed(a[:n], b[:n], vcfg), 1)
+                    out.setdefault(key, []).append(rate)  # one rate per round
+                    print(r, key, rate, flush=True)
     out["sweep_kernels"] = sweep_kernels_compiled()
     print(json.dumps(out, indent=1, default=str))
     if args.json:

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
+import threading
 
 from clipae import commands
 
@@ -38,6 +40,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
+            # Worker threads (video decoders, the networks' thread) would finish their current window
+            # first: the interpreter joins them at exit, minutes on a CPU. Leaving at once is safe: a store
+            # is published only by atomic renames and its locks are flock()s the kernel releases, which is
+            # what lets a store survive SIGKILL (tests/test_store_atomicity.py).
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(130)
         return 130
 
 

@@ -20,6 +20,7 @@ docs/extraction.md explains the choices.
 from __future__ import annotations
 
 import json
+import os
 import math
 import queue
 import re
@@ -63,6 +64,24 @@ class VideoProbe:
     rotation: int = 0
     codec: str | None = None
     pix_fmt: str | None = None
+    container: str | None = None  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "mpegts"
+
+    def decord_unsuitable(self) -> str | None:
+        """Why ``auto`` decodes this file with ffmpeg rather than decord, or None. Found by probing odd files
+        (docs/extraction.md): decord returned MPEG-2 video in MPEG-TS shifted by up to a GOP (frames 3.. or 12..
+        as frames 0..) with consistent-looking timestamps, and converts more than 8 bits per sample to RGB
+        differently from ffmpeg (mean 3.8 grey levels off, further from the source than ffmpeg)."""
+        if self.container and "mpegts" in self.container.split(","):
+            return "MPEG-TS container"
+        if self.pix_fmt and re.search(r"(9|10|12|14|16|48|64)(le|be)$", self.pix_fmt):
+            return f"more than 8 bits per sample ({self.pix_fmt})"
+        return None
+
+
+def ffmpeg_input(path: str | Path) -> str:
+    """``path`` as ffmpeg/ffprobe must be given it: absolute, behind the ``file:`` protocol, so that a name such
+    as ``-clip.mp4`` is not read as an option nor ``a:b.mp4`` as protocol ``a``."""
+    return "file:" + os.path.abspath(path)
 
 
 def _float_or_none(v) -> float | None:
@@ -99,7 +118,7 @@ def probe_video(path: str | Path) -> VideoProbe:
         raise VideoError(str(path), "probe", "file does not exist")
     if p.stat().st_size == 0:
         raise VideoError(str(path), "probe", "file is empty (0 bytes)")
-    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", str(p)]
+    cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", ffmpeg_input(p)]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -132,6 +151,7 @@ def probe_video(path: str | Path) -> VideoProbe:
         rotation=_rotation(v) if v else 0,
         codec=v.get("codec_name"),
         pix_fmt=v.get("pix_fmt"),
+        container=fmt.get("format_name"),
     )
 
 
@@ -287,7 +307,7 @@ class FfmpegFrames:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         cmd = [
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "info", "-threads", str(self.threads),
-            "-i", self.path, "-map", "0:v:0", "-an", "-sn", "-vf", "showinfo",
+            "-i", ffmpeg_input(self.path), "-map", "0:v:0", "-an", "-sn", "-vf", "showinfo",
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
         ]  # fmt: skip
         try:
@@ -313,12 +333,16 @@ class FfmpegFrames:
         sah = StreamingSampleAndHold(self.fps)
         last_pts = None
         deltas: list[float] = []
+        size: tuple[int, int] | None = None
         try:
             while True:
                 item = infos.get()
                 if item is None:
                     break
                 pts_s, w, h = item
+                # After a mid-stream resolution change ffmpeg still writes rawvideo at the first frame's size
+                # (it inserts a scaler), while showinfo reports the new size: read at the first size.
+                w, h = size = size or (w, h)
                 data = proc.stdout.read(w * h * 3)
                 if len(data) < w * h * 3:
                     break
@@ -339,11 +363,24 @@ class FfmpegFrames:
                 raise DecodeError(self.path, f"ffmpeg exited with {proc.returncode}: {'; '.join(tail[-2:])}",
                                   self.backend)
             self.duration = self._stream_end(last_pts - sah.first_pts, sah.first_pts, deltas)
+            self._check_complete(self.duration, tail)
             yield from sah.finish(self.duration)
             self.num_frames = sah.next_k
         finally:
             self.close()
             reader.join(timeout=5)
+
+    def _check_complete(self, decoded: float, tail: list[str]) -> None:
+        """A truncated or damaged file must fail, not be stored as a shorter video: compare the decoded length
+        with what the video stream declares (its own duration; the container's only without an audio stream,
+        which may outlast the video)."""
+        declared = self.probe.stream_duration
+        if declared is None and not self.probe.has_audio:
+            declared = self.probe.duration
+        if declared is not None and decoded < declared - max(1.0, 0.05 * declared):
+            raise DecodeError(self.path, f"decoded only {decoded:.2f} s of the {declared:.2f} s the video stream "
+                              f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
+                              self.backend)
 
     def _stream_end(self, rel_last: float, first_pts: float, deltas: list[float]) -> float:
         """When the last frame stops being shown (seconds after the first frame).
@@ -385,7 +422,7 @@ def open_frames(path: str | Path, probe: VideoProbe, fps: float, backend: str = 
         raise VideoError(path, "decode", "the file has no video stream")
     if backend not in ("auto", "decord", "ffmpeg"):
         raise ValueError(f"unknown decode backend {backend!r}")
-    if backend in ("auto", "decord"):
+    if backend == "decord" or (backend == "auto" and probe.decord_unsuitable() is None):
         try:
             return DecordFrames(path, probe, fps, num_threads=threads)
         except DecodeError:
@@ -488,6 +525,14 @@ def iter_preprocessed(
 
 
 # --------------------------------------------------------------------------- audio
+def audio_lead_samples(probe: VideoProbe, sample_rate: int) -> int:
+    """Samples of silence ``decode_audio`` puts before an audio stream that starts after the first video frame
+    (0 otherwise): not part of the audio track, so not counted as audio in the audio mask."""
+    if not probe.has_audio:
+        return 0
+    return max(0, int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate)))
+
+
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
@@ -497,7 +542,7 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     if not probe.has_audio:
         return None
     cmd = [
-        "ffmpeg", "-nostdin", "-v", "error", "-i", str(path), "-map", "0:a:0", "-vn",
+        "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
         "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     try:
@@ -509,8 +554,7 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
         msg = out.stderr.decode(errors="replace").strip().splitlines()
         raise VideoError(str(path), "audio", f"cannot decode the audio stream ({msg[-1] if msg else 'ffmpeg error'})")
     wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
-    offset = (probe.audio_start or 0.0) - (probe.video_start or 0.0)
-    shift = int(round(offset * sample_rate))
+    shift = int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate))
     if shift > 0:
         wav = np.concatenate([np.zeros(shift, np.float32), wav])
     elif shift < 0:

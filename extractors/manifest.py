@@ -1,4 +1,4 @@
-"""Which videos to extract: a directory of video files, a glob pattern, or a manifest file.
+"""Which videos to extract: a directory of video files, a glob pattern, one video file, or a manifest file.
 
 Manifest formats (paths relative to the manifest's own directory unless absolute):
 
@@ -14,6 +14,7 @@ unique; problems raise :class:`ManifestError` listing every offending entry.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from pathlib import Path
@@ -30,13 +31,16 @@ class ManifestError(ValueError):
 
 
 def discover_videos(source: str | os.PathLike, recursive: bool = False) -> list[tuple[str, Path]]:
-    """(video_id, path) pairs from a directory of videos, a glob (``videos/*.mp4``, ``**`` allowed) or a
-    manifest file; directories and globs are sorted by path and use the file stem as id."""
+    """(video_id, path) pairs from a directory of videos, a glob (``videos/*.mp4``, ``**`` allowed), one video
+    file (by its extension) or a manifest file; directories, globs and single files use the file stem as id,
+    directories and globs sorted by path."""
     src = Path(source).expanduser()
     if not src.exists() and any(c in str(source) for c in "*?["):
         return _validated(src, _glob(str(src)))
     if src.is_dir():
         pairs = _scan_directory(src, recursive)
+    elif src.is_file() and src.suffix.lower() in VIDEO_EXTENSIONS:
+        pairs = [(src.stem, src, src.name)]
     elif src.is_file():
         pairs = _read_json(src) if src.suffix.lower() == ".json" else _read_lines(src)
     else:
@@ -45,8 +49,11 @@ def discover_videos(source: str | os.PathLike, recursive: bool = False) -> list[
 
 
 def _scan_directory(d: Path, recursive: bool) -> list[tuple[str, Path, str]]:
+    """Video files by extension. Hidden files (a leading '.', such as macOS's "._clip.mp4" metadata) are not
+    videos and are left out; a broken symlink is kept, so that it fails visibly ("file does not exist")."""
     files = d.rglob("*") if recursive else d.iterdir()
-    found = sorted(p for p in files if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    found = sorted(p for p in files if (p.is_file() or p.is_symlink()) and p.suffix.lower() in VIDEO_EXTENSIONS
+                   and not any(part.startswith(".") for part in p.relative_to(d).parts))
     return [(p.stem, p, str(p.relative_to(d))) for p in found]
 
 
@@ -58,8 +65,13 @@ def _glob(pattern: str) -> list[tuple[str, Path, str]]:
 
 
 def _read_lines(f: Path) -> list[tuple[str | None, Path | None, str]]:
+    try:
+        text = f.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{f}: not a text manifest (not UTF-8 at byte {e.start}); pass a directory, a glob, a "
+                            f"video file ({' '.join(sorted(VIDEO_EXTENSIONS))}) or a manifest (.txt/.csv/.json)") from e
     out = []
-    with open(f, newline="", encoding="utf-8") as fh:
+    with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             cells = [c.strip() for c in row]
             if not cells or not any(cells) or cells[0].startswith("#"):
@@ -119,8 +131,10 @@ def _validated(src: Path, pairs: list[tuple[str | None, Path | None, str]]) -> l
             problems.append(f"{where}: duplicate video id {vid!r} (first at {seen[vid]})")
         seen.setdefault(vid, where)
     if problems:
+        hint = ("\n  (ids are file names without extension; to give files other ids, list them in a manifest: "
+                "'video_id,path' lines)" if src.is_dir() else "")
         raise ManifestError(f"{src}: {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'}:\n  "
-                            + "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else ""))
+                            + "\n  ".join(problems[:20]) + ("\n  ..." if len(problems) > 20 else "") + hint)
     if not pairs:
         raise ManifestError(f"{src}: no videos found" + (" (extensions: " + " ".join(sorted(VIDEO_EXTENSIONS)) + ")"
                                                           if src.is_dir() else ""))

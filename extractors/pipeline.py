@@ -35,6 +35,7 @@ from extractors.config import (
 from extractors.decode import (
     FramePreprocessor,
     PreprocessSpec,
+    audio_lead_samples,
     decode_audio,
     iter_preprocessed,
     open_frames,
@@ -44,7 +45,7 @@ from extractors.errors import ConfigError, DecodeError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
 from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
-from extractors.weights import resolve_weights
+from extractors.weights import resolve_all
 from extractors.windows import BackgroundIterator, FrameWindow, SnippetWindower, StreamEnd
 from storage import AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, StoreError, VideoInfo
 
@@ -71,6 +72,9 @@ class ExtractReport:
     precision: dict[str, str] = field(default_factory=dict)
     # Wall seconds per stage as seen by this video's thread (see StageClock): where the time went.
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    # The source the store held for this id when it was replaced (its file changed, or the id now names
+    # another file): everything stored for the id was redone. None otherwise.
+    replaced_source: str | None = None
 
     ok = True
 
@@ -159,13 +163,13 @@ class Extractors:
                 check_backend_device(config.tvl1, self.device)
             except ValueError as e:
                 raise ConfigError(str(e)) from None
-        self.weights = {
-            f: resolve_weights(WEIGHTS_KEYS[f], config.weights_dir_path(), allow_random=config.allow_random_weights)
-            for f in config.features
-        }
-        self.vggish_pca = None
+        keys = [WEIGHTS_KEYS[f] for f in config.features]
         if "vggish" in config.features and config.vggish_postprocess:
-            self.vggish_pca = resolve_weights("vggish_pca", config.weights_dir_path(), allow_random=False)
+            keys.append("vggish_pca")
+        # every missing or wrong file in one error; the PCA file is never replaced by a random one
+        resolved = resolve_all(keys, config.weights_dir_path(), config.allow_random_weights, never_random=["vggish_pca"])
+        self.weights = {f: resolved[WEIGHTS_KEYS[f]] for f in config.features}
+        self.vggish_pca = resolved.get("vggish_pca")
         self._models: dict[str, object] = {}
         self._lock = threading.RLock()
         # The networks run on ONE long-lived thread (``compute``): several videos may decode at once
@@ -190,6 +194,11 @@ class Extractors:
             dt = torch.bfloat16 if config.precision == "bf16" else torch.float16
             self._precision = {f: (dt if f != "vggish" else "fp32") for f in config.features}
         self._precision["vggish"] = "fp32"  # tiny network: nothing to gain
+
+    @property
+    def random_init_features(self) -> list[str]:
+        """Features whose network is randomly initialised (allowed explicitly; recorded in provenance)."""
+        return [f for f, w in self.weights.items() if w.random_init]
 
     def compute(self, fn: Callable[[], _T]) -> _T:
         """Run ``fn`` (network work) on the networks' thread and return its result; one at a time."""
@@ -439,14 +448,15 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
 
 
 def _audio_features(wav: np.ndarray | None, num_snippets: int, grid: SnippetGrid, config: ExtractConfig,
-                    models: Extractors) -> tuple[np.ndarray, np.ndarray]:
+                    models: Extractors, lead: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """VGGish embeddings and audio mask; ``lead``: samples of padding before a late-starting audio stream."""
     if wav is None or wav.size == 0:
         return np.zeros((num_snippets, EMBEDDING_DIM), np.float32), np.zeros(num_snippets, bool)
     centers = np.array([grid.snippet_center_seconds(i) for i in range(num_snippets)])
     net = models.model("vggish")
     emb = net.embed_centered(wav, config.audio_sample_rate, centers, postprocess=config.vggish_postprocess)
     # A snippet "has audio" when at least half of its 0.96 s VGGish window lies inside the stream.
-    mask = centered_coverage(wav.shape[0], config.audio_sample_rate, centers) > 0.5
+    mask = centered_coverage(wav.shape[0], config.audio_sample_rate, centers, first_sample=lead) > 0.5
     return np.asarray(emb, np.float32), mask
 
 
@@ -500,6 +510,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
     except OSError as e:
         raise VideoError(path, "probe", f"cannot read the file: {e.strerror or e}") from e
     todo, reused, replace_all = plan_video(store, video_id, fingerprint, models)
+    replaced_source = store.video_info(video_id).source if replace_all else None
     if not todo:
         return ExtractReport(video_id, path, [], reused, seconds=time.perf_counter() - t0)
     stage = "probe"
@@ -529,7 +540,9 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         if "vggish" in todo:
             stage = "vggish"
             with clock("vggish"):  # (includes waiting for the networks' thread)
-                feats["vggish"], feats[AUDIO_MASK] = models.compute(lambda: _audio_features(wav, t, grid, config, models))
+                lead = audio_lead_samples(probe, config.audio_sample_rate)
+                feats["vggish"], feats[AUDIO_MASK] = models.compute(
+                    lambda: _audio_features(wav, t, grid, config, models, lead))
         for name, arr in feats.items():
             if arr.shape[0] != t:
                 raise VideoError(path, name, f"produced {arr.shape[0]} rows for {t} snippets")
@@ -562,6 +575,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         video_id, path, todo, reused, num_frames=end.num_frames, num_snippets=t, decode_backend=end.backend,
         has_audio=probe.has_audio, seconds=time.perf_counter() - t0,
         precision={f: models.precision_name(f) for f in todo}, stage_seconds=clock.rounded(),
+        replaced_source=replaced_source,
     )  # fmt: skip
 
 

@@ -199,15 +199,18 @@ def gather_segments(wav: torch.Tensor, starts: np.ndarray, length: int) -> torch
     return torch.where(valid, wav[idx.clamp(0, wav.shape[0] - 1)], 0.0)
 
 
-def centered_coverage(num_samples: int, sample_rate: float, centers_seconds: Sequence[float] | np.ndarray) -> np.ndarray:
+def centered_coverage(num_samples: int, sample_rate: float, centers_seconds: Sequence[float] | np.ndarray,
+                      first_sample: int = 0) -> np.ndarray:
     """Fraction (0..1) of each centred patch window that lies inside the audio.
 
     Lets callers build the store's ``audio_mask`` (e.g. coverage > 0.5) with the same
-    geometry as :meth:`VGGish.embed_centered`. ``num_samples`` is at ``sample_rate``.
+    geometry as :meth:`VGGish.embed_centered`. ``num_samples`` is at ``sample_rate``; the audio
+    track occupies samples ``first_sample`` .. ``num_samples`` (before it: padding for a late start).
     """
     n16 = resampled_length(num_samples, sample_rate)
+    first16 = resampled_length(first_sample, sample_rate) if first_sample > 0 else 0
     starts = centered_patch_starts(np.asarray(centers_seconds, dtype=np.float64).reshape(-1))
-    inside = np.clip(np.minimum(starts + PATCH_SAMPLES, n16) - np.maximum(starts, 0), 0, None)
+    inside = np.clip(np.minimum(starts + PATCH_SAMPLES, n16) - np.maximum(starts, first16), 0, None)
     return (inside / PATCH_SAMPLES).astype(np.float32)
 
 

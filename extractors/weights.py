@@ -21,6 +21,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 WEIGHTS_DIR_ENV = "CLIPAE_WEIGHTS_DIR"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -204,8 +205,9 @@ def missing_message(spec: WeightSpec, path: Path) -> str:
         f"missing weights file for {spec.key!r} ({spec.description}).\n"
         f"  put the file at: {path}\n"
         f"  published at:    {spec.published_url}\n"
-        f"  (weights dir: --weights-dir flag, or ${WEIGHTS_DIR_ENV}, default <repo>/weights; "
-        "see docs/weights.md. Random init only with the explicit allow-random opt-in.)"
+        f"  (weights dir: --weights-dir flag, or ${WEIGHTS_DIR_ENV}, default <repo>/weights; see docs/weights.md. "
+        "Randomly initialised networks only on explicit request: clipae extract --allow-random-weights, "
+        "allow_random_weights: true in an extraction config, allow_random_init in the Prefect flows.)"
     )
 
 
@@ -238,6 +240,28 @@ def resolve_weights(
             f"  re-download it from {spec.published_url}"
         )
     return ResolvedWeights(key, path, digest, False)
+
+
+def resolve_all(
+    keys: Iterable[str], weights_dir: str | os.PathLike | None = None, allow_random: bool = False,
+    never_random: Iterable[str] = (),
+) -> dict[str, ResolvedWeights]:
+    """``resolve_weights`` for several keys, reporting every missing or wrong file in one WeightsError (so
+    that a user fixes them in one go, not one run per file). Keys in ``never_random`` must exist even with
+    ``allow_random``."""
+    out, problems = {}, []
+    fixed = set(never_random)
+    for key in keys:
+        try:
+            out[key] = resolve_weights(key, weights_dir, allow_random=allow_random and key not in fixed)
+        except WeightsError as e:
+            problems.append(str(e))
+    if len(problems) == 1:
+        raise WeightsError(problems[0])
+    if problems:
+        raise WeightsError(f"{len(problems)} weights files are missing or wrong:\n" + "\n".join(
+            f"[{i}] {p}" for i, p in enumerate(problems, 1)))
+    return out
 
 
 def weights_report(weights_dir: str | os.PathLike | None = None) -> list[dict]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flows.params import resolve_path
+from storage import mixed_configs_message
 
 
 @dataclass(frozen=True)
@@ -181,10 +182,24 @@ def check_store(store, dataset, features: list[str], min_train_videos: int) -> S
             f"store {store.path if hasattr(store, 'path') else ''} has {len(train)} complete training videos of "
             f"{dataset.name!r} (subset {dataset.train_subset!r}); at least {min_train_videos} are needed"
         )
-    random_feats = sorted(
-        {name for v in sorted(present)[:50] for name, prov in store.provenance(v).items() if prov.random_init}
-    )
-    return StoreCheck(store.fingerprint(), len(present), train, test, incomplete, random_feats)
+    # The videos used must have each feature made one way: a model would otherwise mix, say, random-init and
+    # pretrained I3D, or two TV-L1 settings, without anyone knowing.
+    configs: dict[str, dict[str, list[str]]] = {}
+    random_feats: set[str] = set()
+    for v in train + test:
+        for name, prov in store.provenance(v).items():
+            if name in wanted:
+                configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
+                if prov.random_init:
+                    random_feats.add(name)
+    mixed = mixed_configs_message(configs)
+    if mixed:
+        raise RuntimeError(
+            f"store {getattr(store, 'path', '')}: the videos to train and test on hold features made in different "
+            f"ways; re-extract them with one setting (clipae extract redoes the features whose settings differ from "
+            f"its own) or use a separate store:\n{mixed}"
+        )
+    return StoreCheck(store.fingerprint(), len(present), train, test, incomplete, sorted(random_feats))
 
 
 def train_model(training_cfg, store, dataset, out_dir: Path):

@@ -1,7 +1,7 @@
 """The feature store: chunked Zarr v3, atomic per video, readable with plain zarr/xarray."""
 from storage.grid import SnippetGrid
 from storage.schema import AUDIO_MASK, FEATURE_DIMS, FeatureProvenance, StoreError, VideoInfo, validate_video_id
-from storage.store import FeatureStore
+from storage.store import FeatureStore, mixed_configs_message
 
 __all__ = [
     "AUDIO_MASK",
@@ -11,5 +11,6 @@ __all__ = [
     "SnippetGrid",
     "StoreError",
     "VideoInfo",
+    "mixed_configs_message",
     "validate_video_id",
 ]

@@ -32,7 +32,12 @@ def validate_video_id(video_id: str) -> str:
         )
     if video_id.startswith((".", "_")) or video_id != video_id.strip():
         raise StoreError(f"video id {video_id!r}: must not start with '.' or '_' or have surrounding spaces")
-    if len(video_id.encode()) > 200:
+    try:
+        encoded = video_id.encode()
+    except UnicodeEncodeError:  # e.g. a file name that is not valid UTF-8 (Python keeps its bytes as surrogates)
+        raise StoreError(f"video id {video_id!r}: not valid UTF-8 (from a file name in another encoding?); "
+                         "give it an id in a manifest") from None
+    if len(encoded) > 200:
         raise StoreError(f"video id {video_id[:40]!r}...: longer than 200 bytes")
     return video_id
 
@@ -85,13 +90,12 @@ class FeatureProvenance:
 
     def same_config(self, other: "FeatureProvenance") -> bool:
         """Two features were made the same way (time and free-form params aside)."""
-        return (
-            self.extractor == other.extractor
-            and self.extractor_version == other.extractor_version
-            and self.weights_sha256 == other.weights_sha256
-            and self.random_init == other.random_init
-            and self.preprocess_hash == other.preprocess_hash
-        )
+        return self.config_key() == other.config_key()
+
+    def config_key(self) -> str:
+        """What ``same_config`` compares, as one readable string (equal strings: same way of making it)."""
+        weights = "random-init" if self.random_init else f"weights sha256 {self.weights_sha256 or 'none'}"
+        return f"{self.extractor} {self.extractor_version}, {weights}, preprocess {self.preprocess_hash}"
 
 
 def validate_features(

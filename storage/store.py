@@ -318,9 +318,37 @@ class FeatureStore:
             "features": self.feature_dims,
             "videos_per_feature": counts,
             "random_init_features": random_init,
+            # >1 for a feature: its videos were made differently (see feature_configs / mixed_configs_message)
+            "configs_per_feature": {f: len(groups) for f, groups in self.feature_configs().items()},
             "codec": self.codec.to_dict(),
             "fingerprint": self.fingerprint(),
         }
+
+    def feature_configs(self) -> dict[str, dict[str, list[str]]]:
+        """feature -> {``FeatureProvenance.config_key()`` -> video ids}: more than one key for a feature means
+        its videos were made in different ways (other weights, random init, other preprocessing), which a
+        model trained on the store would mix without knowing."""
+        out: dict[str, dict[str, list[str]]] = {}
+        for vid in self.list_videos():
+            for name, p in self.provenance(vid).items():
+                out.setdefault(name, {}).setdefault(p.config_key(), []).append(vid)
+        return out
+
+    def verify(self, video_id: str) -> list[str]:
+        """Re-read one video and check it against its attributes: every feature and the audio mask against
+        the sha256 recorded when it was written, the time coordinate against the grid. Returns the names
+        of what does not match (empty: intact)."""
+        meta, arrays = self.load_with_meta(video_id, [*self._resolve_features(video_id, self._video_meta(video_id), None),
+                                                      TIME_ARRAY])
+        bad = [name for name, fmeta in meta["features"].items()
+               if hashlib.sha256(arrays[name].tobytes()).hexdigest() != fmeta["sha256"]]
+        if meta.get("audio_mask") and hashlib.sha256(arrays[AUDIO_MASK].tobytes()).hexdigest() != meta["audio_mask"]:
+            bad.append(AUDIO_MASK)
+        t = int(meta["num_snippets"])
+        times = np.array([self.grid.snippet_center_seconds(i) for i in range(t)], dtype=np.float64)
+        if arrays[TIME_ARRAY].shape != times.shape or not np.array_equal(arrays[TIME_ARRAY], times):
+            bad.append(TIME_ARRAY)
+        return bad
 
     # ----------------------------------------------------------------- writing
     def write_video(
@@ -452,6 +480,21 @@ class FeatureStore:
             trash = self._staging / "trash" / f"{video_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
             os.rename(current, trash)
             shutil.rmtree(trash)
+
+
+def mixed_configs_message(configs: dict[str, dict[str, list[str]]], features: Iterable[str] | None = None) -> str | None:
+    """A readable account of the features (of ``features``, default all) whose videos were made in more than
+    one way, from :meth:`FeatureStore.feature_configs`; None when every feature is made one way."""
+    lines = []
+    for f in sorted(configs if features is None else set(features) & set(configs)):
+        groups = configs[f]
+        if len(groups) < 2:
+            continue
+        lines.append(f"{f}: made {len(groups)} different ways across the store's videos:")
+        for key, vids in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+            shown = ", ".join(vids[:3]) + (", ..." if len(vids) > 3 else "")
+            lines.append(f"    {len(vids)} video{'s' if len(vids) > 1 else ''} ({shown}): {key}")
+    return "\n".join(lines) or None
 
 
 def _video_fingerprint(meta: dict) -> str:

@@ -180,6 +180,21 @@ def test_video_without_audio_gets_zero_audio_features(env, tmp_path):
     assert store.video_info("silent").has_audio is False
 
 
+def test_audio_starting_late_is_masked_until_it_starts(env, tmp_path):
+    """The silence decode_audio puts before a late audio stream (here 1.5 s) is not audio."""
+    import subprocess
+
+    v = make_video(tmp_path / "v.mkv", seconds=2.6, audio=False)
+    late = tmp_path / "late.mkv"
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(v), "-itsoffset", "1.5", "-f", "lavfi", "-i",
+                    "sine=frequency=440:sample_rate=16000:duration=1.1", "-map", "0:v", "-map", "1:a", "-c:v", "copy",
+                    "-c:a", "pcm_s16le", str(late)], check=True)
+    cfg = replace(env.cfg, features=("vggish",))
+    store = FeatureStore.create(tmp_path / "s")
+    extract_video(late, "late", store, cfg, Extractors(cfg))
+    assert store.load("late")["audio_mask"].tolist() == [False, False, True, True]  # centres 0.32 0.96 1.60 2.24 s
+
+
 def test_changed_source_replaces_all_features(env, tmp_path):
     cfg = replace(env.cfg, features=("vggish",))
     models = Extractors(cfg)
@@ -249,6 +264,8 @@ def test_manifest_formats(tmp_path):
     assert discover_videos(str(tmp_path / "*.mp4")) == [("a", tmp_path / "a.mp4")]
     (tmp_path / "d.json").write_text(json.dumps({"p": "a.mp4"}))
     assert discover_videos(tmp_path / "d.json") == [("p", tmp_path / "a.mp4")]
+    # one video file (by extension; its content is the decoder's business)
+    assert discover_videos(tmp_path / "b.mkv") == [("b", tmp_path / "b.mkv")]
 
 
 def test_manifest_errors_list_every_bad_entry(tmp_path):
@@ -264,6 +281,9 @@ def test_manifest_errors_list_every_bad_entry(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ManifestError, match="no videos"):
         discover_videos(tmp_path / "empty")
+    (tmp_path / "clip.bin").write_bytes(b"\x00\x00\x00\x18ftypmp42\xb1\xff")  # a video under an unknown extension
+    with pytest.raises(ManifestError, match=r"clip.bin: not a text manifest \(not UTF-8 at byte 12\)"):
+        discover_videos(tmp_path / "clip.bin")
 
 
 def test_config_from_dict_validates():
@@ -298,8 +318,8 @@ def test_cli_summary_reports_wall_clock_throughput(capsys):
     from clipae.commands.extract import _print_summary
 
     done = [SimpleNamespace(ok=True, skipped=False, num_snippets=25, num_frames=400, seconds=10.0,
-                            computed=["vggish"], reused=[], video_id=v) for v in ("a", "b")]
-    assert _print_summary(done, SimpleNamespace(path="/s"), wall_seconds=10.0) == 0
+                            computed=["vggish"], reused=[], video_id=v, replaced_source=None) for v in ("a", "b")]
+    assert _print_summary(done, SimpleNamespace(path="/s", feature_configs=dict), wall_seconds=10.0) == 0
     out = capsys.readouterr().out
     assert "2 extracted (50 snippets, 80.0 frames/s over 10.0 s)" in out, out
 
@@ -317,15 +337,63 @@ def test_cli_extract_skips_complete_and_fails_on_bad_videos(env, tmp_path, capsy
     args = ["extract", "--videos", str(vids), "--store", str(tmp_path / "st"), "--features", "i3d_rgb,vggish",
             "--weights-dir", str(env.wdir), "--device", "cpu", "--config", str(conf), "--no-progress"]
     assert main(args) == 2  # no weights and no opt-in: a clear error before any video
-    assert "put the file at" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    # every missing file in one message, the opt-in named, and no store created for nothing
+    assert "2 weights files are missing or wrong" in err and err.count("put the file at") == 2, err
+    assert "--allow-random-weights" in err and not (tmp_path / "st").exists()
     assert main([*args, "--allow-random-weights"]) == 1
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "1 extracted" in out and "1 failed" in out and "broken: " in out and "probe" in out
+    assert "note: randomly initialised networks for i3d_rgb, vggish" in err, err
     store = FeatureStore.open(tmp_path / "st")
     assert store.list_videos() == ["ok1"] and store.features_of("ok1") >= {"i3d_rgb", "vggish", "audio_mask"}
     (vids / "broken.mp4").unlink()
     assert main([*args, "--allow-random-weights"]) == 0
-    assert "1 already complete" in capsys.readouterr().out
+    out, err = capsys.readouterr()
+    assert "1 already complete" in out and "warning" not in err
+
+    # one video file as --videos; made with other I3D settings than ok1: the store now mixes two ways
+    make_video(tmp_path / "ok2.mp4", seconds=1.2)  # (other content: the same bytes would be the same video)
+    conf2 = tmp_path / "small2.json"
+    conf2.write_text(conf.read_text().replace('"resize_short": 36', '"resize_short": 40'))
+    one = [a if a != str(vids) else str(tmp_path / "ok2.mp4") for a in args]
+    assert main([*[a if a != str(conf) else str(conf2) for a in one], "--allow-random-weights"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 extracted" in out and store.list_videos() == ["ok1", "ok2"]
+    assert "warning: features in this store were made in different ways" in err, err
+    assert "i3d_rgb: made 2 different ways" in err and "vggish" not in err.split("i3d_rgb: made")[1], err
+    assert store.summary()["configs_per_feature"] == {"i3d_rgb": 2, "vggish": 1}
+
+    # an id that now names another file: everything stored for it is redone, and the summary says so
+    manifest = tmp_path / "m.txt"
+    manifest.write_text(f"ok1,{tmp_path / 'ok2.mp4'}\n")
+    assert main([*[a if a != str(vids) else str(manifest) for a in args], "--allow-random-weights"]) == 0
+    out = capsys.readouterr().out
+    assert f"ok1: replaced everything stored for it: its source changed (was {(vids / 'ok1.mp4').resolve()})" in out, out
+
+
+def test_cli_interrupt_does_not_wait_for_worker_threads(tmp_path):
+    """Ctrl-C exits at once (130) even while worker threads (decoders, the networks' thread) are busy: they
+    would otherwise finish their window first, minutes on a CPU. (Stores stay consistent: atomic publishes.)"""
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, sys, threading, time\n"
+        "import clipae.cli as cli\n"
+        "def work(args):\n"
+        "    threading.Thread(target=time.sleep, args=(300,)).start()  # a busy non-daemon worker\n"
+        "    raise KeyboardInterrupt\n"
+        "def parser():\n"
+        "    p = argparse.ArgumentParser()\n"
+        "    p.set_defaults(func=work)\n"
+        "    return p\n"
+        "cli.build_parser = parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130 and "interrupted" in r.stderr, r
 
 
 def test_decord_failure_mid_stream_is_redone_with_ffmpeg(env, tmp_path, monkeypatch):

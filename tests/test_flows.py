@@ -209,3 +209,27 @@ def test_failed_run_still_publishes_a_failed_record(harness, tmp_path):
     assert len(records) == 1
     rec = json.loads(records[0].read_text())
     assert rec["status"] == "failed" and rec["error"]
+
+
+def test_check_store_refuses_features_made_in_different_ways(tmp_path):
+    """Training on a store whose videos hold, say, random-init and pretrained I3D would mix them unknowingly."""
+    from types import SimpleNamespace
+
+    from flows.steps import check_store
+    from storage import FeatureStore, SnippetGrid
+    from tests.store_helpers import SMALL_DIMS, feats, info, prov, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
+    for vid in ("t1", "t2", "x1"):
+        f = feats(10)
+        store.write_video(vid, f, info(vid), provs(f))
+    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test",
+                         videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1"])
+    check = check_store(store, ds, ["i3d_rgb", "vggish"], min_train_videos=2)
+    assert check.train_videos == ["t1", "t2"] and check.random_init_features == ["i3d_rgb", "vggish"]
+    other = prov()
+    other.preprocess_hash = "p1"  # e.g. another crop size
+    store.write_video("x1", {"i3d_rgb": feats(10)["i3d_rgb"]}, None, {"i3d_rgb": other})
+    with pytest.raises(RuntimeError, match=r"(?s)made in different ways.*i3d_rgb: made 2 different ways.*2 videos \(t1, t2\)"):
+        check_store(store, ds, ["i3d_rgb", "vggish"], min_train_videos=2)
+    assert check_store(store, ds, ["vggish"], min_train_videos=2).train_videos == ["t1", "t2"]  # only what is trained on counts

@@ -196,3 +196,29 @@ def test_requires_provenance_info_and_mask(store):
 def test_store_metadata_is_plain_json(store):
     root = json.loads((store.path / "zarr.json").read_text())
     assert root["zarr_format"] == 3 and root["attributes"]["clipae_store"]["grid"]["fps"] == 25.0
+
+
+def test_verify_finds_corruption_in_features_audio_mask_and_time(tmp_path, capsys):
+    from clipae.cli import main as cli
+
+    s = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS, codec=CodecSpec("none"))
+    f = feats(12)
+    for vid in ("a", "b"):
+        s.write_video(vid, f, info(vid), provs(f))
+    assert s.verify("a") == [] and cli(["store", "verify", str(s.path)]) == 0
+    capsys.readouterr()
+
+    def flip(rel: str, at: int) -> None:
+        chunk = s.path / "videos" / rel
+        data = bytearray(chunk.read_bytes())
+        data[at] ^= 0x01
+        chunk.write_bytes(bytes(data))
+
+    flip("a/audio_mask/c/0", 3)  # a bool stays a valid bool; only the recorded hash can tell
+    flip("a/time/c/0", 13)
+    flip("b/i3d_rgb/c/0/0", 7)
+    assert sorted(s.verify("a")) == ["audio_mask", "time"] and s.verify("b") == ["i3d_rgb"]
+    assert cli(["store", "verify", str(s.path)]) == 1
+    out = capsys.readouterr().out
+    assert {"MISMATCH a/audio_mask", "MISMATCH a/time", "MISMATCH b/i3d_rgb"} <= set(out.splitlines())
+    assert "verified 2 videos, 3 mismatches" in out

@@ -13,8 +13,8 @@ from extractors.config import ALL_FEATURES, PRECISIONS, ExtractConfig, config_fr
 from extractors.errors import ConfigError
 
 EPILOG = """\
---videos takes a directory (its video files; id = file name without extension) or a
-manifest: text/CSV lines 'video_id,path' (or just 'path'), or JSON [{"video_id","path"}]
+--videos takes a directory (its video files; id = file name without extension), one video
+file, a quoted glob, or a manifest: text/CSV lines 'video_id,path' (or just 'path'), or JSON [{"video_id","path"}]
 / {id: path}; relative paths are relative to the manifest. See docs/extraction.md.
 --config takes a YAML/JSON file of extraction settings (extractors.config.ExtractConfig
 fields; nested 'tvl1' and 'clip' mappings), e.g. a small crop for quick checks.
@@ -28,7 +28,8 @@ def register(subparsers) -> None:
         "extract", help="extract I3D/flow/CLIP/VGGish features of videos into a feature store",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--videos", required=True, metavar="DIR|MANIFEST", help="directory of videos or manifest file")
+    p.add_argument("--videos", required=True, metavar="DIR|VIDEO|MANIFEST",
+                   help="directory of videos, one video file, a quoted glob, or a manifest file")
     p.add_argument("--store", required=True, metavar="PATH", help="feature store (created if missing)")
     p.add_argument("--features", default=None, metavar="LIST",
                    help=f"comma-separated subset of {','.join(ALL_FEATURES)} (default: all)")
@@ -73,6 +74,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from extractors.manifest import ManifestError, discover_videos
+    from extractors.pipeline import Extractors
     from extractors.weights import WeightsError
     from storage import FeatureStore, SnippetGrid, StoreError
 
@@ -80,24 +82,29 @@ def run(args) -> int:
         videos = discover_videos(args.videos, recursive=args.recursive)
         existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
         config = _build_config(args, existing.grid if existing else None)
+        # Weights first (every missing file in one message), before a new store is created.
+        models = Extractors(config)
+        if models.random_init_features:
+            print(f"note: randomly initialised networks for {', '.join(models.random_init_features)} "
+                  "(--allow-random-weights; no weights file found): these are not pretrained features, and the "
+                  "store records them as random_init", file=sys.stderr)
         store = existing or FeatureStore.open_or_create(
             args.store, grid=SnippetGrid(config.fps, config.snippet_frames, config.stride), name=args.name
         )
         t0 = time.perf_counter()
-        results = _run_with_progress(videos, store, config, progress=not args.no_progress)
+        results = _run_with_progress(videos, store, config, models, progress=not args.no_progress)
         wall = time.perf_counter() - t0
     except (ConfigError, ManifestError, WeightsError, StoreError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return _print_summary(results, store, wall)
+    return _print_summary(results, store, wall, config.features)
 
 
-def _run_with_progress(videos, store, config, progress: bool):
+def _run_with_progress(videos, store, config, models, progress: bool):
     from tqdm import tqdm
 
-    from extractors.pipeline import Extractors, extract_many
+    from extractors.pipeline import extract_many
 
-    models = Extractors(config)  # resolves weights first: a missing file stops here, before any video
     overall = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, position=0)
     current = {"bar": None}
 
@@ -126,10 +133,11 @@ def _run_with_progress(videos, store, config, progress: bool):
         overall.close()
 
 
-def _print_summary(results, store, wall_seconds: float) -> int:
+def _print_summary(results, store, wall_seconds: float, features=None) -> int:
     """Counts, and the run's throughput: frames extracted / wall time of the whole run (model loading
     included). Not per-video time summed: with --video-workers N the videos overlap."""
     from extractors.pipeline import summarize
+    from storage import mixed_configs_message
 
     s = summarize(results)
     rate = f", {s['frames'] / wall_seconds:.1f} frames/s over {wall_seconds:.1f} s" \
@@ -139,6 +147,14 @@ def _print_summary(results, store, wall_seconds: float) -> int:
     partial = [r for r in results if r.ok and r.computed and r.reused]
     for r in partial:
         print(f"  {r.video_id}: computed {','.join(r.computed)}; kept {','.join(r.reused)}")
+    for r in results:
+        if r.ok and r.replaced_source:
+            print(f"  {r.video_id}: replaced everything stored for it: its source changed (was {r.replaced_source})")
+    mixed = mixed_configs_message(store.feature_configs(), features)
+    if mixed:  # e.g. other TV-L1 settings or weights than earlier runs: a model would mix them unknowingly
+        print("warning: features in this store were made in different ways; run this command on the other "
+              "videos too (their features are redone with this run's settings), or use a separate store:\n  "
+              + mixed.replace("\n", "\n  "), file=sys.stderr)
     failures = [r for r in results if not r.ok]
     if failures:
         print("failures:")

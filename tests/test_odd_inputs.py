@@ -1,0 +1,109 @@
+"""Odd but real inputs found by probing many kinds of files (docs/extraction.md, "Odd inputs"): each a file made
+with ffmpeg here, decoded to the right frames or failing with a clear message, never stored half-right."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from extractors.decode import open_frames, probe_video
+from extractors.errors import DecodeError
+from extractors.manifest import ManifestError, discover_videos
+from extractors.vggish import centered_coverage
+from tests.media import counter_levels, have_ffmpeg, make_counter_video, make_video
+
+pytestmark = pytest.mark.skipif(not have_ffmpeg(), reason="ffmpeg/ffprobe not on PATH")
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-y", *args], check=True, capture_output=True)
+
+
+def _frames(path: Path, backend: str = "auto") -> tuple[str, np.ndarray]:
+    src = open_frames(path, probe_video(path), 25.0, backend)
+    return src.backend, np.stack([f for _, f in src])
+
+
+def test_mpeg2_in_mpegts_decodes_every_frame_in_order(tmp_path):
+    """decord returned this file's frames 3.. as frames 0.. (B-frames, consistent-looking timestamps)."""
+    path = tmp_path / "c.ts"
+    _ffmpeg("-f", "lavfi", "-i", "color=black:s=32x24:r=25,geq=lum='16+3*N':cb=128:cr=128", "-frames:v", "60",
+            "-c:v", "mpeg2video", "-q:v", "2", "-bf", "2", str(path))
+    assert probe_video(path).decord_unsuitable() == "MPEG-TS container"
+    backend, frames = _frames(path)
+    assert backend == "ffmpeg" and len(frames) == 60
+    np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
+
+
+def test_more_than_8_bits_per_sample_is_decoded_by_ffmpeg(tmp_path):
+    path = tmp_path / "ten.mkv"
+    try:
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "1", "-c:v", "ffv1", "-pix_fmt",
+                "yuv420p10le", str(path))
+    except subprocess.CalledProcessError as e:  # (every ffmpeg build has ffv1; keep the reason if not)
+        pytest.skip(f"ffmpeg cannot encode 10-bit ffv1: {e.stderr[-200:]!r}")
+    assert probe_video(path).decord_unsuitable() == "more than 8 bits per sample (yuv420p10le)"
+    backend, frames = _frames(path)
+    assert backend == "ffmpeg" and frames.shape == (25, 48, 64, 3)
+    assert probe_video(make_video(tmp_path / "eight.mp4", seconds=0.4)).decord_unsuitable() is None
+
+
+def test_resolution_change_mid_stream_keeps_the_first_size(tmp_path):
+    """ffmpeg scales frames after the change to the first frame's size; reading them at the new size (what
+    showinfo reports) scrambled every later frame and cut the video short."""
+    parts = []
+    for name, size, level in (("a", "64x48", 60), ("b", "96x80", 200)):
+        parts.append(tmp_path / f"{name}.ts")
+        _ffmpeg("-f", "lavfi", "-i", f"color=c=0x{level:02x}{level:02x}{level:02x}:s={size}:r=25", "-t", "2",
+                "-c:v", "libx264", "-pix_fmt", "yuv420p", "-bf", "0", str(parts[-1]))
+    path = tmp_path / "res_change.mkv"
+    _ffmpeg("-i", f"concat:{parts[0]}|{parts[1]}", "-c", "copy", str(path))
+    backend, frames = _frames(path, "ffmpeg")
+    assert frames.shape == (100, 48, 64, 3)
+    assert abs(frames[:45].mean() - 60) < 4 and abs(frames[55:].mean() - 200) < 4
+    assert frames[55:].std(axis=(1, 2, 3)).max() < 3  # flat frames, not rows out of step
+
+
+def test_truncated_stream_fails_instead_of_storing_a_prefix(tmp_path):
+    full = tmp_path / "full.mp4"  # index at the front: a cut file still opens, and ffmpeg decodes what is left
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "4", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+            "-movflags", "+faststart", str(full))
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with pytest.raises(DecodeError, match=r"decoded only \d+\.\d+ s of the 4\.00 s the video stream declares: "
+                                          r"truncated or damaged"):
+        _frames(cut, "ffmpeg")
+    assert len(_frames(full, "ffmpeg")[1]) == 100
+
+
+def test_names_ffmpeg_would_misread(tmp_path):
+    """A leading dash (an option to ffmpeg) or a colon (a protocol): decoded like any other name."""
+    src = make_counter_video(tmp_path / "src.mp4", 20)
+    for name in ("-dash.mp4", "a:b.mp4"):
+        path = shutil.copy(src, tmp_path / name)
+        for backend in ("decord", "ffmpeg"):
+            assert len(_frames(Path(path), backend)[1]) == 20, (name, backend)
+
+
+def test_directory_scan_skips_hidden_files_and_reports_bad_names(tmp_path):
+    make_counter_video(tmp_path / "good.mp4", 20)
+    (tmp_path / "._good.mp4").write_bytes(b"\0\5\26\7")  # macOS AppleDouble metadata: not a video
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")  # broken: kept, so that it fails visibly
+    assert discover_videos(tmp_path) == [("gone", tmp_path / "gone.mp4"), ("good", tmp_path / "good.mp4")]
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "caf\udce9.mp4").write_bytes(b"x")  # a Latin-1 file name: not valid UTF-8
+    with pytest.raises(ManifestError, match=r"(?s)not valid UTF-8.*list them in a manifest"):
+        discover_videos(bad)
+
+
+def test_audio_mask_excludes_the_silence_before_a_late_audio_stream():
+    # 4 snippets of 16 frames at 25 fps (centres 0.32, 0.96, 1.60, 2.24 s); audio from 1.5 s to 2.6 s at 16 kHz
+    centers = [0.32, 0.96, 1.60, 2.24]
+    cover = centered_coverage(int(2.6 * 16000), 16000, centers, first_sample=int(1.5 * 16000))
+    assert (cover > 0.5).tolist() == [False, False, True, True]
+    assert (centered_coverage(int(2.6 * 16000), 16000, centers) > 0.5).all()  # (what the padding looked like)
