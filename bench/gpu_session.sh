@@ -15,10 +15,11 @@ OUT=${1:-bench/out/gpu}
 shift || true
 # Default: GPU tests, then the open TV-L1 speed questions in one device call (limits sum to 530 s of 600,
 # leaving room for the setup above): the sweep's "flat" band layout, float16 state and register caps,
-# timed against the float32 "rows" default in the same process, then end to end on THUMOS-length videos
-# with the default and with the flat layout (same arithmetic per pixel). A second call can run e2e (30 s videos,
-# the figure earlier sessions reported) and the other variants (e.g. e2e-long-f16flat, e2e-long-r48).
-STEPS=${*:-tests-fast tvl1-variants e2e-long e2e-long-flat}
+# timed against the float32 "rows" default in the same process; batches of 8 to 1024 pairs, which tell
+# whether a batch's time is its slowest pairs' chain of band steps (docs/tvl1.md, "critical path"); then
+# end to end on THUMOS-length videos. A second call can run the winning variant end to end (e2e-long-flat,
+# e2e-long-f16flat, e2e-long-r48, ...) and e2e (30 s videos, the figure earlier sessions reported).
+STEPS=${*:-tests-fast tvl1-variants tvl1-tail e2e-long}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -93,7 +94,7 @@ for s in $STEPS; do
             --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
             flat=backend:triton,sweep_layout:flat f16=backend:triton,state_dtype:float16 \
             f16r48=backend:triton,state_dtype:float16,sweep_maxnreg:48 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
-    tvl1-tail) step tvl1-tail 90 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --sizes 8,64,512 \
+    tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants f32=backend:triton flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
             # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)

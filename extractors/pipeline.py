@@ -412,6 +412,8 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
     if probe.duration:
         expected = grid.num_snippets(int(probe.duration * grid.fps))
     done = 0
+    if progress:  # the total from the start, not after the first window (seconds to minutes on a CPU)
+        progress(0, expected)
     with BackgroundIterator(produce, maxsize=config.queue_windows) as windows:
         it = iter(windows)
         while True:

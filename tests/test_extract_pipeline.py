@@ -180,6 +180,14 @@ def test_video_without_audio_gets_zero_audio_features(env, tmp_path):
     assert store.video_info("silent").has_audio is False
 
 
+def test_progress_knows_the_total_before_the_first_window(env, tmp_path):
+    calls = []
+    cfg = replace(env.cfg, features=("i3d_rgb",))
+    extract_video(env.video, "a", FeatureStore.create(tmp_path / "s"), cfg, env.models,
+                  progress=lambda done, total: calls.append((done, total)))
+    assert calls[0] == (0, 4) and calls[-1] == (4, 4), calls
+
+
 def test_audio_starting_late_is_masked_until_it_starts(env, tmp_path):
     """The silence decode_audio puts before a late audio stream (here 1.5 s) is not audio."""
     import subprocess

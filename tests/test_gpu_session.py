@@ -33,7 +33,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tests-fast", "tvl1-variants", "e2e-long", "e2e-long-flat"]
+    assert [r[0] for r in rows] == ["tests-fast", "tvl1-variants", "tvl1-tail", "e2e-long"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
