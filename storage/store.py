@@ -457,6 +457,26 @@ class FeatureStore:
         os.rename(tmp, current)
         shutil.rmtree(trash)
 
+    def recover(self) -> list[str]:
+        """Clean up after killed writers, store-wide (a write does it only for its own video): for every video
+        with leftovers in ``_staging``, under that video's lock, restore it if a writer died between its two
+        renames and drop half-built copies. Returns the ids that had leftovers."""
+        ids = set()
+        for sub in ("tmp", "trash"):
+            d = self._staging / sub
+            for p in d.iterdir() if d.is_dir() else ():
+                parts = p.name.rsplit(".", 2)
+                if len(parts) == 3:
+                    ids.add(parts[0])
+        for vid in sorted(ids):
+            try:
+                validate_video_id(vid)
+            except StoreError:
+                continue  # not ours
+            with file_lock(self._staging / "locks" / f"{vid}.lock"):  # (a live writer holds it: wait for it)
+                self._recover(vid)
+        return sorted(ids)
+
     def _recover(self, video_id: str) -> None:
         """Under the video's lock: clean what a killed writer of this video left behind."""
         current = self._videos / video_id

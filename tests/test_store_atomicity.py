@@ -140,3 +140,23 @@ def test_exchange_probe_is_safe_when_processes_probe_at_once(tmp_path):
         results = list(pool.map(exchange_supported, [tmp_path] * 32))
     assert len(set(results)) == 1
     assert list(tmp_path.iterdir()) == []
+
+
+def test_store_wide_recovery_after_killed_writers(tmp_path):
+    """What killed writers leave is cleaned up for every video at once (clipae extract / store verify call
+    it), not only when the same video is written again: a video caught between its two renames comes back,
+    half-built copies go, and a video id with dots is parsed right."""
+    from tests.store_writer import write_round
+
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    for vid in ("v", "clip.v2"):
+        write_round(store, vid, 1, 40)
+    staging = store.path / "_staging"
+    os.rename(store.path / "videos" / "clip.v2", staging / "trash" / "clip.v2.999.deadbeef")  # died between renames
+    (staging / "tmp" / "v.998.cafe").mkdir()  # died while building a new version of v
+    (staging / "tmp" / "v.998.cafe" / "junk").write_bytes(b"x" * 1000)
+    assert store.list_videos() == ["v"]
+    assert store.recover() == ["clip.v2", "v"]
+    assert store.list_videos() == ["clip.v2", "v"] and assert_consistent(store, "clip.v2") == 40
+    assert not any((staging / "tmp").iterdir()) and not any((staging / "trash").iterdir())
+    assert store.recover() == []

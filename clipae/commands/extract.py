@@ -88,6 +88,8 @@ def run(args) -> int:
             print(f"note: randomly initialised networks for {', '.join(models.random_init_features)} "
                   "(--allow-random-weights; no weights file found): these are not pretrained features, and the "
                   "store records them as random_init", file=sys.stderr)
+        if existing is not None:
+            existing.recover()  # what killed runs left (a video caught between two renames comes back)
         store = existing or FeatureStore.open_or_create(
             args.store, grid=SnippetGrid(config.fps, config.snippet_frames, config.stride), name=args.name
         )

@@ -39,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
                     print(f"{v}\tT={t}\t{','.join(f)}")
             return 0
         bad = 0
+        store.recover()  # finish what killed writers left first: verify the store as readers will see it
         ids = store.list_videos()
         for vid in ids:  # features and audio mask against their recorded sha256, the time coordinate against the grid
             try:
