@@ -20,8 +20,8 @@ docs/extraction.md explains the choices.
 from __future__ import annotations
 
 import json
-import os
 import math
+import os
 import queue
 import re
 import subprocess
