@@ -304,12 +304,14 @@ class FeatureStore:
     def summary(self) -> dict:
         ids = self.list_videos()
         counts: dict[str, int] = {}
+        configs: dict[str, set[str]] = {}
         random_init = 0
         for vid in ids:
             meta = self._video_meta(vid)
             for fname, fmeta in meta["features"].items():
                 counts[fname] = counts.get(fname, 0) + 1
                 random_init += bool(fmeta["provenance"].get("random_init"))
+                configs.setdefault(fname, set()).add(FeatureProvenance.from_dict(fmeta["provenance"]).config_key())
         return {
             "path": str(self.path),
             "name": self.name,
@@ -319,7 +321,7 @@ class FeatureStore:
             "videos_per_feature": counts,
             "random_init_features": random_init,
             # >1 for a feature: its videos were made differently (see feature_configs / mixed_configs_message)
-            "configs_per_feature": {f: len(groups) for f, groups in self.feature_configs().items()},
+            "configs_per_feature": {f: len(keys) for f, keys in configs.items()},
             "codec": self.codec.to_dict(),
             "fingerprint": self.fingerprint(),
         }

@@ -25,8 +25,9 @@ def run(args: argparse.Namespace) -> int:
         if args.store_command == "info":
             summary = store.summary()
             print(json.dumps(summary, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
-            mixed = mixed_configs_message(store.feature_configs())
-            if mixed and not args.json:  # (JSON readers have configs_per_feature)
+            mixed = (mixed_configs_message(store.feature_configs())  # (re-read only when there is a mix to name)
+                     if not args.json and max(summary["configs_per_feature"].values(), default=1) > 1 else None)
+            if mixed:  # (JSON readers have configs_per_feature)
                 print("warning: features made in different ways across videos:\n  " + mixed.replace("\n", "\n  "),
                       file=sys.stderr)
             return 0
