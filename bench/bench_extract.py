@@ -180,6 +180,8 @@ def main() -> None:
     ap.add_argument("--sweep-maxnreg", type=int, default=None, help="register cap of the Triton sweep (tvl1_triton.SWEEP_MAXNREG)")
     ap.add_argument("--sweep-layout", default=None, choices=["rows", "flat"],
                     help="band shape of the Triton sweep (tvl1_triton.SWEEP_LAYOUT)")
+    ap.add_argument("--sweep-ppt", type=int, default=None, choices=[1, 2],
+                    help="pixels per thread of the Triton sweep (tvl1_triton.SWEEP_PIXELS_PER_THREAD)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -189,11 +191,12 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if args.sweep_maxnreg or args.sweep_layout:
+    if args.sweep_maxnreg or args.sweep_layout or args.sweep_ppt:
         from extractors import tvl1_triton
 
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
         tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
+        tvl1_triton.SWEEP_PIXELS_PER_THREAD = args.sweep_ppt or tvl1_triton.SWEEP_PIXELS_PER_THREAD
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
@@ -202,7 +205,8 @@ def main() -> None:
     result = {"machine": f"{platform.processor() or platform.machine()}, torch threads {args.threads}",
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
-              "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device)}
+              "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device),
+              "sweep_ppt": args.sweep_ppt or 2}
     if args.only_many:
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)

@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
-#          e2e[-long][-fast|-r48|-f16|-flat|-f16flat] train profile profile-triton
+#          e2e[-long][-fast|-r48|-f16|-flat|-flat1|-f16flat] train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -93,14 +93,16 @@ for s in $STEPS; do
     tvl1-variants) step tvl1-variants 140 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
             --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
             flat=backend:triton,sweep_layout:flat f16=backend:triton,state_dtype:float16 \
-            f16r48=backend:triton,state_dtype:float16,sweep_maxnreg:48 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
+            flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
+            # (flat1: one pixel per thread, no layout conversions at odd widths; it replaced f16r48 = float16 +
+            # cap 48, which the e2e-f16 step still runs end to end)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants f32=backend:triton flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
             # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)
     e2e|e2e-*) tv=default; extra=""; secs=30; limit=70  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
-            case $v in ""|-fast|-r48|-f16flat|-flat|-f16) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $v in ""|-fast|-r48|-f16flat|-flat|-flat1|-f16) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
             # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
             # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
             case $s in *-long*) secs=155; limit=120 ;; esac
@@ -108,6 +110,7 @@ for s in $STEPS; do
               *-fast) tv=fast ;;  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
               *-r48) extra="--sweep-maxnreg 48" ;;
               *-f16flat) extra="--sweep-layout flat --tvl1-state-dtype float16" ;;
+              *-flat1) extra="--sweep-layout flat --sweep-ppt 1" ;;
               *-flat) extra="--sweep-layout flat" ;;  # (the flat kernel spills under a cap of 48)
               *-f16) extra="--sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
             esac

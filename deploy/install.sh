@@ -47,7 +47,9 @@ fi
 # The browser only serves tests/test_ui_browser.py, which is skipped without one: Debian packages
 # `chromium`, Ubuntu `chromium-browser` (a snap wrapper, which fails where snapd cannot run).
 if ((want_browser)) && ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
-  if ! { apt_update && browser="$(apt_candidate chromium chromium-browser)" && apt_install "$browser"; }; then
+  # Tried twice: a mirror hiccup during its ~100 MB of packages should not cost the test.
+  if ! { apt_update && browser="$(apt_candidate chromium chromium-browser)" \
+         && { apt_install "$browser" || { sleep 5; apt_install "$browser"; }; }; }; then
     echo "[install] no Chromium installed: tests/test_ui_browser.py will be skipped" >&2
   fi
 fi

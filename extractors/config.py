@@ -146,9 +146,11 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
                 "transform": "open_clip_eval(short=image_size bicubic, center_crop)",
                 "pool": "mean_l2norm_renorm"}
     if feature == "vggish":
-        return {**grid, "sample_rate": config.audio_sample_rate, "mono": "ffmpeg -ac 1",
+        return {**grid, "sample_rate": config.audio_sample_rate, "mono": "mean of channels",
                 "window": "0.96s centred on snippet centre", "final_relu": config.vggish_final_relu,
-                "postprocess": config.vggish_postprocess}
+                # (named for the 8-bit cast, which truncates as the TF release does; the default False keeps
+                # existing stores' hashes)
+                "postprocess": "pca_uint8_trunc" if config.vggish_postprocess else False}
     raise ConfigError(f"unknown feature {feature!r}")
 
 

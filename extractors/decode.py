@@ -61,6 +61,7 @@ class VideoProbe:
     stream_duration: float | None = None  # the video stream's own duration (None if the container lacks it)
     video_start: float | None = None
     audio_start: float | None = None
+    audio_channels: int | None = None  # of the first audio stream
     rotation: int = 0
     codec: str | None = None
     pix_fmt: str | None = None
@@ -148,6 +149,7 @@ def probe_video(path: str | Path) -> VideoProbe:
         stream_duration=_float_or_none(v.get("duration")),
         video_start=_float_or_none(v.get("start_time")),
         audio_start=_float_or_none(a.get("start_time")),
+        audio_channels=int(a["channels"]) if str(a.get("channels", "")).isdigit() and int(a["channels"]) > 0 else None,
         rotation=_rotation(v) if v else 0,
         codec=v.get("codec_name"),
         pix_fmt=v.get("pix_fmt"),
@@ -533,6 +535,55 @@ def audio_lead_samples(probe: VideoProbe, sample_rate: int) -> int:
     return max(0, int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate)))
 
 
+def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> tuple[np.ndarray, int, str]:
+    """Run ffmpeg writing interleaved float32 samples; return (mono mean of the channels, exit code, stderr).
+
+    Read in chunks and averaged as they come, so memory holds the mono track only (a 30-minute 5.1 track
+    would be 0.7 GB interleaved)."""
+    import tempfile
+
+    frame_bytes = 4 * channels
+    chunk = frame_bytes * 65536
+    parts: list[np.ndarray] = []
+    with tempfile.TemporaryFile() as err:
+        try:
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
+        except OSError as e:
+            raise VideoError(str(path), "audio", f"ffmpeg failed to run: {e}") from e
+        timed_out = threading.Event()
+
+        def kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(timeout, kill)
+        timer.start()
+        try:
+            rest = b""
+            while True:
+                data = proc.stdout.read(chunk)
+                if not data:
+                    break
+                data = rest + data
+                usable = len(data) - len(data) % frame_bytes
+                rest = data[usable:]
+                x = np.frombuffer(data[:usable], dtype=np.float32)
+                parts.append(x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x.copy())
+            returncode = proc.wait()
+        finally:
+            timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            proc.stdout.close()
+        if timed_out.is_set():
+            raise VideoError(str(path), "audio", f"ffmpeg did not finish decoding the audio within {timeout:.0f} s")
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    wav = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return wav, returncode, stderr
+
+
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
@@ -541,17 +592,18 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     """
     if not probe.has_audio:
         return None
+    # Mono is the plain mean of the channels, as VGGish's released front end takes it (vggish_input:
+    # np.mean over channels). ffmpeg's own "-ac 1" downmix of float audio is not a mean: stereo comes out
+    # as (L+R)/sqrt(2), 3 dB louder than the network was trained on. So ffmpeg keeps the stream's channel
+    # count (stated, so a mid-stream layout change cannot change it) and we average here.
+    channels = probe.audio_channels or 1
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
-        "-ac", "1", "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+        "-ac", str(channels), "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
     ]  # fmt: skip
-    try:
-        out = subprocess.run(cmd, capture_output=True, timeout=3600)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise VideoError(str(path), "audio", f"ffmpeg failed to run: {e}") from e
-    wav = np.frombuffer(out.stdout, dtype=np.float32)
-    if out.returncode != 0 and wav.size == 0:
-        msg = out.stderr.decode(errors="replace").strip().splitlines()
+    wav, returncode, stderr = _run_audio_decoder(path, cmd, channels, timeout=3600.0)
+    if returncode != 0 and wav.size == 0:
+        msg = stderr.strip().splitlines()
         raise VideoError(str(path), "audio", f"cannot decode the audio stream ({msg[-1] if msg else 'ffmpeg error'})")
     wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
     shift = int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate))

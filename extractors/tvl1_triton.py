@@ -177,7 +177,8 @@ def triton_block(
     b, _, h, w = u.shape
     grid = (b, triton.cdiv(h * w, BLOCK))
     err = torch.empty(b, dtype=torch.float32, device=u.device)
-    threshold = epsilon_sq * h * w
+    threshold = float(epsilon_sq * h * w)
+    lambda_theta, theta, tau_over_theta = float(lambda_theta), float(theta), float(tau_over_theta)
     for _ in range(steps):
         err.zero_()
         with LAUNCH_LOCK:
@@ -294,6 +295,12 @@ SWEEP_MAXNREG: int | None = None
 # pixels: every lane busy at every width, same results up to the order of the stopping error's sum;
 # not measured on a GPU yet: bench/gpu_session.sh step tvl1-variants times both).
 SWEEP_LAYOUT = "rows"
+# Pixels per thread in a band (1 or 2; num_warps = band / (32 * this)). At 2, where W % 16 != 0 (four of the
+# pyramid's five widths) the compiled flat sweep stores u and p through a 1-pixel-per-thread layout:
+# 5 shared-memory conversions, 10 bar.sync per band step instead of 1 (read from its PTX for sm_90). At 1
+# it compiles with no conversion, 4 bar.sync in all and 40 registers (16 warps a program). Not measured
+# on a GPU yet: bench/gpu_session.sh step tvl1-variants times it (variant flat1).
+SWEEP_PIXELS_PER_THREAD = 2
 
 
 def _band(band_pixels: int | None) -> int:
@@ -312,13 +319,19 @@ def sweep_layout(width: int, band_pixels: int | None = None) -> tuple[int, int, 
     band = _band(band_pixels)
     block_w = triton.next_power_of_2(width)
     rows = max(1, band // block_w)
-    return rows, block_w, min(32, max(1, rows * block_w // 64))
+    return rows, block_w, _num_warps(rows * block_w)
 
 
 def flat_sweep_layout(band_pixels: int | None = None) -> tuple[int, int]:
-    """(BAND, num_warps) of the "flat" layout (any width): 2 pixels per thread."""
+    """(BAND, num_warps) of the "flat" layout (any width): ``SWEEP_PIXELS_PER_THREAD`` pixels per thread."""
     band = _band(band_pixels)
-    return band, min(32, max(1, band // 64))
+    return band, _num_warps(band)
+
+
+def _num_warps(band: int) -> int:
+    if SWEEP_PIXELS_PER_THREAD not in (1, 2):
+        raise ValueError(f"tvl1_triton.SWEEP_PIXELS_PER_THREAD must be 1 or 2, got {SWEEP_PIXELS_PER_THREAD!r}")
+    return min(32, max(1, band // (32 * SWEEP_PIXELS_PER_THREAD)))
 
 
 def triton_sweep_block(
@@ -347,7 +360,10 @@ def triton_sweep_block(
     b, _, h, w = u.shape
     if SWEEP_LAYOUT not in ("rows", "flat"):
         raise ValueError(f"tvl1_triton.SWEEP_LAYOUT must be 'rows' or 'flat', got {SWEEP_LAYOUT!r}")
-    args = (u, p, i1w_grad, rho_c, active, h, w, steps, epsilon_sq * h * w, lambda_theta, theta, tau_over_theta)
+    # Scalars as Python floats: an int threshold (epsilon=0) would type the kernel's loop-carried error as
+    # int32 and fail to compile.
+    args = (u, p, i1w_grad, rho_c, active, h, w, steps, float(epsilon_sq * h * w), float(lambda_theta), float(theta),
+            float(tau_over_theta))
     if SWEEP_LAYOUT == "flat":
         band, warps = flat_sweep_layout()
         kernel, constexprs = _sweep_flat_kernel, {"BAND": band}

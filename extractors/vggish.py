@@ -115,12 +115,17 @@ class VGGish(nn.Module):
         self.pca_means = mu.to(dev)
 
     def postprocess(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Released postprocessor: PCA/whitening, clip to [-2, 2], quantise to 0..255 (float32)."""
+        """Released postprocessor (vggish_postprocess.py): PCA/whitening, clip to [-2, 2], map to [0, 255]
+        and cast to 8 bits (float32 values 0..255).
+
+        The cast truncates, as the TF release's ``astype(np.uint8)`` that produced the published AudioSet
+        embeddings does; torchvggish rounds instead (+1 on about half the values).
+        """
         if not self.has_pca:
             raise RuntimeError("postprocess needs the PCA parameters: pass pca_path to load_vggish")
         pca = (embeddings - self.pca_means) @ self.pca_eigen_vectors.T
         clipped = pca.clamp(QUANTIZE_MIN_VAL, QUANTIZE_MAX_VAL)
-        return torch.round((clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL)))
+        return torch.floor((clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL)))
 
     def _run(self, patches: torch.Tensor, postprocess: bool, batch_size: int) -> np.ndarray:
         if postprocess and not self.has_pca:
@@ -230,27 +235,34 @@ def resampled_length(num_samples: int, sample_rate: float) -> int:
     return int(math.ceil(num_samples * (SAMPLE_RATE // g) / (sr // g)))
 
 
+#: resampy's "kaiser_best" filter (64 zero crossings, rolloff 0.9476, Kaiser beta 14.77) in torchaudio's terms.
+KAISER_BEST = {"resampling_method": "sinc_interp_kaiser", "lowpass_filter_width": 64,
+               "rolloff": 0.9475937167399596, "beta": 14.769656459379492}
+
+
 def to_mono_16k(
     waveform: np.ndarray | torch.Tensor, sample_rate: float, device: str | torch.device = "cpu"
 ) -> torch.Tensor:
     """(S,) or (channels, S) audio -> (S',) float32 mono at 16 kHz on ``device``.
 
-    Multi-channel input is channel-first (as torchaudio.load returns) and averaged, like
-    vggish_input. Resampling uses torchaudio's windowed-sinc resampler; the released code
-    uses resampy (kaiser_best), so non-16 kHz input is close to but not bit-identical
-    with the TF pipeline (documented in docs/weights.md).
+    Multi-channel input is averaged, like vggish_input. It is channel-first (as torchaudio.load
+    returns); a (S, channels) array (soundfile, scipy.io.wavfile) is recognised by having more rows
+    than columns. Resampling uses torchaudio's windowed sinc with resampy's ``kaiser_best`` filter
+    (what the released code uses; torchaudio's default filter differed by up to 0.6 in the top mel
+    bands on 48 kHz noise), so non-16 kHz input is close to but not bit-identical with the TF pipeline
+    (documented in docs/weights.md).
     """
     wav = torch.as_tensor(waveform)
     if wav.dtype == torch.int16:
         wav = wav.float() / 32768.0  # as vggish_input.wavfile_to_examples
     wav = wav.to(device=device, dtype=torch.float32)
     if wav.ndim == 2:
-        wav = wav.mean(dim=0)
+        wav = (wav.T if wav.shape[0] > wav.shape[1] else wav).mean(dim=0)
     elif wav.ndim != 1:
         raise ValueError(f"expected (S,) or (channels, S) audio, got {tuple(wav.shape)}")
     sr = _int_rate(sample_rate)
     if sr != SAMPLE_RATE and wav.shape[0] > 0:
-        wav = AF.resample(wav, sr, SAMPLE_RATE)
+        wav = AF.resample(wav, sr, SAMPLE_RATE, **KAISER_BEST)
     return wav.contiguous()
 
 

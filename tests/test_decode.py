@@ -269,6 +269,25 @@ def test_decode_audio_mono_16k_and_alignment(tmp_path):
     assert np.abs(wav2[: int(0.45 * 16000)]).max() < 1e-3 and np.abs(wav2[int(0.6 * 16000) : int(0.9 * 16000)]).max() > 0.05
 
 
+@pytest.mark.parametrize("layout, right, expected", [("stereo", "0.5", 0.5), ("stereo", "0", 0.25),
+                                                      ("5.1", "0.5", 0.5 * 2 / 6)])
+def test_decode_audio_mono_is_the_mean_of_the_channels(tmp_path, layout, right, expected):
+    """VGGish's released front end averages the channels (vggish_input: np.mean). ffmpeg's "-ac 1" gave
+    (L+R)/sqrt(2) for float output: a stereo track 3 dB (x1.414) louder than the network expects."""
+    import subprocess
+
+    tone = "sin(2*PI*440*t)"
+    chans = [f"0.5*{tone}", f"{right}*{tone}"] + (["0"] * 4 if layout == "5.1" else [])
+    path = tmp_path / f"{layout}_{right}.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=1",
+                    "-f", "lavfi", "-i", f"aevalsrc={'|'.join(chans)}:s=16000:c={layout}:d=1",
+                    "-c:v", "libx264", "-c:a", "pcm_f32le", str(path)], check=True)
+    probe = probe_video(path)
+    assert probe.audio_channels == len(chans)
+    wav = decode_audio(path, probe)
+    assert np.abs(wav[1000:15000]).max() == pytest.approx(expected, rel=1e-3)
+
+
 def test_decode_audio_none_without_audio_stream(tmp_path):
     v = make_video(tmp_path / "n.mp4", seconds=0.5, audio=False)
     probe = probe_video(v)

@@ -56,7 +56,7 @@ def test_tvl1_on_cuda_matches_cpu(compile_, backend, state, monkeypatch):
 
 @pytest.mark.parametrize("layout,state,maxnreg", [
     ("rows", "float32", None), ("rows", "float32", 48), ("rows", "float16", None), ("rows", "float16", 48),
-    ("flat", "float32", None), ("flat", "float16", None)])
+    ("flat", "float32", None), ("flat", "float16", None), ("flat1", "float32", None)])
 @pytest.mark.parametrize("hw", [(5, 300), (9, 224), (5, 23), (40, 224), (3, 600)])
 def test_triton_sweep_block_equals_masked_block_on_cuda(hw, layout, state, maxnreg, monkeypatch):
     """One sweep launch vs the torch iterations on the same CUDA inputs, at the band layouts that matter:
@@ -69,7 +69,8 @@ def test_triton_sweep_block_equals_masked_block_on_cuda(hw, layout, state, maxnr
     from extractors.tvl1_triton import triton_sweep_block
 
     monkeypatch.setattr(tvl1_triton, "SWEEP_MAXNREG", maxnreg)
-    monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", layout)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", layout.rstrip("1"))
+    monkeypatch.setattr(tvl1_triton, "SWEEP_PIXELS_PER_THREAD", 1 if layout == "flat1" else 2)  # flat1: 16 warps
     h, w = hw
     g = torch.Generator().manual_seed(h * w)
     b = 3

@@ -380,7 +380,7 @@ def test_triton_median_source_is_in_sync():
     assert _generate() == _current(), "regenerate: python -m extractors.tvl1_triton_median"
 
 
-def test_triton_kernels_compile_for_h100(tmp_path):
+def test_triton_kernels_compile_for_h100(tmp_path, monkeypatch):
     """The real Triton compiler (not the interpreter) accepts every kernel for sm_90, without a GPU.
 
     The interpreter runs the kernels' arithmetic but not their lowering (loop-carried types,
@@ -414,13 +414,18 @@ def test_triton_kernels_compile_for_h100(tmp_path):
         ("rows", 179, "*fp32", 48): (48, 0), ("rows", 224, "*fp16", None): (40, 0), ("rows", 179, "*fp16", 48): (48, 0),
         ("flat", 224, "*fp32", None): (48, 0), ("flat", 179, "*fp32", None): (64, 4),
         ("flat", 224, "*fp16", None): (48, 0), ("flat", 179, "*fp16", None): (64, 0),
+        # flat1: one pixel per thread (16 warps), no layout conversions at odd widths
+        ("flat1", 224, "*fp32", None): (40, 0), ("flat1", 179, "*fp32", None): (40, 0),
+        ("flat1", 179, "*fp16", None): (40, 0),
     }
+    bar_syncs = {}
     kernels = []
     for layout, width, st, cap in expect:
         if layout == "rows":
             rows, block_w, warps = T.sweep_layout(width)
             fn, extra, constexprs = T._sweep_kernel, {"ROWS": "constexpr", "BLOCK_W": "constexpr"}, {"ROWS": rows, "BLOCK_W": block_w}
         else:
+            monkeypatch.setattr(T, "SWEEP_PIXELS_PER_THREAD", 1 if layout == "flat1" else 2)
             band, warps = T.flat_sweep_layout()
             fn, extra, constexprs = T._sweep_flat_kernel, {"BAND": "constexpr"}, {"BAND": band}
         kernels.append((fn, {**sweep, **({} if st == "*fp32" else half), **extra}, constexprs,
@@ -455,6 +460,7 @@ def test_triton_kernels_compile_for_h100(tmp_path):
             # A sum reduction alone emits 2-3 bar.sync (Triton 3.6, measured by compiling the kernels
             # without their tl.debug_barrier calls); the band/iteration barriers bring each to >= 4.
             assert ptx.count("bar.sync") >= 4, ("the sweep's barriers were lost", case)
+            bar_syncs[case] = ptx.count("bar.sync")
             # Register allocation happens in ptxas (bundled with triton): ask it for registers and spills.
             from triton.backends.nvidia.compiler import get_ptxas
 
@@ -467,6 +473,9 @@ def test_triton_kernels_compile_for_h100(tmp_path):
             regs = [int(n) for n in re.findall(r"Used (\d+) registers", r.stderr)]
             assert spills and max(spills) <= spill_max, (case, r.stderr)
             assert regs and max(regs) <= regs_expected, (case, r.stderr)
+    # At 2 pixels per thread and a width not divisible by 16 the flat sweep stores u and p through layout
+    # conversions (13 bar.sync in its PTX vs 4); at 1 pixel per thread there are none.
+    assert bar_syncs[("flat", 179, "*fp32", None)] > bar_syncs[("flat1", 179, "*fp32", None)] == 4, bar_syncs
 
 
 def _launch_attrs(signature: dict, ints: dict) -> dict:
@@ -501,6 +510,12 @@ def test_flat_sweep_layout_and_knob(monkeypatch):
     assert flat_sweep_layout(2048) == (2048, 32)
     with pytest.raises(ValueError, match="power of 2"):
         flat_sweep_layout(48)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_PIXELS_PER_THREAD", 1)
+    assert flat_sweep_layout() == (512, 16) and tvl1_triton.sweep_layout(224) == (2, 256, 16)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_PIXELS_PER_THREAD", 4)
+    with pytest.raises(ValueError, match="SWEEP_PIXELS_PER_THREAD"):
+        flat_sweep_layout()
+    monkeypatch.setattr(tvl1_triton, "SWEEP_PIXELS_PER_THREAD", 2)
     monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", "diagonal")
     u = torch.zeros(1, 2, 4, 4)
     with pytest.raises(ValueError, match="SWEEP_LAYOUT"):
