@@ -523,6 +523,24 @@ def test_flat_sweep_layout_and_knob(monkeypatch):
                            1, 1e-4, 0.045, 0.3, 0.83)
 
 
+def test_sweep_scalars_reach_the_kernel_as_floats(monkeypatch):
+    """Triton types a Python int as i32: an int threshold (TVL1Config(epsilon=0)) made the kernel's
+    loop-carried error int32 and failed to compile on the GPU (the interpreter does not care)."""
+    from extractors import tvl1_triton
+
+    seen = []
+
+    class Capture:
+        def __getitem__(self, grid):
+            return lambda *args, **kw: seen.append(args)
+
+    monkeypatch.setattr(tvl1_triton, "_sweep_kernel", Capture())
+    u = torch.zeros(1, 2, 4, 4)
+    tvl1_triton.triton_sweep_block(u, torch.zeros(1, 2, 2, 4, 4), u, u[:, :1], None, torch.ones(1, dtype=torch.bool),
+                                   1, 0, 1, 1, 1)
+    assert all(isinstance(a, float) for a in seen[0][8:]), seen
+
+
 def test_backend_is_validated(monkeypatch):
     with pytest.raises(ValueError, match="backend"):
         TVL1Config(backend="cuda")
