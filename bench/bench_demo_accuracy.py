@@ -29,6 +29,8 @@ def main() -> None:
     ap.add_argument("--store", default=str(REPO / "stores" / "demo.zarr"))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--json", help="write the figures here")
+    ap.add_argument("--arrangements", action="store_true",
+                    help="also train the full model without the LayerNorm after CAF, and with CAF and CCP in series")
     args = ap.parse_args()
 
     import torch
@@ -69,8 +71,12 @@ def main() -> None:
         "whole video (true labels)": evaluate_predictions(whole_video_predictions(test_v, ds.classes), ds).average_mAP,
     }
     rows: dict[str, list[float]] = {}
-    for name, cfg in (("demo deployment settings (full CLIP-AE)", demo_cfg),
-                      ("two-stream baseline (CAF, CCP, L_self off)", base_cfg)):
+    variants = [("demo deployment settings (full CLIP-AE)", demo_cfg),
+                ("two-stream baseline (CAF, CCP, L_self off)", base_cfg)]
+    if args.arrangements:  # CAF and CCP side by side (the paper, the default) vs in series (before 2026-12-04)
+        variants += [("full CLIP-AE without the LayerNorm after CAF", demo_cfg.replace(model={"caf_out_norm": False})),
+                     ("full CLIP-AE, CAF and CCP in series", demo_cfg.replace(model={"caf_ccp": "series"}))]
+    for name, cfg in variants:
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as tmp:
                 c = cfg.replace(train={"seed": seed, "progress": False})

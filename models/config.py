@@ -41,6 +41,9 @@ class SwitchConfig:
         return "+".join(on) if on else "baseline"
 
 
+CAF_CCP = ("parallel", "series")
+
+
 @dataclass
 class ModelConfig:
     """Sizes of the network. d_x: CAF width (lee2021 uses 1024; 128 keeps CPU training fast)."""
@@ -49,6 +52,10 @@ class ModelConfig:
     caf_stages: int = 2         # lee2021 t_e = 2
     caf_w_init_scale: float = 5.0   # W starts as scale*I: cosine similarities need a temperature to be non-uniform
     caf_out_norm: bool = False  # LayerNorm on the fused CAF view: fixes its common mode, not the mAP (docs/model.md)
+    # How CAF and CCP are arranged (docs/model.md): "parallel" (CLIP-AE §2: CAF fuses audio into I3D while CCP
+    # takes I3D and CLIP, "simultaneously"; the head sees both outputs) or "series" (CCP's CBP input is CAF's
+    # fused view: what this project trained before 2026-12-04, kept to reproduce those runs).
+    caf_ccp: str = "parallel"
     ccp_dim: int = 128          # d of Q/K/V in CCP (eq. 5-6)
     embed_dim: int = 128        # per-stream temporal embedding width (UGCT backbone)
     dropout: float = 0.5
@@ -89,7 +96,8 @@ class TrainConfig:
     kmeans_restarts: int = 8
     kmeans_iters: int = 100
     # UTAL video-level clustering input (each pooled over time and L2-normalised, then concatenated).
-    # The paper clusters on I3D and CLIP; "clip_vitb16" is dropped automatically under --no-clip.
+    # Our choice (the CLIP-AE paper does not say what it clusters): the I3D streams and CLIP;
+    # "clip_vitb16" is dropped automatically under --no-clip.
     cluster_features: list[str] = field(default_factory=lambda: ["i3d_rgb", "i3d_flow", "clip_vitb16"])
     seed: int = 0
     device: str = "auto"        # "auto" -> cuda when available else cpu
@@ -129,6 +137,15 @@ class ClipAEConfig:
     def from_dict(cls, d: dict[str, Any]) -> "ClipAEConfig":
         return _build(cls, d or {}, "config")
 
+    @classmethod
+    def from_saved(cls, d: dict[str, Any]) -> "ClipAEConfig":
+        """The config a checkpoint was trained with. Checkpoints from before ``model.caf_ccp`` existed were
+        trained with CAF and CCP in series, so a saved config without the key means "series"."""
+        d = dict(d or {})
+        model = dict(d.get("model") or {})
+        model.setdefault("caf_ccp", "series")
+        return cls.from_dict({**d, "model": model})
+
     def replace(self, **sections: dict[str, Any]) -> "ClipAEConfig":
         """Copy with some fields of some sections overridden: ``cfg.replace(train={"rounds": 1})``."""
         d = self.to_dict()
@@ -167,6 +184,8 @@ def _check(obj: Any, where: str) -> None:
             raise ValueError(f"{where}: rounds, epochs_per_round, batch_size must be >= 1 and max_len >= 8")
     if isinstance(obj, ModelConfig) and obj.caf_stages < 1:
         raise ValueError(f"{where}.caf_stages must be >= 1")
+    if isinstance(obj, ModelConfig) and obj.caf_ccp not in CAF_CCP:
+        raise ValueError(f"{where}.caf_ccp must be one of {CAF_CCP}, got {obj.caf_ccp!r}")
 
 
 def load_config(path: str | Path | None = None) -> ClipAEConfig:

@@ -1,11 +1,13 @@
 """CLIP-AE network: the two-stream UGCT baseline with CAF, CCP and the self-supervised losses plugged in.
 
-Per stream s in {rgb, flow} (the CBP view is that stream's I3D features):
-    CBP view  = CAF(audio, I3D_s) -> [X_cbp; X_audio]     (caf on; audio off or caf off: see below)
-    features  = CCP(CBP view, CLIP) -> [Z_cbp; Z_vlp]       (ccp on)
-    UGCT head = embedding, CAS, attention, uncertainty
-Switch semantics (docs/model.md): audio without CAF is concatenated to the I3D input (lee2021's
-"naive fusion"), CLIP without CCP likewise; with audio and CLIP off it is exactly the RGB/flow baseline.
+Per stream s in {rgb, flow} (the CBP view is that stream's I3D features), as CLIP-AE §2 arranges them
+(model.caf_ccp = "parallel", the default):
+    audio-visual = CAF(audio, I3D_s) -> [X_cbp; X_audio]   (caf on)
+    visual       = CCP(I3D_s, CLIP) -> [Z_cbp; Z_vlp]      (ccp on; "simultaneously" with CAF)
+    UGCT head on [audio-visual; visual]: embedding, CAS, attention, uncertainty
+"series" (before 2026-12-04) feeds CAF's output to CCP as its CBP view instead, and the head sees CCP's only.
+Switch semantics (docs/model.md): audio without CAF is concatenated (lee2021's "naive fusion"), CLIP
+without CCP likewise; with audio and CLIP off it is exactly the RGB/flow baseline.
 """
 from __future__ import annotations
 
@@ -15,9 +17,10 @@ import torch
 from torch import nn
 
 from models.config import ClipAEConfig, LossConfig
-from models.layers.caf import CrossAttentionFusion
+from models.layers.caf import CrossAttentionFusion, fuse_views
 from models.layers.ccp import CrossViewCollaboration
 from models.layers.selfsup import (MemoryBank, audio_visual_decorrelation, cross_view_instance_discrimination,
+                                   masked_average_pool,
                                    self_supervised_loss)
 from models.ugct import (StreamHead, guide_loss, mil_losses, pseudo_labels, sparsity_loss,
                          uncertainty_collaborative_loss)
@@ -51,42 +54,52 @@ class ClipAEStream(nn.Module):
         super().__init__()
         sw, mc = cfg.switches, cfg.model
         self.stream = stream
-        d = dims.of(stream)
+        self.parallel = mc.caf_ccp == "parallel"
+        self.use_audio, self.use_clip = sw.audio, sw.clip
+        d_cbp = dims.of(stream)
         self.caf = None
         self.caf_norm = None
+        d_av = d_cbp + (dims.audio if sw.audio else 0)         # the CBP view, audio concatenated without CAF
         if sw.caf_active:
-            self.caf = CrossAttentionFusion(dims.audio, d, mc.d_x, mc.caf_stages, mc.caf_w_init_scale, mc.leaky_slope)
-            d = 2 * mc.d_x
+            self.caf = CrossAttentionFusion(dims.audio, d_cbp, mc.d_x, mc.caf_stages, mc.caf_w_init_scale, mc.leaky_slope)
+            d_av = 2 * mc.d_x
             if mc.caf_out_norm:
-                self.caf_norm = nn.LayerNorm(d)
-        elif sw.audio:
-            d += dims.audio
+                self.caf_norm = nn.LayerNorm(d_av)
         self.ccp = None
         if sw.ccp_active:
-            self.ccp = CrossViewCollaboration(d, dims.clip, mc.ccp_dim)
+            self.ccp = CrossViewCollaboration(d_cbp if self.parallel else d_av, dims.clip, mc.ccp_dim)
             d = 2 * mc.ccp_dim
-        elif sw.clip:
-            d += dims.clip
-        self.use_audio, self.use_clip = sw.audio, sw.clip
+            if self.parallel:
+                # Next to CCP (whose Z_cbp carries I3D through its residual) the head gets CAF's output, or
+                # without CAF the plain audio, not the I3D features a second time.
+                d += d_av if self.caf is not None else (dims.audio if sw.audio else 0)
+        else:
+            d = d_av + (dims.clip if sw.clip else 0)
         self.head = StreamHead(d, mc.embed_dim, num_classes, mc.dropout)
 
     def forward(self, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = batch[self.stream]
+        x_cbp = batch[self.stream]
         aux: dict[str, torch.Tensor] = {}
         if self.caf is not None:
-            xa, xv = self.caf(batch[AUDIO], x, mask)
+            xa, xv = self.caf(batch[AUDIO], x_cbp, mask)
             aux["caf_audio"], aux["caf_cbp"] = xa, xv
-            x = torch.cat([xv, xa], dim=-1)                      # lee2021 eq. 4
+            av = fuse_views(xv, xa)                              # lee2021 eq. 4
             if self.caf_norm is not None:                        # model.caf_out_norm (off by default, docs/model.md)
-                x = self.caf_norm(x)
+                av = self.caf_norm(av)
         elif self.use_audio:
-            x = torch.cat([x, batch[AUDIO]], dim=-1)
-        if self.ccp is not None:
-            z_cbp, z_vlp = self.ccp(x, batch[CLIP], mask)
+            av = torch.cat([x_cbp, batch[AUDIO]], dim=-1)
+        else:
+            av = x_cbp
+        if self.ccp is None:
+            x = torch.cat([av, batch[CLIP]], dim=-1) if self.use_clip else av
+        else:
+            z_cbp, z_vlp = self.ccp(x_cbp if self.parallel else av, batch[CLIP], mask)
             aux["z_cbp"], aux["z_vlp"] = z_cbp, z_vlp
             x = torch.cat([z_cbp, z_vlp], dim=-1)
-        elif self.use_clip:
-            x = torch.cat([x, batch[CLIP]], dim=-1)
+            if self.parallel and self.caf is not None:
+                x = torch.cat([av, x], dim=-1)
+            elif self.parallel and self.use_audio:
+                x = torch.cat([batch[AUDIO], x], dim=-1)
         out = self.head(x, mask)
         out.update(aux)
         return out
@@ -129,9 +142,7 @@ class ClipAENet(nn.Module):
                 if "caf_audio" in o:
                     decor = audio_visual_decorrelation(o["caf_audio"], o["caf_cbp"], mask)
                 if "z_cbp" in o and len(self.banks):
-                    m = mask[:, :, None].to(o["z_cbp"].dtype)
-                    n = m.sum(1).clamp(min=1)
-                    z_cbp, z_vlp = (o["z_cbp"] * m).sum(1) / n, (o["z_vlp"] * m).sum(1) / n   # average pooling
+                    z_cbp, z_vlp = masked_average_pool(o["z_cbp"], mask), masked_average_pool(o["z_vlp"], mask)
                     insdis = cross_view_instance_discrimination(z_vlp, z_cbp, self.banks[f"{s}_vlp"],
                                                                 self.banks[f"{s}_cbp"], index, lc.tau)
                     o["_pooled"] = (z_cbp, z_vlp)

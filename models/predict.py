@@ -24,7 +24,7 @@ def load_model(checkpoint, device: str = "auto") -> tuple[ClipAENet, dict, ClipA
     dev = pick_device(device)
     state = ckpt.load(path, dev)
     meta = state["meta"]
-    cfg = ClipAEConfig.from_dict(json.loads(meta["config"]))
+    cfg = ClipAEConfig.from_saved(json.loads(meta["config"]))
     model = ClipAENet(cfg, int(meta["num_classes"]), FeatureDims(**meta["dims"]), int(meta["num_train_videos"]))
     model.load_state_dict(state["model"])
     return model.to(dev), meta, cfg

@@ -55,16 +55,19 @@ def test_full_model_has_caf_ccp_banks_and_self_loss():
     assert torch.equal(before[2:], net.banks["i3d_rgb_vlp"].bank[2:])
 
 
-def test_fused_caf_view_is_standardised_before_ccp():
-    """model.caf_out_norm: the CAF output ([X_cbp; X_audio], tanh, large common mode) enters CCP centred and
-    at unit scale per snippet; with the option off it enters as is."""
+@pytest.mark.parametrize("arrangement", ["parallel", "series"])
+def test_fused_caf_view_is_standardised(arrangement):
+    """model.caf_out_norm: the CAF output ([X_cbp; X_audio], tanh, large common mode) is centred and at unit
+    scale per snippet where it is consumed (the head next to CCP's output; CCP in the series arrangement);
+    with the option off it goes on as is."""
     seen = {}
     for on in (True, False):
-        cfg = tiny_config().replace(model={"caf_out_norm": on})
+        cfg = tiny_config().replace(model={"caf_out_norm": on, "caf_ccp": arrangement})
         net = ClipAENet(cfg, 4, DIMS, 6).eval()
         rgb = net.streams["i3d_rgb"]
         assert (rgb.caf_norm is not None) == on
-        h = rgb.ccp.register_forward_hook(lambda m, args, out, on=on: seen.__setitem__(on, args[0].detach()))
+        consumer = rgb.ccp if arrangement == "series" else rgb.head
+        h = consumer.register_forward_hook(lambda m, args, out, on=on: seen.__setitem__(on, args[0].detach()[..., :64]))
         net(_batch())
         h.remove()
     assert seen[True].mean(-1).abs().max() < 1e-4 and torch.allclose(seen[True].std(-1, unbiased=False),
@@ -72,8 +75,36 @@ def test_fused_caf_view_is_standardised_before_ccp():
     assert seen[False].abs().max() <= 1.0                 # raw tanh outputs
 
 
+def test_caf_and_ccp_run_side_by_side_as_in_the_paper():
+    """CLIP-AE §2: CAF fuses audio into F_CBP while "simultaneously F_CBP and F_VLP are input into" CCP; the
+    head sees both outputs. So CCP's output does not depend on the audio; CAF's does."""
+    net = _net().eval()
+    s = net.streams["i3d_rgb"]
+    assert s.ccp.v_cbp.in_features == DIMS.rgb                        # CCP's CBP view is the raw I3D
+    assert s.head.embed[0].in_channels == 2 * 32 + 2 * 32             # [CAF_cbp; CAF_audio; Z_cbp; Z_vlp]
+    batch = _batch()
+    louder = {**batch, "vggish": batch["vggish"] * 3 + 1}
+    a, b = net(batch)["i3d_rgb"], net(louder)["i3d_rgb"]
+    assert torch.equal(a["z_cbp"], b["z_cbp"]) and torch.equal(a["z_vlp"], b["z_vlp"])
+    assert not torch.allclose(a["caf_cbp"], b["caf_cbp"])
+    # CCP without CAF: the audio goes to the head next to CCP's output, not into CCP
+    s2 = _net(caf=False).streams["i3d_rgb"]
+    assert s2.ccp.v_cbp.in_features == DIMS.rgb and s2.head.embed[0].in_channels == DIMS.audio + 2 * 32
+
+
+def test_series_arrangement_feeds_the_fused_view_to_ccp():
+    net = ClipAENet(tiny_config().replace(model={"caf_ccp": "series"}), 4, DIMS, 6).eval()
+    s = net.streams["i3d_rgb"]
+    assert s.ccp.v_cbp.in_features == 2 * 32 and s.head.embed[0].in_channels == 2 * 32
+    batch = _batch()
+    a, b = net(batch)["i3d_rgb"], net({**batch, "vggish": batch["vggish"] * 3 + 1})["i3d_rgb"]
+    assert not torch.allclose(a["z_cbp"], b["z_cbp"])
+    with pytest.raises(ValueError, match="caf_ccp"):
+        tiny_config().replace(model={"caf_ccp": "stacked"})
+
+
 @pytest.mark.parametrize("sw,caf,ccp,in_extra", [
-    ({"caf": False}, False, True, None),                    # audio concatenated, CCP on
+    ({"caf": False}, False, True, None),                    # audio beside CCP's output
     ({"ccp": False}, True, False, 24),                      # CLIP concatenated after CAF
     ({"audio": False}, False, True, None),
     ({"clip": False}, True, False, 0),

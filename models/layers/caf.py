@@ -56,6 +56,12 @@ def dense_skip(previous: list[torch.Tensor], attended: torch.Tensor) -> torch.Te
     return torch.tanh(torch.stack(previous, 0).sum(0) + attended)
 
 
+def fuse_views(x_cbp: torch.Tensor, x_audio: torch.Tensor) -> torch.Tensor:
+    """lee2021 eq. 4: the fused audio-visual feature [X_cbp; X_audio], concatenated along the feature axis
+    -> (B, L, 2 d_x)."""
+    return torch.cat([x_cbp, x_audio], dim=-1)
+
+
 class CrossAttentionFusion(nn.Module):
     """Multi-stage dense cross attention between audio and the CBP (I3D) view.
 
@@ -79,9 +85,11 @@ class CrossAttentionFusion(nn.Module):
 
     def forward(self, audio: torch.Tensor, cbp: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # A snippet without audio arrives as a zero vector (models.data.prepare zeroes it where audio_mask is
-        # False; silent videos are stored as zeros). It has no audio to fuse: its audio features stay exactly
-        # zero through every stage (the FC's bias would otherwise turn "no audio" into a learned constant
-        # that the attention then attends to) and it is excluded from the audio side of the attention.
+        # False; silent videos are stored as zeros). It has no audio to fuse: its FC output is zeroed (the FC's
+        # bias would otherwise turn "no audio" into a learned constant that the attention then attends to) and
+        # it is excluded from the audio side of the attention. A wholly silent video's audio features thus
+        # stay exactly zero through every stage; in a partly silent one, a silent position l receives, like
+        # every position, the audible snippets' audio gathered for visual snippet l (eq. 2).
         has_audio = (audio.abs().amax(-1) > 0) & mask                      # (B, L)
         xa = [self.f_audio(audio) * has_audio[:, :, None].to(audio.dtype)]
         xv = [self.f_cbp(cbp)]

@@ -54,6 +54,13 @@ class MemoryBank(nn.Module):
         self.bank[index] = F.normalize(new, dim=1)
 
 
+def masked_average_pool(z: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """CLIP-AE eq. 8's video-level z: average pooling of (B, T, d) snippet features over the real (``mask``
+    True) snippets -> (B, d)."""
+    m = mask[:, :, None].to(z.dtype)
+    return (z * m).sum(1) / m.sum(1).clamp(min=1)
+
+
 def cross_view_instance_discrimination(z_vlp: torch.Tensor, z_cbp: torch.Tensor, bank_vlp: MemoryBank,
                                        bank_cbp: MemoryBank, index: torch.Tensor, tau: float = 1.0) -> torch.Tensor:
     """CLIP-AE eq. 8: L_ins-dis summed over the VLP and CBP views; z_*: (B, d) average-pooled Z_* (normalised here)."""
