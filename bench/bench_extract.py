@@ -93,6 +93,15 @@ def sweep_layout_in_use(cfg: ExtractConfig, device: torch.device) -> str | None:
     return tvl1_triton.SWEEP_LAYOUT
 
 
+def sweep_ppt_in_use() -> int | None:
+    """Pixels per thread of the Triton sweep (None when Triton is not installed)."""
+    try:
+        from extractors import tvl1_triton
+    except ImportError:
+        return None
+    return tvl1_triton.SWEEP_PIXELS_PER_THREAD
+
+
 def emit(result: dict, out: str | None) -> None:
     print(json.dumps(result, indent=2))
     if out:
@@ -206,7 +215,7 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
               "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device),
-              "sweep_ppt": args.sweep_ppt or 2}
+              "sweep_ppt": sweep_ppt_in_use()}
     if args.only_many:
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)

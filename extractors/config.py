@@ -148,8 +148,9 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
     if feature == "vggish":
         return {**grid, "sample_rate": config.audio_sample_rate, "mono": "mean of channels",
                 "window": "0.96s centred on snippet centre", "final_relu": config.vggish_final_relu,
-                # (named for the 8-bit cast, which truncates as the TF release does; the default False keeps
-                # existing stores' hashes)
+                # (named for the 8-bit cast, which truncates as the TF release does). "mono" changed on
+                # 2026-12-04 (mean of channels instead of ffmpeg's -ac 1): every VGGish feature, mono tracks
+                # included, is recomputed once.
                 "postprocess": "pca_uint8_trunc" if config.vggish_postprocess else False}
     raise ConfigError(f"unknown feature {feature!r}")
 

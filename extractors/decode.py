@@ -20,6 +20,7 @@ docs/extraction.md explains the choices.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import queue
@@ -36,6 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from extractors.errors import DecodeError, VideoError
+
+_log = logging.getLogger(__name__)
 
 #: Timestamps closer than this (seconds) count as equal: decord reports float32 times.
 TIME_EPS = 1e-4
@@ -595,8 +598,12 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     # Mono is the plain mean of the channels, as VGGish's released front end takes it (vggish_input:
     # np.mean over channels). ffmpeg's own "-ac 1" downmix of float audio is not a mean: stereo comes out
     # as (L+R)/sqrt(2), 3 dB louder than the network was trained on. So ffmpeg keeps the stream's channel
-    # count (stated, so a mid-stream layout change cannot change it) and we average here.
+    # count and we average here. (A stream whose channel count changes midway keeps the first count: ffmpeg
+    # remixes the other segments with its own matrix first, so those are not a plain mean. Documented.)
     channels = probe.audio_channels or 1
+    if probe.audio_channels is None:
+        _log.warning("%s: ffprobe gives no channel count for the audio stream: downmixed by ffmpeg's -ac 1, "
+                     "not averaged (stereo comes out 3 dB louder than the mean)", path)
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
         "-ac", str(channels), "-ar", str(sample_rate), "-f", "f32le", "pipe:1",

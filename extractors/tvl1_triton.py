@@ -295,7 +295,7 @@ SWEEP_MAXNREG: int | None = None
 # pixels: every lane busy at every width, same results up to the order of the stopping error's sum;
 # not measured on a GPU yet: bench/gpu_session.sh step tvl1-variants times both).
 SWEEP_LAYOUT = "rows"
-# Pixels per thread in a band (1 or 2; num_warps = band / (32 * this)). At 2, where W % 16 != 0 (four of the
+# Pixels per thread in a band, both layouts (1 or 2; num_warps = band / (32 * this)). At 2, where W % 16 != 0 (four of the
 # pyramid's five widths) the compiled flat sweep stores u and p through a 1-pixel-per-thread layout:
 # 5 shared-memory conversions, 10 bar.sync per band step instead of 1 (read from its PTX for sm_90). At 1
 # it compiles with no conversion, 4 bar.sync in all and 40 registers (16 warps a program). Not measured

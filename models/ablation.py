@@ -24,7 +24,8 @@ ROWS: dict[str, SwitchConfig] = {
     "caf+ccp": SwitchConfig(audio=True, clip=True, caf=True, ccp=True, selfsup=True),
     "caf+ccp-selfsup": SwitchConfig(audio=True, clip=True, caf=True, ccp=True, selfsup=False),
     "concat-audio+clip": SwitchConfig(audio=True, clip=True, caf=False, ccp=False, selfsup=False),
-    # CCP with the audio concatenated to the CBP view instead of fused by CAF: isolates what CAF adds.
+    # CCP with the audio concatenated instead of fused by CAF (beside CCP's output; into CCP's CBP view with
+    # model.caf_ccp: series): isolates what CAF adds.
     "ccp+concat-audio": SwitchConfig(audio=True, clip=True, caf=False, ccp=True, selfsup=True),
 }
 DEFAULT_ROWS = ["baseline", "caf", "ccp", "caf+ccp", "caf+ccp-selfsup"]

@@ -22,8 +22,9 @@ DEFAULT_CONFIG = CONFIG_DIR / "models" / "clipae.yaml"
 class SwitchConfig:
     """Which CLIP-AE components are on. All off (and no audio/CLIP) is the two-stream UGCT baseline."""
 
-    audio: bool = True     # load vggish (+ audio_mask); without CAF it is concatenated to the I3D input
-    clip: bool = True      # load clip_vitb16; without CCP it is concatenated to the I3D input
+    audio: bool = True     # load vggish (+ audio_mask); without CAF it is concatenated (to the I3D input, or
+                           # beside CCP's output when CCP is on and CAF/CCP run side by side)
+    clip: bool = True      # load clip_vitb16; without CCP it is concatenated to the (fused) CBP view
     caf: bool = True       # CLIP-AE eq. 1-3: audio fused into the CBP view (needs audio)
     ccp: bool = True       # CLIP-AE eq. 4-6: CBP/VLP cross-view collaboration (needs clip)
     selfsup: bool = True   # CLIP-AE eq. 7-9: L_self on the CAF / CCP outputs

@@ -180,7 +180,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     resume_path = out / ckpt.RESUME_FILE
     if resume and resume_path.exists():
         state = ckpt.load(resume_path, device)
-        if json.loads(state["config"]) != cfg.to_dict():
+        if ClipAEConfig.from_saved(json.loads(state["config"])).to_dict() != cfg.to_dict():
             raise ValueError(f"{resume_path}: saved with a different config; resume needs the same config")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -115,6 +115,15 @@ def test_checkpoints_from_before_caf_ccp_load_as_series(tmp_path):
     assert loaded.model.caf_ccp == "series"
     assert load_model(res.checkpoint, "cpu")[2].model.caf_ccp == "series"
     assert tiny_config().model.caf_ccp == "parallel"
+    # an interrupted run of that time resumes with model.caf_ccp: series (and only with it)
+    last = torch.load(tmp_path / ckpt.RESUME_FILE, weights_only=True)
+    saved = json.loads(last["config"])
+    del saved["model"]["caf_ccp"]
+    last["config"] = json.dumps(saved)
+    torch.save(last, tmp_path / ckpt.RESUME_FILE)
+    train_mod.train(cfg, store, ds, tmp_path, resume=True)
+    with pytest.raises(ValueError, match="different config"):
+        train_mod.train(tiny_config(mode="weak", weak_epochs=1), store, ds, tmp_path, resume=True)
 
 
 def test_ablation_over_seeds_reports_mean_and_spread(tmp_path):
