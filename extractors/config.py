@@ -147,6 +147,7 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
                 "pool": "mean_l2norm_renorm"}
     if feature == "vggish":
         return {**grid, "sample_rate": config.audio_sample_rate, "mono": "mean of channels",
+                "resampler": "swr kaiser_best",
                 "window": "0.96s centred on snippet centre", "final_relu": config.vggish_final_relu,
                 # (named for the 8-bit cast, which truncates as the TF release does). "mono" changed on
                 # 2026-12-04 (mean of channels instead of ffmpeg's -ac 1): every VGGish feature, mono tracks

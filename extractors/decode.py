@@ -538,6 +538,13 @@ def audio_lead_samples(probe: VideoProbe, sample_rate: int) -> int:
     return max(0, int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate)))
 
 
+#: ffmpeg's resampler set to resampy's kaiser_best (50 zero crossings each side, rolloff 0.9173, Kaiser beta
+#: 12.98; see extractors.vggish.KAISER_BEST), which VGGish's released front end resamples with. ffmpeg's
+#: default filter (32 taps, cutoff 0.97, beta 9) gave log-mel up to 0.30 off resampy's on bigbuckbunny.mp4's
+#: 48 kHz track (top bands); this one 0.02 (BENCHMARKS.md / tests/test_decode.py).
+SWR_KAISER_BEST = "filter_size=100:cutoff=0.9173473712608761:filter_type=kaiser:kaiser_beta=12.984583735502994"
+
+
 def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> tuple[np.ndarray, int, str]:
     """Run ffmpeg writing interleaved float32 samples; return (mono mean of the channels, exit code, stderr).
 
@@ -606,7 +613,7 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
                      "not averaged (stereo comes out 3 dB louder than the mean)", path)
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
-        "-ac", str(channels), "-ar", str(sample_rate), "-f", "f32le", "pipe:1",
+        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST}", "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     wav, returncode, stderr = _run_audio_decoder(path, cmd, channels, timeout=3600.0)
     if returncode != 0 and wav.size == 0:
