@@ -567,6 +567,7 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
             proc.kill()
 
         timer = threading.Timer(timeout, kill)
+        timer.daemon = True  # never holds up the interpreter's exit (Ctrl-C exits at once)
         timer.start()
         try:
             rest = b""
