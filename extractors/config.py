@@ -149,9 +149,9 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
         return {**grid, "sample_rate": config.audio_sample_rate, "mono": "mean of channels",
                 "resampler": "swr kaiser_best",
                 "window": "0.96s centred on snippet centre", "final_relu": config.vggish_final_relu,
-                # (named for the 8-bit cast, which truncates as the TF release does). "mono" changed on
-                # 2026-12-04 (mean of channels instead of ffmpeg's -ac 1): every VGGish feature, mono tracks
-                # included, is recomputed once.
+                # "mono" and "resampler" changed on 2026-12-04 (before: ffmpeg's -ac 1 and default filter), so
+                # every VGGish feature, mono tracks included, is recomputed once; the postprocess value names
+                # its 8-bit cast, which truncates as the TF release does.
                 "postprocess": "pca_uint8_trunc" if config.vggish_postprocess else False}
     raise ConfigError(f"unknown feature {feature!r}")
 

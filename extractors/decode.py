@@ -26,6 +26,7 @@ import os
 import queue
 import re
 import subprocess
+import tempfile
 import threading
 from dataclasses import dataclass
 from fractions import Fraction
@@ -550,8 +551,6 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
 
     Read in chunks and averaged as they come, so memory holds the mono track only (a 30-minute 5.1 track
     would be 0.7 GB interleaved)."""
-    import tempfile
-
     frame_bytes = 4 * channels
     chunk = frame_bytes * 65536
     parts: list[np.ndarray] = []
