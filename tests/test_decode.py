@@ -288,6 +288,20 @@ def test_decode_audio_mono_is_the_mean_of_the_channels(tmp_path, layout, right, 
     assert np.abs(wav[1000:15000]).max() == pytest.approx(expected, rel=1e-3)
 
 
+def test_decode_audio_without_a_channel_count_warns(tmp_path, caplog):
+    """ffprobe normally reports the channels; without the count the track is downmixed by ffmpeg (-ac 1),
+    which is not the mean of the channels, and the log says so instead of passing it silently."""
+    import dataclasses
+    import logging
+
+    v = make_video(tmp_path / "a.mp4", seconds=0.5, audio=True)
+    probe = dataclasses.replace(probe_video(v), audio_channels=None)
+    with caplog.at_level(logging.WARNING, logger="extractors.decode"):
+        wav = decode_audio(v, probe)
+    assert wav is not None and wav.size > 0
+    assert any("no channel count" in r.getMessage() and "a.mp4" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("rate", [48000, 44100])
 def test_decode_audio_resamples_like_resampy_kaiser_best(tmp_path, rate):
     """VGGish's released front end resamples with resampy's kaiser_best; ffmpeg's default resampler was up to
