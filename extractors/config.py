@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -39,6 +40,7 @@ WEIGHTS_KEYS: dict[str, str] = {
 }
 
 PRECISIONS = ("fp32", "auto", "bf16", "fp16")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ class ExtractConfig:
             raise ConfigError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.decode_backend not in ("auto", "decord", "ffmpeg"):
             raise ConfigError(f"decode_backend must be auto, decord or ffmpeg, got {self.decode_backend!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
+        if not _DEVICE_RE.fullmatch(str(self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for name in ("batch_size", "flow_batch_pairs", "window_snippets", "queue_windows", "video_workers"):
             if getattr(self, name) < 1:
@@ -111,6 +113,9 @@ class ExtractConfig:
             return "cuda" if torch.cuda.is_available() else "cpu"
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {self.device!r} requested but CUDA is not available")
+        if self.device.startswith("cuda:") and int(self.device[5:]) >= torch.cuda.device_count():
+            raise ConfigError(f"device {self.device!r} requested but only {torch.cuda.device_count()} CUDA "
+                              "device(s) are visible (CUDA_VISIBLE_DEVICES renumbers them from 0)")
         return self.device
 
     def weights_dir_path(self) -> Path | None:

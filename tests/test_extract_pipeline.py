@@ -308,6 +308,23 @@ def test_config_from_dict_validates():
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
 
+def test_device_setting_takes_cuda_index_and_checks_it(monkeypatch):
+    import torch
+
+    from extractors.errors import ConfigError
+
+    for ok in ("auto", "cpu", "cuda", "cuda:0", "cuda:12"):
+        assert config_from_dict({"device": ok}).device == ok
+    for bad in ("gpu", "cuda:", "cuda:x", "cuda:-1", "cuda0", "CPU"):
+        with pytest.raises(ConfigError, match="device must be auto, cpu, cuda or cuda:N"):
+            config_from_dict({"device": bad})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert config_from_dict({"device": "cuda:1"}).resolved_device() == "cuda:1"
+    with pytest.raises(ConfigError, match="'cuda:2' requested but only 2 CUDA device"):
+        config_from_dict({"device": "cuda:2"}).resolved_device()
+
+
 def test_speed_only_tvl1_settings_leave_the_preprocess_hash_alone():
     from extractors.config import ExtractConfig, preprocess_params
 

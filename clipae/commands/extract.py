@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     p.add_argument("--features", default=None, metavar="LIST",
                    help=f"comma-separated subset of {','.join(ALL_FEATURES)} (default: all)")
     add_weights_dir_argument(p)
-    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default: auto")
+    p.add_argument("--device", default=None, metavar="auto|cpu|cuda[:N]",
+                   help="default: auto (the first CUDA device if there is one)")
     p.add_argument("--allow-random-weights", action="store_true", default=None,
                    help="use randomly initialised networks where a weights file is missing (recorded in provenance)")
     p.add_argument("--fps", type=float, default=None,
