@@ -152,11 +152,12 @@ def preprocess_params(config: ExtractConfig, feature: str) -> dict:
                 "pool": "mean_l2norm_renorm"}
     if feature == "vggish":
         return {**grid, "sample_rate": config.audio_sample_rate, "mono": "mean of channels",
-                "resampler": "swr kaiser_best",
+                "resampler": "swr kaiser_best", "gaps": "zero-filled by timestamp",
                 "window": "0.96s centred on snippet centre", "final_relu": config.vggish_final_relu,
                 # "mono" and "resampler" changed on 2026-12-04 (before: ffmpeg's -ac 1 and default filter), so
                 # every VGGish feature, mono tracks included, is recomputed once; the postprocess value names
-                # its 8-bit cast, which truncates as the TF release does.
+                # its 8-bit cast, which truncates as the TF release does. "gaps" (added the same day): audio after a
+                # gap in the stream's timestamps had come early by the gap's length.
                 "postprocess": "pca_uint8_trunc" if config.vggish_postprocess else False}
     raise ConfigError(f"unknown feature {feature!r}")
 

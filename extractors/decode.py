@@ -61,7 +61,7 @@ class VideoProbe:
     height: int | None = None
     avg_fps: float | None = None
     nb_frames: int | None = None
-    duration: float | None = None  # video stream duration, else the container's
+    duration: float | None = None  # video stream duration, else the container's (see _container_video_length)
     stream_duration: float | None = None  # the video stream's own duration (None if the container lacks it)
     video_start: float | None = None
     audio_start: float | None = None
@@ -70,6 +70,8 @@ class VideoProbe:
     codec: str | None = None
     pix_fmt: str | None = None
     container: str | None = None  # ffprobe's format_name, e.g. "mov,mp4,m4a,3gp,3g2,mj2" or "mpegts"
+    video_index: int | None = None  # absolute index of the video stream decoded (see _pick_video_stream)
+    video_streams: int = 0  # video streams in the file, cover art not counted
 
     def decord_unsuitable(self) -> str | None:
         """Why ``auto`` decodes this file with ffmpeg rather than decord, or None. Found by probing odd files
@@ -80,6 +82,8 @@ class VideoProbe:
             return "MPEG-TS container"
         if self.pix_fmt and re.search(r"(9|10|12|14|16|48|64)(le|be)$", self.pix_fmt):
             return f"more than 8 bits per sample ({self.pix_fmt})"
+        if self.video_streams > 1:  # decord picks its own stream and cannot be told which
+            return f"{self.video_streams} video streams (decord cannot be told which to decode)"
         return None
 
 
@@ -116,6 +120,41 @@ def _rotation(stream: dict) -> int:
         return 0
 
 
+def _stream_seconds(stream: dict) -> float:
+    """A stream's length: its duration, else Matroska's DURATION tag ("HH:MM:SS.nnn"), else 0."""
+    d = _float_or_none(stream.get("duration"))
+    if d is not None:
+        return d
+    tag = next((v for k, v in (stream.get("tags") or {}).items() if k.upper() == "DURATION"), None)
+    m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", str(tag or "").strip())
+    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else 0.0
+
+
+def _pick_video_stream(video: list[dict]) -> dict:
+    """The video stream to decode when a file has several: one marked default, the longest of those (a
+    one-frame still stored as a video track is not the video), the first on ties. (ffmpeg's own choice, the
+    largest picture, could be a still; decord's cannot be set, so such files are decoded with ffmpeg.)"""
+    if not video:
+        return {}
+    return max(video, key=lambda s: (bool(s.get("disposition", {}).get("default")), _stream_seconds(s)))
+
+
+def _container_video_length(fmt: dict, video_start: float | None) -> float | None:
+    """The video's length from the container's duration, for when the stream declares none.
+
+    Matroska/WebM's duration counts from timestamp 0 (a recording remuxed with its timestamps kept, starting
+    at 1000 s, says 1003 s for 3 s of video), other containers' from their first timestamp.
+    """
+    duration, start = _float_or_none(fmt.get("duration")), _float_or_none(fmt.get("start_time"))
+    if duration is None:
+        return None
+    if "matroska" in str(fmt.get("format_name", "")).split(","):
+        duration -= max(0.0, video_start or 0.0)
+    elif start is not None and video_start is not None:
+        duration -= max(0.0, video_start - start)
+    return duration if duration > 0 else None
+
+
 def probe_video(path: str | Path) -> VideoProbe:
     """ffprobe ``path``; a missing, empty or unreadable file raises VideoError(stage='probe')."""
     p = Path(path)
@@ -137,10 +176,10 @@ def probe_video(path: str | Path) -> VideoProbe:
     video = [s for s in streams if s.get("codec_type") == "video" and not s.get("disposition", {}).get("attached_pic")]
     audio = [s for s in streams if s.get("codec_type") == "audio"]
     fmt = info.get("format", {})
-    v = video[0] if video else {}
+    v = _pick_video_stream(video)
     a = audio[0] if audio else {}
     nb = v.get("nb_frames")
-    duration = _float_or_none(v.get("duration")) or _float_or_none(fmt.get("duration"))
+    duration = _float_or_none(v.get("duration")) or _container_video_length(fmt, _float_or_none(v.get("start_time")))
     return VideoProbe(
         path=str(path),
         has_video=bool(video),
@@ -158,6 +197,8 @@ def probe_video(path: str | Path) -> VideoProbe:
         codec=v.get("codec_name"),
         pix_fmt=v.get("pix_fmt"),
         container=fmt.get("format_name"),
+        video_index=int(v["index"]) if str(v.get("index", "")).isdigit() else None,
+        video_streams=len(video),
     )
 
 
@@ -250,6 +291,8 @@ class DecordFrames:
 
         if probe.rotation:
             raise DecodeError(path, f"rotation metadata ({probe.rotation} deg) is ignored by decord", self.backend)
+        if probe.video_streams > 1:  # decord decodes the stream it finds "best", which may not be the probed one
+            raise DecodeError(path, f"{probe.video_streams} video streams: decord cannot be told which", self.backend)
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=num_threads)
             n = len(self._vr)
@@ -294,6 +337,11 @@ class DecordFrames:
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
 
 
+def _video_map(probe: VideoProbe) -> str:
+    """ffmpeg's -map for the stream the probe describes (by absolute index: "0:v:0" may be cover art)."""
+    return f"0:{probe.video_index}" if probe.video_index is not None else "0:v:0"
+
+
 class FfmpegFrames:
     """Resampled RGB frames from an ffmpeg subprocess (rawvideo on stdout, timestamps from showinfo)."""
 
@@ -313,7 +361,7 @@ class FfmpegFrames:
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
         cmd = [
             "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "info", "-threads", str(self.threads),
-            "-i", ffmpeg_input(self.path), "-map", "0:v:0", "-an", "-sn", "-vf", "showinfo",
+            "-i", ffmpeg_input(self.path), "-map", _video_map(self.probe), "-an", "-sn", "-vf", "showinfo",
             "-fps_mode", "passthrough", "-f", "rawvideo", "-pix_fmt", "rgb24", "pipe:1",
         ]  # fmt: skip
         try:
@@ -539,6 +587,11 @@ def audio_lead_samples(probe: VideoProbe, sample_rate: int) -> int:
     return max(0, int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate)))
 
 
+#: A jump in the audio timestamps larger than this is a gap, filled with zeros (ffmpeg's aresample
+#: min_hard_comp): above container timestamp rounding (1 ms in Matroska) and frame jitter, well below one
+#: VGGish patch (0.96 s). Smaller mismatches are left alone, not stretched.
+AUDIO_GAP_SECONDS = 0.02
+
 #: ffmpeg's resampler set to resampy's kaiser_best (50 zero crossings each side, rolloff 0.9173, Kaiser beta
 #: 12.98; see extractors.vggish.KAISER_BEST), which VGGish's released front end resamples with. ffmpeg's
 #: default filter (32 taps, cutoff 0.97, beta 9) gave log-mel up to 0.30 off resampy's on bigbuckbunny.mp4's
@@ -597,8 +650,10 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
-    The audio stream may start before or after the video (container start times): it is
-    trimmed or zero-padded so both share the time axis the snippet grid is defined on.
+    The audio stream may start before or after the video (container start times): it is trimmed or
+    zero-padded so both share the time axis the snippet grid is defined on. A gap inside the stream (a
+    dropped or cut stretch: timestamps jumping by more than ``AUDIO_GAP_SECONDS``) is filled with zeros,
+    so later audio stays at its time instead of moving earlier by the gap's length.
     """
     if not probe.has_audio:
         return None
@@ -611,9 +666,15 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     if probe.audio_channels is None:
         _log.warning("%s: ffprobe gives no channel count for the audio stream: downmixed by ffmpeg's -ac 1, "
                      "not averaged (stereo comes out 3 dB louder than the mean)", path)
+    # Gaps: the second aresample (at the output rate) fills jumps in the decoded frames' timestamps with
+    # zeros, so audio after a gap stays at its time. The start is aligned below from the streams' start
+    # times. (Not with aresample's first_pts: it pads again from the start whenever ffmpeg rebuilds the
+    # filter graph, e.g. at a mid-stream sample-rate change; and not with -copyts, which turns off
+    # ffmpeg's correction of MPEG-TS timestamp discontinuities.)
+    gaps = f"aresample=async=1:min_hard_comp={AUDIO_GAP_SECONDS}"
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
-        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST}", "-f", "f32le", "pipe:1",
+        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST},{gaps}", "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     wav, returncode, stderr = _run_audio_decoder(path, cmd, channels, timeout=3600.0)
     if returncode != 0 and wav.size == 0:

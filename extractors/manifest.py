@@ -17,6 +17,7 @@ import csv
 import io
 import json
 import os
+import unicodedata
 from pathlib import Path
 
 from storage import StoreError, validate_video_id
@@ -73,17 +74,17 @@ def _read_lines(f: Path) -> list[tuple[str | None, Path | None, str]]:
     out = []
     with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
-            cells = [c.strip() for c in row]
+            raw, cells = row, [c.strip() for c in row]
             if not cells or not any(cells) or cells[0].startswith("#"):
                 continue
             if lineno == 1 and [c.lower() for c in cells[:2]] == ["video_id", "path"]:
                 continue
             where = f"{f.name}:{lineno}"
             if len(cells) == 1:
-                p = _resolve(f, cells[0])
+                p = _resolve_cell(f, raw[0])
                 out.append((p.stem, p, where))
             elif len(cells) == 2:
-                out.append((cells[0], _resolve(f, cells[1]), where))
+                out.append((cells[0], _resolve_cell(f, raw[1]), where))
             else:
                 out.append((None, None, f"{where}: expected 'video_id,path' or 'path', got {len(cells)} fields"))
     return out
@@ -111,6 +112,15 @@ def _read_json(f: Path) -> list[tuple[str | None, Path | None, str]]:
     return out
 
 
+def _resolve_cell(manifest: Path, cell: str) -> Path:
+    """A CSV path cell: surrounding spaces are layout ('id, path') unless the file's name has them."""
+    stripped = _resolve(manifest, cell.strip())
+    if stripped.exists() or cell == cell.strip():
+        return stripped
+    as_written = _resolve(manifest, cell)
+    return as_written if as_written.exists() else stripped
+
+
 def _resolve(manifest: Path, p: str) -> Path:
     q = Path(p).expanduser()
     return q if q.is_absolute() else manifest.parent / q
@@ -127,9 +137,14 @@ def _validated(src: Path, pairs: list[tuple[str | None, Path | None, str]]) -> l
             validate_video_id(vid)
         except StoreError as e:
             problems.append(f"{where}: {e}")
-        if vid in seen:
-            problems.append(f"{where}: duplicate video id {vid!r} (first at {seen[vid]})")
-        seen.setdefault(vid, where)
+        # Ids are directory names: ids equal up to case or Unicode normalisation (NFC/NFD "café") would be one
+        # directory on macOS/Windows file systems, so one video would replace the other there.
+        key = unicodedata.normalize("NFC", vid).casefold()
+        if key in seen:
+            first_vid, first_where = seen[key]
+            same = "" if first_vid == vid else f" (same as {first_vid!r} up to case or Unicode normalisation)"
+            problems.append(f"{where}: duplicate video id {vid!r}{same} (first at {first_where})")
+        seen.setdefault(key, (vid, where))
     if problems:
         hint = ("\n  (ids are file names without extension; to give files other ids, list them in a manifest: "
                 "'video_id,path' lines)" if src.is_dir() else "")

@@ -269,6 +269,27 @@ def test_decode_audio_mono_16k_and_alignment(tmp_path):
     assert np.abs(wav2[: int(0.45 * 16000)]).max() < 1e-3 and np.abs(wav2[int(0.6 * 16000) : int(0.9 * 16000)]).max() > 0.05
 
 
+@pytest.mark.parametrize("container, codec", [("mkv", "pcm_s16le"), ("mp4", "aac")])
+def test_decode_audio_keeps_audio_after_a_gap_at_its_time(tmp_path, container, codec):
+    """A stretch missing from the audio stream (here 1.0-1.5 s cut out, timestamps kept) is filled with zeros;
+    before, the samples were concatenated, so everything after the gap came 0.5 s early (the 2.0 s beep at
+    1.49 s) and VGGish saw the wrong second of audio for every later snippet."""
+    import subprocess
+
+    path = tmp_path / f"gap.{container}"
+    beep = "0.05*sin(2*PI*300*t)+if(between(t,2,2.05),0.8*sin(2*PI*1000*t),0)"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-t", "3", "-i", "testsrc=size=64x48:rate=25",
+                    "-f", "lavfi", "-i", f"aevalsrc='{beep}':s=48000:d=3", "-map", "0:v", "-map", "1:a",
+                    "-af", "aselect='not(between(t,1,1.5))'", "-c:v", "libx264", "-preset", "ultrafast",
+                    "-pix_fmt", "yuv420p", "-c:a", codec, str(path)], check=True)
+    wav = decode_audio(path, probe_video(path))
+    assert len(wav) / 16000 == pytest.approx(3.0, abs=0.03)
+    assert np.argmax(np.abs(wav) > 0.3) / 16000 == pytest.approx(2.0, abs=0.005)
+    assert np.abs(wav[int(1.05 * 16000) : int(1.45 * 16000)]).max() < 1e-3  # the gap: zeros
+    assert np.abs(wav[int(0.5 * 16000) : int(0.9 * 16000)]).max() > 0.04  # audio around it: kept
+    assert np.abs(wav[int(1.6 * 16000) : int(1.9 * 16000)]).max() > 0.04
+
+
 @pytest.mark.parametrize("layout, right, expected", [("stereo", "0.5", 0.5), ("stereo", "0", 0.25),
                                                       ("5.1", "0.5", 0.5 * 2 / 6)])
 def test_decode_audio_mono_is_the_mean_of_the_channels(tmp_path, layout, right, expected):

@@ -276,6 +276,13 @@ def test_manifest_formats(tmp_path):
     assert discover_videos(tmp_path / "b.mkv") == [("b", tmp_path / "b.mkv")]
 
 
+def test_manifest_path_cells_keep_spaces_that_belong_to_the_file_name(tmp_path):
+    (tmp_path / " a b .mp4").write_bytes(b"")
+    (tmp_path / "c.mp4").write_bytes(b"")
+    (tmp_path / "m.csv").write_text("ab, a b .mp4\nc,  c.mp4 \n")
+    assert discover_videos(tmp_path / "m.csv") == [("ab", tmp_path / " a b .mp4"), ("c", tmp_path / "c.mp4")]
+
+
 def test_manifest_errors_list_every_bad_entry(tmp_path):
     (tmp_path / "m.txt").write_text("a,x.mp4\na,y.mp4\n../evil,z.mp4\nq,r,s\n")
     with pytest.raises(ManifestError, match=r"(?s)3 bad entries.*m.txt:2: duplicate.*m.txt:3.*m.txt:4: expected"):
@@ -284,6 +291,11 @@ def test_manifest_errors_list_every_bad_entry(tmp_path):
     with pytest.raises(ManifestError) as e:
         discover_videos(tmp_path / "m2.txt")
     assert "duplicate video id 'a'" in str(e.value) and "m2.txt:3" in str(e.value)
+    # ids one directory apart on macOS/Windows file systems: equal up to Unicode normalisation or case
+    (tmp_path / "m3.txt").write_text("caf\u00e9,x.mp4\ncafe\u0301,y.mp4\nClip,z.mp4\nclip,w.mp4\n")
+    with pytest.raises(ManifestError, match=r"(?s)2 bad entries.*m3.txt:2: duplicate video id 'cafe\u0301' \(same as "
+                                            r"'caf\u00e9' up to case.*m3.txt:4: duplicate video id 'clip'"):
+        discover_videos(tmp_path / "m3.txt")
     with pytest.raises(ManifestError, match="no such"):
         discover_videos(tmp_path / "missing")
     (tmp_path / "empty").mkdir()

@@ -80,6 +80,57 @@ def test_truncated_stream_fails_instead_of_storing_a_prefix(tmp_path):
     assert len(_frames(full, "ffmpeg")[1]) == 100
 
 
+@pytest.mark.parametrize("default", [0, 1])
+def test_several_video_streams_both_backends_decode_the_probed_one(tmp_path, default):
+    """decord decodes the stream it finds best (here the larger) whatever the file marks default, while the
+    probe and ffmpeg took the first: auto stored 160x120 frames under a 32x24 probe, and a fallback to
+    ffmpeg switched streams. Now the default stream is decoded, by ffmpeg (decord cannot be told which)."""
+    counter = make_counter_video(tmp_path / "cnt.mkv", 60)
+    big = make_video(tmp_path / "big.mp4", seconds=2.4, size=(160, 120), audio=False)
+    path = tmp_path / f"two_{default}.mp4"
+    _ffmpeg("-i", str(counter), "-i", str(big), "-map", "0:v", "-map", "1:v", "-c", "copy",
+            f"-disposition:v:{default}", "default", f"-disposition:v:{1 - default}", "0", str(path))
+    probe = probe_video(path)
+    assert probe.video_streams == 2 and probe.video_index == default
+    assert "2 video streams" in probe.decord_unsuitable()
+    with pytest.raises(DecodeError, match="2 video streams: decord cannot be told which"):
+        _frames(path, "decord")
+    backend, frames = _frames(path)
+    assert backend == "ffmpeg" and frames.shape == ((60, 24, 32, 3) if default == 0 else (60, 120, 160, 3))
+    if default == 0:
+        np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
+
+
+def test_a_one_frame_still_track_before_the_video_is_not_the_video(tmp_path):
+    """A still image stored as a one-frame video track (not flagged as cover art), first in the file, neither
+    track marked default: the longer track is the video (the first one failed as 'decoded only 0.04 s')."""
+    counter = make_counter_video(tmp_path / "cnt.mkv", 60)
+    still = tmp_path / "still.png"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=200x200", "-frames:v", "1", str(still))
+    path = tmp_path / "still_first.mkv"
+    _ffmpeg("-i", str(still), "-i", str(counter), "-map", "0", "-map", "1:v", "-c:v:0", "mjpeg", "-c:v:1", "copy",
+            "-disposition:v:0", "0", "-disposition:v:1", "0", str(path))
+    probe = probe_video(path)
+    assert probe.video_streams == 2 and probe.video_index == 1 and (probe.width, probe.height) == (32, 24)
+    backend, frames = _frames(path)
+    assert frames.shape == (60, 24, 32, 3)
+    np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
+
+
+def test_matroska_remux_with_timestamps_kept_is_not_called_truncated(tmp_path):
+    """A recording remuxed to Matroska keeping its timestamps (-copyts) starts at 1000 s; Matroska's duration
+    counts from 0, so the 3 s video was declared 1003 s long and failed as 'truncated or damaged file'."""
+    ts = tmp_path / "rec.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-t", "3", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+            "-output_ts_offset", "1000", str(ts))
+    path = tmp_path / "rec.mkv"
+    _ffmpeg("-copyts", "-i", str(ts), "-map", "0:v", "-c", "copy", str(path))
+    probe = probe_video(path)
+    assert probe.video_start == pytest.approx(1001.4, abs=0.1) and probe.duration == pytest.approx(3.0, abs=0.05)
+    for backend in ("auto", "ffmpeg"):
+        assert _frames(path, backend)[1].shape[0] == 75
+
+
 def test_names_ffmpeg_would_misread(tmp_path):
     """A leading dash (an option to ffmpeg) or a colon (a protocol): decoded like any other name."""
     src = make_counter_video(tmp_path / "src.mp4", 20)
