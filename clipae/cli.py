@@ -38,6 +38,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
+    except (OSError, ValueError, LookupError, RuntimeError) as e:
+        # One clear line instead of a traceback for what users run into: a missing or unreadable file, a store
+        # or dataset that is not what was asked for, no GPU. Exit 2 for bad input (our ValueError subclasses:
+        # StoreError, DatasetError, ConfigError...; missing files; bad JSON), 1 for a failure while running.
+        # CLIPAE_DEBUG=1 shows the traceback.
+        if os.environ.get("CLIPAE_DEBUG"):
+            raise
+        usage = isinstance(e, (ValueError, LookupError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
+                               FileExistsError, PermissionError))
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
+        print(f"clipae {args.command}: error: {msg}", file=sys.stderr)
+        if not usage:
+            print(f"  ({type(e).__name__}; set CLIPAE_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 2 if usage else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):

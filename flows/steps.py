@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from flows.params import resolve_path
-from storage import mixed_configs_message
 
 
 @dataclass(frozen=True)
@@ -182,23 +181,12 @@ def check_store(store, dataset, features: list[str], min_train_videos: int) -> S
             f"store {store.path if hasattr(store, 'path') else ''} has {len(train)} complete training videos of "
             f"{dataset.name!r} (subset {dataset.train_subset!r}); at least {min_train_videos} are needed"
         )
-    # The videos used must have each feature made one way: a model would otherwise mix, say, random-init and
-    # pretrained I3D, or two TV-L1 settings, without anyone knowing.
-    configs: dict[str, dict[str, list[str]]] = {}
-    random_feats: set[str] = set()
-    for v in train + test:
-        for name, prov in store.provenance(v).items():
-            if name in wanted:
-                configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
-                if prov.random_init:
-                    random_feats.add(name)
-    mixed = mixed_configs_message(configs)
-    if mixed:
-        raise RuntimeError(
-            f"store {getattr(store, 'path', '')}: the videos to train and test on hold features made in different "
-            f"ways; re-extract them with one setting (clipae extract redoes the features whose settings differ from "
-            f"its own) or use a separate store:\n{mixed}"
-        )
+    from models.data import check_features_made_one_way
+
+    try:
+        random_feats = check_features_made_one_way(store, train + test, features)
+    except ValueError as e:
+        raise RuntimeError(str(e)) from None
     return StoreCheck(store.fingerprint(), len(present), train, test, incomplete, sorted(random_feats))
 
 

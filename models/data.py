@@ -5,6 +5,7 @@ over arrays held in memory, so training, tests and the bench run with or without
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Protocol
 
@@ -12,6 +13,8 @@ import numpy as np
 import torch
 
 from models.network import AUDIO, AUDIO_MASK, CLIP, FLOW, RGB, FeatureDims
+
+_log = logging.getLogger(__name__)
 
 
 class GridLike(Protocol):
@@ -83,6 +86,9 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
     vids = [v for v in wanted if v in available]
     if not vids:
         raise ValueError(f"no video of subset {subset!r} of dataset {getattr(dataset, 'name', '?')!r} is in the store")
+    if len(vids) < len(wanted):
+        _log.warning("%d of the %d videos of subset %r are in the store; using those", len(vids), len(wanted), subset)
+    check_features_made_one_way(store, vids, features)
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     reader = store.iter_videos(features, vids) if hasattr(store, "iter_videos") else ((v, store.load(v, features)) for v in vids)
     out = []
@@ -91,6 +97,38 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
         labels = sorted({class_index[s.label] for s in ann.segments if s.label in class_index})
         out.append(VideoFeatures(vid, dict(feats), float(ann.duration), labels))
     return out
+
+
+def check_features_made_one_way(store, video_ids: list[str], features: Iterable[str]) -> list[str]:
+    """Refuse videos whose features were made different ways; return the features made by random-init networks.
+
+    A model would otherwise mix, say, random-init and pretrained I3D, or two TV-L1 settings, without anyone
+    knowing (the Prefect flow and ``clipae train`` / ``predict`` both call this). Stores without provenance
+    (in-memory ones) pass.
+    """
+    if not hasattr(store, "provenance"):
+        return []
+    from storage import mixed_configs_message
+
+    wanted = set(features)
+    configs: dict[str, dict[str, list[str]]] = {}
+    random_feats: set[str] = set()
+    for v in video_ids:
+        for name, prov in store.provenance(v).items():
+            if name in wanted:
+                configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
+                if prov.random_init:
+                    random_feats.add(name)
+    mixed = mixed_configs_message(configs)
+    if mixed:
+        raise ValueError(
+            f"store {getattr(store, 'path', '')}: these videos hold features made in different ways; re-extract them "
+            f"with one setting (clipae extract redoes the features whose settings differ from its own) or use a "
+            f"separate store:\n{mixed}")
+    if random_feats:
+        _log.warning("features %s of these videos come from randomly initialised networks (extracted with "
+                     "--allow-random-weights): results say nothing about the method", sorted(random_feats))
+    return sorted(random_feats)
 
 
 def feature_dims(videos: list[VideoFeatures]) -> FeatureDims:

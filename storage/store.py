@@ -99,6 +99,7 @@ class FeatureStore:
             "chunk_snippets": int(chunk_snippets),
             "created": utc_now(),
         }
+        _check_can_become_store(path)
         path.mkdir(parents=True, exist_ok=True)
         # Build the skeleton in a scratch directory and publish its root zarr.json last, so that a
         # concurrent `open_or_create` either sees no store or a complete one.
@@ -502,6 +503,20 @@ class FeatureStore:
             trash = self._staging / "trash" / f"{video_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
             os.rename(current, trash)
             shutil.rmtree(trash)
+
+
+def _check_can_become_store(path: Path) -> None:
+    """A new store goes into a new or empty directory: never beside a user's files (``--store ~/data``). What a
+    concurrent creator of the same store may have put there already (its skeleton groups) is allowed."""
+    if path.exists() and not path.is_dir():
+        raise StoreError(f"store {path}: exists and is not a directory; give a new or empty directory")
+    if not path.is_dir():
+        return
+    ours = lambda p: p.name.startswith(".create-") or (p.name in ("videos", "_staging") and (p / "zarr.json").is_file())  # noqa: E731
+    others = sorted(p.name for p in path.iterdir() if not ours(p))
+    if others:
+        raise StoreError(f"store {path}: a directory holding other files ({len(others)}, e.g. {others[0]!r}) is not a "
+                         "feature store; give a new or empty directory")
 
 
 def mixed_configs_message(configs: dict[str, dict[str, list[str]]], features: Iterable[str] | None = None) -> str | None:

@@ -233,3 +233,27 @@ def test_check_store_refuses_features_made_in_different_ways(tmp_path):
     with pytest.raises(RuntimeError, match=r"(?s)made in different ways.*i3d_rgb: made 2 different ways.*2 videos \(t1, t2\)"):
         check_store(store, ds, ["i3d_rgb", "vggish"], min_train_videos=2)
     assert check_store(store, ds, ["vggish"], min_train_videos=2).train_videos == ["t1", "t2"]  # only what is trained on counts
+
+
+def test_cli_train_and_predict_refuse_features_made_in_different_ways(tmp_path):
+    """`clipae train` read a store whose videos' I3D was made two ways (README: "training refuses such a
+    store"); only the Prefect flow checked. The check now lives with the loader, for both paths."""
+    from types import SimpleNamespace
+
+    from models.data import load_videos
+    from storage import FeatureStore, SnippetGrid
+    from tests.store_helpers import SMALL_DIMS, feats, info, prov, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
+    for vid in ("t1", "t2"):
+        f = feats(10)
+        store.write_video(vid, f, info(vid), provs(f))
+    ds = SimpleNamespace(name="d", classes=["a"], videos=lambda subset: ["t1", "t2"],
+                         annotations=lambda v: SimpleNamespace(duration=6.4, segments=[]))
+    assert [v.video_id for v in load_videos(store, ds, "train", ["i3d_rgb"])] == ["t1", "t2"]
+    other = prov()
+    other.preprocess_hash = "p1"
+    store.write_video("t2", {"i3d_rgb": feats(10)["i3d_rgb"]}, None, {"i3d_rgb": other})
+    with pytest.raises(ValueError, match=r"(?s)made in different ways.*i3d_rgb: made 2 different ways"):
+        load_videos(store, ds, "train", ["i3d_rgb"])
+    assert len(load_videos(store, ds, "train", ["vggish"])) == 2

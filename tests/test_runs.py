@@ -77,6 +77,25 @@ def test_cli_list_show_compare(tmp_path, capsys):
     assert "35.00" in out and "25.00" in out
 
 
+def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
+    """User mistakes give `clipae CMD: error: ...` and exit 2, not a traceback (CLIPAE_DEBUG=1 shows it)."""
+    monkeypatch.delenv("CLIPAE_DEBUG", raising=False)
+    _publish(tmp_path, "run-a", {"0.10": 0.5})
+    cases = [
+        (["runs", "--runs-dir", str(tmp_path), "show", "zzz"], "clipae runs: error: no run record matches 'zzz'"),
+        (["evaluate", "--dataset", "demo", "--pred", str(tmp_path / "none.json")], "clipae evaluate: error:"),
+        (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "demo"], "clipae train: error: store"),
+        (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "nosuch"], "clipae train: error:"),
+    ]
+    for argv, expected in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, (argv, err)
+    monkeypatch.setenv("CLIPAE_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["runs", "--runs-dir", str(tmp_path), "show", "zzz"])
+
+
 def test_code_revision_outside_git_is_unknown(tmp_path):
     assert code_revision(tmp_path) == "unknown"
     assert isinstance(code_revision(), str) and code_revision()

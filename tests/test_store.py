@@ -222,3 +222,17 @@ def test_verify_finds_corruption_in_features_audio_mask_and_time(tmp_path, capsy
     out = capsys.readouterr().out
     assert {"MISMATCH a/audio_mask", "MISMATCH a/time", "MISMATCH b/i3d_rgb"} <= set(out.splitlines())
     assert "verified 2 videos, 3 mismatches" in out
+
+
+def test_create_refuses_a_file_or_a_directory_holding_other_files(tmp_path):
+    """`--store ~/data` must not turn a user's directory into a store; a file there was a FileExistsError."""
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(StoreError, match="exists and is not a directory"):
+        FeatureStore.create(tmp_path / "afile")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("x")
+    with pytest.raises(StoreError, match=r"holding other files \(1, e.g. 'notes.txt'\) is not a feature store"):
+        FeatureStore.create(tmp_path / "data")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["notes.txt"]
+    (tmp_path / "empty").mkdir()
+    assert FeatureStore.create(tmp_path / "empty").list_videos() == []
