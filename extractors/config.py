@@ -185,6 +185,11 @@ def config_from_dict(data: dict, **overrides) -> ExtractConfig:
     unknown = sorted(set(merged) - known)
     if unknown:
         raise ConfigError(f"unknown extraction settings {unknown}; known: {sorted(known)}")
+    for key, cls in (("tvl1", TVL1Config), ("clip", ClipConfig)):  # nested typos: name the known keys too
+        if isinstance(merged.get(key), dict):
+            wrong = sorted(set(merged[key]) - set(cls.__dataclass_fields__))
+            if wrong:
+                raise ConfigError(f"unknown {key} settings {wrong}; known: {sorted(cls.__dataclass_fields__)}")
     try:
         if isinstance(merged.get("tvl1"), dict):
             merged["tvl1"] = TVL1Config(**merged["tvl1"])

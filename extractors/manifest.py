@@ -45,7 +45,8 @@ def discover_videos(source: str | os.PathLike, recursive: bool = False) -> list[
     elif src.is_file():
         pairs = _read_json(src) if src.suffix.lower() == ".json" else _read_lines(src)
     else:
-        raise ManifestError(f"{src}: no such directory or manifest file")
+        what = "video file" if src.suffix.lower() in VIDEO_EXTENSIONS else "directory, video file or manifest"
+        raise ManifestError(f"{src}: no such {what}")
     return _validated(src, pairs)
 
 

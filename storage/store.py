@@ -126,7 +126,8 @@ class FeatureStore:
         path = Path(path)
         root_meta = path / "zarr.json"
         if not root_meta.exists():
-            raise StoreError(f"store {path}: not a feature store (no zarr.json); create it first")
+            raise StoreError(f"store {path}: not a feature store (no zarr.json); stores are made by `clipae extract` "
+                             "or `clipae import-features`")
         attrs = _read_json(root_meta).get("attributes", {})
         meta = attrs.get(STORE_ATTR)
         if meta is None:
@@ -306,12 +307,13 @@ class FeatureStore:
         ids = self.list_videos()
         counts: dict[str, int] = {}
         configs: dict[str, set[str]] = {}
-        random_init = 0
+        random_init: dict[str, int] = {}
         for vid in ids:
             meta = self._video_meta(vid)
             for fname, fmeta in meta["features"].items():
                 counts[fname] = counts.get(fname, 0) + 1
-                random_init += bool(fmeta["provenance"].get("random_init"))
+                if fmeta["provenance"].get("random_init"):
+                    random_init[fname] = random_init.get(fname, 0) + 1
                 configs.setdefault(fname, set()).add(FeatureProvenance.from_dict(fmeta["provenance"]).config_key())
         return {
             "path": str(self.path),
@@ -320,7 +322,7 @@ class FeatureStore:
             "grid": self.grid.to_dict(),
             "features": self.feature_dims,
             "videos_per_feature": counts,
-            "random_init_features": random_init,
+            "random_init_features": random_init,  # feature -> videos whose feature came from random-init networks
             # >1 for a feature: its videos were made differently (see feature_configs / mixed_configs_message)
             "configs_per_feature": {f: len(keys) for f, keys in configs.items()},
             "codec": self.codec.to_dict(),

@@ -361,6 +361,19 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert rc == 2 and "ends before it starts" in capsys.readouterr().err
 
 
+def test_predictions_for_none_of_the_ground_truth_videos_are_refused(tmp_path, capsys):
+    """Predictions of another dataset scored 0 mAP with only a warning (a mapping over 0 videos)."""
+    from clipae.cli import main
+
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json({"v": [("x", 0, 10)], "w": [("x", 2, 4)]})))
+    (tmp_path / "pred.json").write_text(json.dumps(pred_json({"other": [("x", 0.9, 0, 10)]})))
+    rc = main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred.json")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "none of the 1 predicted videos (e.g. 'other') is among the 2 ground-truth videos" in err, err
+    (tmp_path / "pred2.json").write_text(json.dumps(pred_json({"other": [("x", 0.9, 0, 10)], "v": [("x", 0.8, 0, 10)]})))
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "pred2.json")]) == 0
+
+
 def test_cli_dataset_defaults_on_real_thumos_gt(tmp_path, capsys):
     from clipae.cli import main
 

@@ -316,6 +316,8 @@ def test_config_from_dict_validates():
             config_from_dict(bad)
     with pytest.raises(ConfigError, match="video_workers must be >= 1"):
         config_from_dict({"video_workers": 0})
+    with pytest.raises(ConfigError, match=r"unknown tvl1 settings \['iters'\]; known: \[.*'inner_iterations'"):
+        config_from_dict({"tvl1": {"iters": 3}})
     with pytest.raises(ConfigError, match="backend must be one of auto, torch, triton, triton-grid"):
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
@@ -400,6 +402,7 @@ def test_cli_extract_skips_complete_and_fails_on_bad_videos(env, tmp_path, capsy
     assert "warning: features in this store were made in different ways" in err, err
     assert "i3d_rgb: made 2 different ways" in err and "vggish" not in err.split("i3d_rgb: made")[1], err
     assert store.summary()["configs_per_feature"] == {"i3d_rgb": 2, "vggish": 1}
+    assert store.summary()["random_init_features"] == {"i3d_rgb": 2, "vggish": 2}  # which features, in how many videos
 
     # an id that now names another file: everything stored for it is redone, and the summary says so
     manifest = tmp_path / "m.txt"

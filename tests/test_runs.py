@@ -12,7 +12,7 @@ from clipae.cli import main
 from clipae.runs import RECORD_FILE, RunRecordWriter, code_revision, find_run, list_runs
 
 
-def _publish(runs_dir, run_id, maps, started=None, config=None):
+def _publish(runs_dir, run_id, maps, started=None, config=None, **extra):
     w = RunRecordWriter(run_id, runs_dir, started=started)
     w.write_json("metrics.json", {"mAP": list(maps.values())})
     w.write_bytes("plots/x.png", b"\x89PNG fake")
@@ -24,6 +24,7 @@ def _publish(runs_dir, run_id, maps, started=None, config=None):
         "config": config or {"dataset": "demo", "training": {"rounds": 3}},
         "metrics": {"map_by_tiou": maps, "average_map": sum(maps.values()) / len(maps)},
         "failures": [{"video_id": "bad", "error": "VideoError: x: decode: broken"}], "timings_s": {"extract": 1.5},
+        **extra,
     })
 
 
@@ -71,6 +72,14 @@ def test_cli_list_show_compare(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path), "show", "run-a"]) == 0
     out = capsys.readouterr().out
     assert "25.00" in out and "bad: VideoError" in out and "model/model.pt" in out
+    assert main(["runs", "show", "run-a", "--runs-dir", str(tmp_path)]) == 0  # the flag after the action too
+    out = capsys.readouterr().out
+    assert "25.00" in out and "  training.rounds: 3" in out and "RANDOM-INIT" not in out  # settings shown
+    _publish(tmp_path, "run-r", {"0.10": 0.9}, random_init_features=["i3d_rgb"])
+    assert main(["runs", "show", "run-r", "--runs-dir", str(tmp_path)]) == 0
+    assert "RANDOM-INIT features i3d_rgb" in capsys.readouterr().out
+    assert main(["runs", "list", "--runs-dir", str(tmp_path)]) == 0
+    assert [ln for ln in capsys.readouterr().out.splitlines() if "run-r" in ln][0].endswith("(random-init features)")
     assert main(["runs", "--runs-dir", str(tmp_path), "compare", "run-a", "run-b"]) == 0
     out = capsys.readouterr().out
     assert "config.training.rounds: 3 | 5" in out

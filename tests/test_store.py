@@ -222,6 +222,10 @@ def test_verify_finds_corruption_in_features_audio_mask_and_time(tmp_path, capsy
     out = capsys.readouterr().out
     assert {"MISMATCH a/audio_mask", "MISMATCH a/time", "MISMATCH b/i3d_rgb"} <= set(out.splitlines())
     assert "verified 2 videos, 3 mismatches" in out
+    assert cli(["store", "verify", "--json", str(s.path)]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["videos"] == 2 and sorted((m["video"], m["item"]) for m in report["mismatches"]) == [
+        ("a", "audio_mask"), ("a", "time"), ("b", "i3d_rgb")]
 
 
 def test_create_refuses_a_file_or_a_directory_holding_other_files(tmp_path):

@@ -11,7 +11,7 @@ def add_config_args(p: argparse.ArgumentParser, switches: bool = True) -> None:
     p.add_argument("--mode", choices=["utal", "weak"], default=None, help="unsupervised (default) or weakly supervised")
     p.add_argument("--rounds", type=int, default=None, help="UTAL cluster/train rounds")
     p.add_argument("--epochs", type=int, default=None, help="epochs per round (utal) / in total (weak)")
-    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: the model config's)")
     p.add_argument("--device", default=None, help="auto | cpu | cuda[:N]")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     if switches:

@@ -13,8 +13,8 @@ from clipae.commands._model_args import add_config_args, config_from_args
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("ablate", help="train the CAF / CCP / self-sup ablation grid and tabulate mAP")
     p.add_argument("--store", default=None, help="feature store path (or --synthetic)")
-    p.add_argument("--dataset", default="thumos14")
-    p.add_argument("--out", default="runs/ablation")
+    p.add_argument("--dataset", default="thumos14", help="dataset name or YAML path (default: %(default)s)")
+    p.add_argument("--out", default="runs/ablation", help="output directory (default: %(default)s)")
     p.add_argument("--rows", default=None, help="comma-separated rows (default: baseline,caf,ccp,caf+ccp,caf+ccp-selfsup)")
     p.add_argument("--resume", action="store_true", help="resume rows from their last.pt")
     p.add_argument("--seeds", type=int, nargs="+", default=None, metavar="N",
@@ -48,7 +48,7 @@ def _run(args: argparse.Namespace) -> int:
 
         store = FeatureStore.open(args.store)
     else:
-        raise SystemExit("clipae ablate: give --store PATH or --synthetic")
+        raise ValueError("give --store PATH or --synthetic")
     results = run_ablation(cfg, store, ds, args.out, rows, train_v, test_v, refs, resume=args.resume, seeds=args.seeds)
     print(open(f"{args.out}/ablation.md").read())
     return 0 if results else 1

@@ -2,7 +2,8 @@
 
 Videos already complete in the store with the same extractor config are skipped; for the
 others only missing or outdated features are computed. Exits 1 if any video failed (each
-failure is listed with its file, stage and reason), 2 on a usage/configuration error.
+failure is listed with its file, stage and reason), 2 on a usage/configuration error, 130 when
+interrupted (Ctrl-C).
 """
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def register(subparsers) -> None:
                    help="frame rate of the snippet grid (default: the store's, or 25 for a new store)")
     p.add_argument("--batch-size", type=int, default=None, help="snippets per network forward pass")
     p.add_argument("--precision", default=None, choices=PRECISIONS, help="GPU autocast policy (default: auto)")
-    p.add_argument("--decode-backend", default=None, choices=["auto", "decord", "ffmpeg"])
+    p.add_argument("--decode-backend", default=None, choices=["auto", "decord", "ffmpeg"],
+                   help="auto: decord, ffmpeg where decord cannot be trusted or fails (default: auto)")
     p.add_argument("--video-workers", type=int, default=None, metavar="N",
                    help="videos decoded at once (default 1); >1 keeps a GPU busy while the CPU decodes")
     p.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of extraction settings")

@@ -7,11 +7,11 @@ import argparse
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("predict", help="localize actions with a trained checkpoint")
     p.add_argument("--checkpoint", required=True, help="run directory or model.pt")
-    p.add_argument("--store", required=True)
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--store", required=True, help="feature store path")
+    p.add_argument("--dataset", required=True, help="dataset name (configs/datasets) or YAML path")
     p.add_argument("--subset", default=None, help="default: the dataset's test subset")
     p.add_argument("--out", required=True, help="predictions JSON path")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
     p.set_defaults(func=_run)
 
 

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("runs", help="list, show and compare pipeline run records")
     parser.add_argument("--runs-dir", default=None, help="records root (default: $CLIPAE_RUNS_DIR or <repo>/runs)")
     sub = parser.add_subparsers(dest="runs_command", metavar="ACTION")
-    sub.add_parser("list", help="one line per run").set_defaults(func=_list)
+    lst = sub.add_parser("list", help="one line per run")
+    lst.set_defaults(func=_list)
     show = sub.add_parser("show", help="a run's record and metrics")
     show.add_argument("run_id", help="flow-run id or a unique prefix")
     show.add_argument("--json", action="store_true", help="print record.json verbatim")
@@ -19,6 +20,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     cmp_ = sub.add_parser("compare", help="mAP per tIoU and differing settings, side by side")
     cmp_.add_argument("run_ids", nargs="+")
     cmp_.set_defaults(func=_compare)
+    for action in (lst, show, cmp_):  # also after the action (`runs list --runs-dir X`); SUPPRESS keeps the outer value
+        action.add_argument("--runs-dir", default=argparse.SUPPRESS, help="records root (as before the action)")
     parser.set_defaults(func=_list)
 
 
@@ -37,7 +40,7 @@ def _list(args: argparse.Namespace) -> int:
         print(
             f"{r.date:<10}  {r.run_id:<36}  {d.get('flow', '-'):<18}  {d.get('dataset', '-'):<14}  "
             f"{_fmt_map(r.average_map):>7}  {str(d.get('store_fingerprint', '-'))[:12]:<12}  "
-            f"{str(d.get('code_revision', '-'))[:12]}"
+            f"{str(d.get('code_revision', '-'))[:12]}" + ("  (random-init features)" if d.get("random_init_features") else "")
         )
     return 0
 
@@ -56,6 +59,12 @@ def _show(args: argparse.Namespace) -> int:
         print("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
     failures = d.get("failures") or []
     print(f"failures   {len(failures)}" + "".join(f"\n  {f['video_id']}: {f['error']}" for f in failures))
+    if d.get("random_init_features"):
+        print(f"RANDOM-INIT features {', '.join(d['random_init_features'])}: from randomly initialised networks "
+              "(--allow-random-weights), so the mAP says nothing about the method")
+    settings = _flatten(d.get("config") or {})
+    if settings:
+        print("settings\n" + "\n".join(f"  {k}: {json.dumps(v, default=str)}" for k, v in sorted(settings.items())))
     print(_map_table([r]))
     print("files      " + ", ".join(sorted(d.get("files", {}))))
     return 0

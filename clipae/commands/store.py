@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
                 for v, t, f in rows:
                     print(f"{v}\tT={t}\t{','.join(f)}")
             return 0
-        bad = 0
+        mismatches = []
         store.recover()  # finish what killed writers left first: verify the store as readers will see it
         ids = store.list_videos()
         for vid in ids:  # features and audio mask against their recorded sha256, the time coordinate against the grid
@@ -48,10 +48,14 @@ def run(args: argparse.Namespace) -> int:
             except Exception as e:  # noqa: BLE001 -- an unreadable chunk (bad codec data) is a finding, not a crash
                 wrong = [f"unreadable: {e}"]
             for name in wrong:
-                print(f"MISMATCH {vid}/{name}")
-            bad += len(wrong)
-        print(f"verified {len(ids)} videos, {bad} mismatches")
-        return 1 if bad else 0
+                mismatches.append({"video": vid, "item": name})
+                if not args.json:
+                    print(f"MISMATCH {vid}/{name}")
+        if args.json:
+            print(json.dumps({"videos": len(ids), "mismatches": mismatches}))
+        else:
+            print(f"verified {len(ids)} videos, {len(mismatches)} mismatches")
+        return 1 if mismatches else 0
     except StoreError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

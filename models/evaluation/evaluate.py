@@ -136,6 +136,12 @@ def evaluate_detection(
     if not thresholds or any(not (0.0 <= t <= 1.0) or math.isnan(t) for t in thresholds):
         raise ValueError(f"tIoU thresholds must be in [0, 1], got {thresholds}")
     n_pred = len(pred_t)
+    if n_pred and not (codes_into(pred_t.videos, gt_t.videos) >= 0).any():
+        # Every prediction would be a false positive and the mapping would see no video: almost surely the
+        # wrong ground truth (--dataset) or subset, not a result worth printing as mAP 0.
+        raise ValueError(f"none of the {len(pred_t.videos)} predicted videos (e.g. {pred_t.videos[0]!r}) is among the "
+                         f"{len(gt_t.videos)} ground-truth videos of subset {subset!r} (e.g. "
+                         f"{gt_t.videos[0] if len(gt_t.videos) else None!r}): wrong dataset or subset?")
 
     report = None
     if pred_t.is_clustered():
