@@ -32,6 +32,10 @@ READER = textwrap.dedent('''
             "random_init": g.attrs["clipae_video"]["features"]["i3d_rgb"]["provenance"]["random_init"],
             "audio_present": int(np.asarray(ds["audio_mask"]).sum()),
         }
+        # README: read what you need, then check the publication's version is still the group's current one
+        ds = ds.load()
+        current = zarr.open_group(path, mode="r")["videos"][vid].attrs["clipae_video"]["version"]
+        out["videos"][vid]["version_ok"] = bool(current) and current == ds.attrs["clipae_video"]["version"]
     assert not any(m in sys.modules for m in ("storage", "clipae", "models", "extractors")), "project imported"
     print(json.dumps(out))
 ''')
@@ -59,3 +63,4 @@ def test_plain_zarr_and_xarray_read_the_store(tmp_path):
         assert v["T"] == f["i3d_rgb"].shape[0] and v["clip_shape"] == [v["T"], 512]
         assert np.isclose(v["rgb_sum"], f["i3d_rgb"].astype(np.float64).sum())
         assert v["time0"] == 0.32 and v["random_init"] is True and v["audio_present"] == v["T"] - 5
+        assert v["version_ok"]
