@@ -647,11 +647,26 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
     return wav, returncode, stderr
 
 
+def _first_audio_frame_time(path) -> float | None:
+    """Time of the first decoded audio frame (None if ffprobe cannot say).
+
+    Not the stream's start_time: for Opus and Vorbis that counts the codec's pre-skip samples, which the
+    decoder drops, so audio placed by it came 7 ms (Opus in WebM) / 3 ms (Vorbis in Matroska) early."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-read_intervals", "%+#1",
+           "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "json", ffmpeg_input(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=60)
+        frames = json.loads(out.stdout or b"{}").get("frames") or [{}]
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return _float_or_none(frames[0].get("pts_time")) or _float_or_none(frames[0].get("best_effort_timestamp_time"))
+
+
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
-    The audio stream may start before or after the video (container start times): it is trimmed or
-    zero-padded so both share the time axis the snippet grid is defined on. A gap inside the stream (a
+    The audio stream may start before or after the video (its first decoded frame's time against the video
+    stream's start): it is trimmed or zero-padded so both share the time axis the snippet grid is defined on. A gap inside the stream (a
     dropped or cut stretch: timestamps jumping by more than ``AUDIO_GAP_SECONDS``) is filled with zeros,
     so later audio stays at its time instead of moving earlier by the gap's length.
     """
@@ -681,7 +696,9 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
         msg = stderr.strip().splitlines()
         raise VideoError(str(path), "audio", f"cannot decode the audio stream ({msg[-1] if msg else 'ffmpeg error'})")
     wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
-    shift = int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate))
+    start = _first_audio_frame_time(path)
+    start = start if start is not None else (probe.audio_start or 0.0)
+    shift = int(round((start - (probe.video_start or 0.0)) * sample_rate))
     if shift > 0:
         wav = np.concatenate([np.zeros(shift, np.float32), wav])
     elif shift < 0:

@@ -269,6 +269,23 @@ def test_decode_audio_mono_16k_and_alignment(tmp_path):
     assert np.abs(wav2[: int(0.45 * 16000)]).max() < 1e-3 and np.abs(wav2[int(0.6 * 16000) : int(0.9 * 16000)]).max() > 0.05
 
 
+def test_decode_audio_places_opus_by_its_first_decoded_frame(tmp_path):
+    """Opus's stream start_time (-0.007 s here) counts the pre-skip the decoder drops; placed by it, the audio
+    came 7 ms early against the file's own timestamps (what a player follows). Placed by the first decoded
+    frame (pts 0), the 1.0 s beep lands at 1.0 - 0.007 after the first video frame (video starts at 0.007)."""
+    import subprocess
+
+    path = tmp_path / "opus.mkv"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-t", "3", "-i", "testsrc=size=64x48:rate=25",
+                    "-f", "lavfi", "-i", "aevalsrc='if(between(t,1,1.05),sin(2*PI*1000*t),0)':s=48000:d=3",
+                    "-map", "0:v", "-map", "1:a", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+                    "-c:a", "libopus", str(path)], check=True)
+    probe = probe_video(path)
+    assert probe.audio_start < 0 < probe.video_start  # the pre-skip shows in the stream's start time
+    wav = decode_audio(path, probe)
+    assert np.argmax(np.abs(wav) > 0.1) / 16000 == pytest.approx(1.0 - probe.video_start, abs=0.0012)
+
+
 @pytest.mark.parametrize("container, codec", [("mkv", "pcm_s16le"), ("mp4", "aac")])
 def test_decode_audio_keeps_audio_after_a_gap_at_its_time(tmp_path, container, codec):
     """A stretch missing from the audio stream (here 1.0-1.5 s cut out, timestamps kept) is filled with zeros;
