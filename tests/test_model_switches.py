@@ -157,6 +157,9 @@ def test_store_backed_train_and_predict_cli(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", "--store", str(tmp_path / "store"), "--dataset", "thumos14", "--mode", "weak",
                  "--config", str(cfg_path), "--out", str(run)]) == 0
+    inputs = json.loads((run / "inputs.json").read_text())  # what the run was trained on, beside the checkpoint
+    assert inputs["videos"] == 6 and inputs["subset"] == ds.train_subset and len(inputs["store_fingerprint"]) > 8
+    assert inputs["store"] == str(tmp_path / "store") and "i3d_rgb" in inputs["features"]
     assert main(["predict", "--checkpoint", str(run), "--store", str(tmp_path / "store"), "--dataset", "thumos14",
                  "--out", str(tmp_path / "pred.json"), "--device", "cpu"]) == 0
     pred = json.loads((tmp_path / "pred.json").read_text())

@@ -22,7 +22,24 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     store, ds = open_inputs(args.store, args.dataset)
     res = train(cfg, store, ds, args.out, resume=args.resume)
+    _write_inputs(res.out_dir, store, ds, cfg)
     print(f"trained {res.mode} ({cfg.switches.describe()}): {res.epochs_completed} epochs in {res.seconds:.0f} s -> {res.checkpoint}")
     for ch in res.cluster_history:
         print(f"  round {ch['round']}: inertia {ch['inertia']:.2f} changed {ch['changed']} purity {ch['purity']}")
     return 0
+
+
+def _write_inputs(out_dir, store, ds, cfg) -> None:
+    """What the model was trained on, beside its checkpoint: the store (path, fingerprint) and its features'
+    provenance summary, so a run directory says whether its features were real or random-init."""
+    import json
+    from pathlib import Path
+
+    from models.network import required_features
+
+    names = [n for n in required_features(cfg) if n in store.feature_dims]
+    vids = [v for v in ds.videos(ds.train_subset) if v in set(store.list_videos())]
+    random_init = sorted({n for v in vids for n, p in store.provenance(v).items() if n in names and p.random_init})
+    inputs = {"store": str(store.path), "store_fingerprint": store.fingerprint(), "dataset": ds.name,
+              "subset": ds.train_subset, "videos": len(vids), "features": names, "random_init_features": random_init}
+    (Path(out_dir) / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")
