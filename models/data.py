@@ -127,7 +127,7 @@ def check_features_made_one_way(store, video_ids: list[str], features: Iterable[
             f"separate store:\n{mixed}")
     if random_feats:
         _log.warning("features %s of these videos come from randomly initialised networks (extracted with "
-                     "--allow-random-weights): results say nothing about the method", sorted(random_feats))
+                     "--allow-random-weights): not comparable with results on pretrained features", sorted(random_feats))
     return sorted(random_feats)
 
 

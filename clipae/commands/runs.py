@@ -61,7 +61,7 @@ def _show(args: argparse.Namespace) -> int:
     print(f"failures   {len(failures)}" + "".join(f"\n  {f['video_id']}: {f['error']}" for f in failures))
     if d.get("random_init_features"):
         print(f"RANDOM-INIT features {', '.join(d['random_init_features'])}: from randomly initialised networks "
-              "(--allow-random-weights), so the mAP says nothing about the method")
+              "(--allow-random-weights): not comparable with results on pretrained features")
     settings = _flatten(d.get("config") or {})
     if settings:
         print("settings\n" + "\n".join(f"  {k}: {json.dumps(v, default=str)}" for k, v in sorted(settings.items())))
