@@ -120,23 +120,32 @@ def _rotation(stream: dict) -> int:
         return 0
 
 
-def _stream_seconds(stream: dict) -> float:
-    """A stream's length: its duration, else Matroska's DURATION tag ("HH:MM:SS.nnn"), else 0."""
-    d = _float_or_none(stream.get("duration"))
-    if d is not None:
-        return d
+def _stream_seconds(stream: dict) -> float | None:
+    """A stream's length in seconds: Matroska's DURATION tag ("HH:MM:SS.nnn", which ffmpeg's muxer writes as
+    the stream's end on the file's timeline, from 0: so less the stream's start) where there is one, since
+    ffprobe may report the file's duration as a Matroska stream's; else the stream's duration."""
     tag = next((v for k, v in (stream.get("tags") or {}).items() if k.upper() == "DURATION"), None)
     m = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", str(tag or "").strip())
-    return int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3)) if m else 0.0
+    if m:
+        end = int(m.group(1)) * 3600 + int(m.group(2)) * 60 + float(m.group(3))
+        length = end - max(0.0, _float_or_none(stream.get("start_time")) or 0.0)
+        if length > 0:
+            return length
+    return _float_or_none(stream.get("duration"))
 
 
 def _pick_video_stream(video: list[dict]) -> dict:
-    """The video stream to decode when a file has several: one marked default, the longest of those (a
-    one-frame still stored as a video track is not the video), the first on ties. (ffmpeg's own choice, the
-    largest picture, could be a still; decord's cannot be set, so such files are decoded with ffmpeg.)"""
+    """The video stream to decode when a file has several: among the longest (within 1 s or 5%), the one marked
+    default, else the first. A one-frame still stored as a video track (marked default by the mp4 muxer when
+    it comes first) is not the video; streams of the same length are alternatives, and the default is the
+    one players show. (ffmpeg's own choice, the largest picture, could be a still; decord's cannot be set, so
+    such files are decoded with ffmpeg.)"""
     if not video:
         return {}
-    return max(video, key=lambda s: (bool(s.get("disposition", {}).get("default")), _stream_seconds(s)))
+    lengths = [_stream_seconds(s) or 0.0 for s in video]
+    longest = max(lengths)
+    near = [s for s, n in zip(video, lengths) if n >= longest - max(1.0, 0.05 * longest)]
+    return next((s for s in near if s.get("disposition", {}).get("default")), near[0])
 
 
 def _container_video_length(fmt: dict, video_start: float | None) -> float | None:
@@ -179,7 +188,9 @@ def probe_video(path: str | Path) -> VideoProbe:
     v = _pick_video_stream(video)
     a = audio[0] if audio else {}
     nb = v.get("nb_frames")
-    duration = _float_or_none(v.get("duration")) or _container_video_length(fmt, _float_or_none(v.get("start_time")))
+    # The stream's own length where it says (Matroska: its DURATION tag; the container's duration covers the
+    # longest stream, e.g. 30 s of audio beside 3 s of video), else the container's.
+    duration = _stream_seconds(v) or _container_video_length(fmt, _float_or_none(v.get("start_time")))
     return VideoProbe(
         path=str(path),
         has_video=bool(video),
@@ -647,19 +658,31 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
     return wav, returncode, stderr
 
 
+def _per_frame_timestamps(probe: VideoProbe) -> bool:
+    """Whether the container gives every audio frame its own timestamp (so a jump in them is a real gap)."""
+    names = set(str(probe.container or "").split(","))
+    return bool(names & {"mov", "mp4", "matroska", "webm"})
+
+
 def _first_audio_frame_time(path) -> float | None:
     """Time of the first decoded audio frame (None if ffprobe cannot say).
 
     Not the stream's start_time: for Opus and Vorbis that counts the codec's pre-skip samples, which the
     decoder drops, so audio placed by it came 7 ms (Opus in WebM) / 3 ms (Vorbis in Matroska) early."""
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-read_intervals", "%+#1",
+    # Up to 50 packets: the first ones may not decode (damaged) or be discarded (an MP4 edit list's lead-in).
+    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-read_intervals", "%+#50",
            "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "json", ffmpeg_input(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=60)
-        frames = json.loads(out.stdout or b"{}").get("frames") or [{}]
+        frames = json.loads(out.stdout or b"{}").get("frames") or []
     except (OSError, subprocess.TimeoutExpired, ValueError):
         return None
-    return _float_or_none(frames[0].get("pts_time")) or _float_or_none(frames[0].get("best_effort_timestamp_time"))
+    for f in frames:
+        t = _float_or_none(f.get("pts_time"))
+        t = t if t is not None else _float_or_none(f.get("best_effort_timestamp_time"))
+        if t is not None:
+            return t
+    return None
 
 
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
@@ -686,10 +709,13 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     # times. (Not with aresample's first_pts: it pads again from the start whenever ffmpeg rebuilds the
     # filter graph, e.g. at a mid-stream sample-rate change; and not with -copyts, which turns off
     # ffmpeg's correction of MPEG-TS timestamp discontinuities.)
-    gaps = f"aresample=async=1:min_hard_comp={AUDIO_GAP_SECONDS}"
+    # Only where every audio frame carries its own timestamp (MP4/MOV, Matroska/WebM): in MPEG-TS/PS a PES
+    # packet's later frames get estimated times, wrong after a mid-stream sample-rate change (44.1 -> 22.05
+    # kHz: 50 ms holes every few hundred ms), so there the samples stay in order as decoded.
+    gaps = f",aresample=async=1:min_hard_comp={AUDIO_GAP_SECONDS}" if _per_frame_timestamps(probe) else ""
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
-        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST},{gaps}", "-f", "f32le", "pipe:1",
+        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST}{gaps}", "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     wav, returncode, stderr = _run_audio_decoder(path, cmd, channels, timeout=3600.0)
     if returncode != 0 and wav.size == 0:

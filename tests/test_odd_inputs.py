@@ -117,6 +117,64 @@ def test_a_one_frame_still_track_before_the_video_is_not_the_video(tmp_path):
     np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
 
 
+def test_a_default_still_track_first_in_mp4_and_a_short_default_in_matroska(tmp_path):
+    """The mp4 muxer marks its first track default, so a still before the video was 'the default stream';
+    in Matroska a short default track beside a longer one was checked against the file's (longest) duration
+    and failed as truncated. The longest tracks are the candidates, the default breaks ties."""
+    counter = make_counter_video(tmp_path / "cnt.mkv", 60)
+    still = tmp_path / "still.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "color=red:s=200x200", "-frames:v", "1", "-c:v", "libx264", "-pix_fmt", "yuv420p",
+            str(still))
+    first = tmp_path / "still_first.mp4"
+    _ffmpeg("-i", str(still), "-i", str(counter), "-map", "0:v", "-map", "1:v", "-c", "copy", str(first))
+    short = make_video(tmp_path / "short.mp4", seconds=1.0, size=(160, 120), audio=False)
+    mkv = tmp_path / "default_short.mkv"
+    _ffmpeg("-i", str(counter), "-i", str(short), "-map", "0:v", "-map", "1:v", "-c", "copy",
+            "-disposition:v:0", "0", "-disposition:v:1", "default", str(mkv))
+    for path in (first, mkv):
+        probe = probe_video(path)
+        assert (probe.width, probe.height) == (32, 24) and probe.duration == pytest.approx(2.4, abs=0.05), path
+        frames = _frames(path)[1]
+        np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
+
+
+def test_matroska_video_with_longer_audio_has_the_video_length(tmp_path):
+    """The container's duration covers the longest stream (30 s of audio beside 3 s of video): the probe read
+    it as the video's, so decord was refused and the progress total was 10x too big. The stream's own
+    DURATION tag gives 3 s."""
+    v = make_video(tmp_path / "v.mp4", seconds=3.0, audio=False)
+    path = tmp_path / "long_audio.mkv"
+    _ffmpeg("-i", str(v), "-f", "lavfi", "-t", "30", "-i", "sine=f=440:sample_rate=16000", "-map", "0:v", "-map", "1:a",
+            "-c:v", "copy", "-c:a", "pcm_s16le", str(path))
+    probe = probe_video(path)
+    assert probe.duration == pytest.approx(3.0, abs=0.05)
+    assert _frames(path)[0] == "decord"
+
+
+def test_mpegts_sample_rate_change_keeps_the_audio_intact(tmp_path):
+    """In MPEG-TS a PES packet's later audio frames get estimated timestamps, at the old rate after a change
+    (44.1 -> 22.05 kHz); gap filling by timestamp then cut 50 ms holes into the audio. In TS the samples stay
+    in order as decoded."""
+    from extractors.decode import decode_audio
+
+    parts = []
+    for i, (freq, rate) in enumerate(((440, 44100), (880, 22050))):
+        parts.append(tmp_path / f"c{i}.ts")
+        _ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x48:rate=25", "-f", "lavfi", "-i",
+                f"sine=f={freq}:sample_rate={rate}", "-t", "2", "-map", "0:v", "-map", "1:a", "-c:v", "libx264",
+                "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "1", "-ar", str(rate),
+                "-output_ts_offset", str(2.0 * i), "-f", "mpegts", str(parts[-1]))
+    path = tmp_path / "rate_change.ts"
+    path.write_bytes(parts[0].read_bytes() + parts[1].read_bytes())
+    wav = decode_audio(path, probe_video(path))
+    assert len(wav) / 16000 == pytest.approx(4.1, abs=0.1)
+    second = wav[int(2.3 * 16000) : int(3.8 * 16000)]
+    rms = np.sqrt(np.mean(second[: len(second) // 800 * 800].reshape(-1, 800) ** 2, axis=1))
+    assert rms.min() > 0.5 * rms.max()  # no holes
+    spectrum = np.abs(np.fft.rfft(second))
+    assert abs(np.argmax(spectrum) * 16000 / len(second) - 880) < 5
+
+
 def test_matroska_remux_with_timestamps_kept_is_not_called_truncated(tmp_path):
     """A recording remuxed to Matroska keeping its timestamps (-copyts) starts at 1000 s; Matroska's duration
     counts from 0, so the 3 s video was declared 1003 s long and failed as 'truncated or damaged file'."""
