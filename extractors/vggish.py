@@ -300,7 +300,9 @@ def _load_dict(path: str | os.PathLike, what: str) -> dict:
     try:
         obj = _allow_numpy_load(path)
     except FileNotFoundError:
-        raise
+        raise FileNotFoundError(
+            f"{path}: no such file ({what}); torchvggish's vggish-10086976.pth and vggish_pca_params-970ea276.pth "
+            "are published at https://github.com/harritaylor/torchvggish/releases/tag/v0.1 (docs/weights.md)") from None
     except Exception as e:
         raise VGGishCheckpointError(f"{path} is not a loadable {what}: {e}") from e
     if not isinstance(obj, dict):

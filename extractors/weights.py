@@ -239,7 +239,27 @@ def resolve_weights(
             f"  actual sha256:   {digest}\n"
             f"  re-download it from {spec.published_url}"
         )
+    if key in ("i3d_rgb", "i3d_flow"):
+        _check_i3d_is_kinetics(spec, path)
     return ResolvedWeights(key, path, digest, False)
+
+
+def _check_i3d_is_kinetics(spec: WeightSpec, path: Path) -> None:
+    """pytorch-i3d publishes no hashes, so at least the head must be the Kinetics-400 one: its other
+    checkpoint, rgb_charades.pt (157 classes, fine-tuned on Charades), loads just as well and would give
+    features of another model. (A file that does not load is reported by the loader, with its keys.)"""
+    import torch
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        bias = sd.get("logits.conv3d.bias") if isinstance(sd, dict) else None
+    except Exception:  # noqa: BLE001 -- not loadable here: extractors.i3d.load_i3d says why
+        return
+    if bias is not None and getattr(bias, "ndim", 0) == 1 and bias.shape[0] != 400:
+        raise WeightsError(
+            f"wrong weights file for {spec.key!r} at {path}: its classifier has {bias.shape[0]} classes, the "
+            f"published Kinetics-400 checkpoint 400{' (157: the Charades-finetuned rgb_charades.pt)' if bias.shape[0] == 157 else ''}; "
+            f"put {spec.published_url.rsplit('/', 1)[1]} from {spec.published_url} there")
 
 
 def resolve_all(

@@ -61,7 +61,8 @@ def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: li
     results, clusters = {}, {}
     for v, (vs, cas, att) in zip(videos, scored):
         vs, cas, att = vs.astype(np.float64), cas.astype(np.float64), att.astype(np.float64)
-        results[v.video_id] = video_detections(vs, cas, att, v.duration, grid.snippet_seconds, icfg, label_of)
+        offset = (grid.snippet_frames - grid.stride) / (2.0 * grid.fps)  # overlapping snippets: centred, see proposals
+        results[v.video_id] = video_detections(vs, cas, att, v.duration, grid.snippet_seconds, icfg, label_of, offset)
         clusters[v.video_id] = int(vs.argmax())
     out = {"version": PREDICTIONS_VERSION, "results": results,
            "external_data": {"used": True, "details": "I3D (Kinetics), CLIP ViT-B/16, VGGish features"}}

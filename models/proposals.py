@@ -71,11 +71,14 @@ def localization_sequence(attention: np.ndarray, cas_c: np.ndarray, attention_we
 
 
 def video_detections(video_scores: np.ndarray, cas: np.ndarray, attention: np.ndarray, duration: float,
-                     snippet_seconds: float, cfg: InferenceConfig, label_of) -> list[dict]:
+                     snippet_seconds: float, cfg: InferenceConfig, label_of, offset_seconds: float = 0.0) -> list[dict]:
     """All detections of one video. cas: (T, K) class probabilities, attention: (T,), both stream-fused.
 
-    Snippet i spans [i, i+1) * snippet_seconds (the grid's stride in seconds); ends are clipped to the
-    video duration.
+    Snippet i owns the stride around its centre: [i, i+1) * snippet_seconds + offset_seconds, where
+    snippet_seconds is the grid's stride in seconds and offset_seconds = (snippet_frames - stride) / 2 / fps
+    (0 for non-overlapping snippets; 0.2 s for 16-frame windows every 4 frames at 30 fps, where starting at
+    i * stride put every segment 0.2 s early against the snippets' centres, the store's time coordinate).
+    Ends are clipped to [0, duration].
     """
     dets = []
     for c in select_classes(video_scores, cfg.class_threshold, cfg.max_classes):
@@ -89,7 +92,8 @@ def video_detections(video_scores: np.ndarray, cas: np.ndarray, attention: np.nd
         if not props:
             continue
         idx = np.array(list(props.keys()), dtype=np.float64)
-        segs = np.stack([idx[:, 0] * snippet_seconds, np.minimum((idx[:, 1] + 1) * snippet_seconds, duration)], 1)
+        segs = np.stack([idx[:, 0] * snippet_seconds + offset_seconds,
+                         np.minimum((idx[:, 1] + 1) * snippet_seconds + offset_seconds, duration)], 1)
         scores = np.array(list(props.values()))
         segs, scores = soft_nms(segs, scores, cfg.nms_sigma, cfg.max_proposals, cfg.min_score)
         for (s, e), sc in zip(segs, scores):

@@ -1,9 +1,16 @@
 """Bring community pre-extracted features into a store (`clipae import-features`).
 
-Layouts:
-* ``basnet``       BaS-Net / CASE: ``<src>/{train,test}/{rgb,flow}/<video>.npy``, each (T, 1024)
-* ``actionformer`` ``<src>/<video>.npy``, (T, 2048) = RGB ‖ flow
+Layouts (and the snippet grid their published THUMOS'14 features use, the default for a new store):
+* ``basnet``       BaS-Net / CASE: ``<src>/{train,test}/{rgb,flow}/<video>.npy``, each (T, 1024);
+                   videos resampled to 25 fps, 16-frame snippets, stride 16
+* ``actionformer`` ``<src>/<video>.npy``, (T, 2048) = RGB ‖ flow; each video at its own frame rate (30 fps for
+                   most of THUMOS'14), 16-frame windows, stride 4. ``v_<id>.npy`` (its ActivityNet naming) is
+                   read as ``<id>`` when only that is annotated.
 * ``generic``      ``<src>/<video>.npy`` of one feature (e.g. CLIP or audio), named with ``feature=``
+
+With a dataset, every video's snippet count is checked against its annotated duration on the store's grid:
+features made on another grid (or, for ActionFormer, a video at another frame rate: 25 fps THUMOS'14 videos
+on the 30 fps grid) would otherwise get times off by the ratio, silently.
 """
 from __future__ import annotations
 
@@ -15,11 +22,15 @@ import numpy as np
 from tqdm import tqdm
 
 from storage.datasets import DatasetConfig
+from storage.grid import SnippetGrid
 from storage.schema import AUDIO_MASK, FeatureProvenance, StoreError, VideoInfo, validate_video_id
 from storage.store import FeatureStore
 
 LAYOUTS = ("basnet", "actionformer", "generic")
 IMPORTER_VERSION = "1"
+#: The grid of each layout's published THUMOS'14 I3D features (BaS-Net: 25 fps, 16/16; ActionFormer: the
+#: videos' own 30 fps, 16-frame windows every 4 frames).
+LAYOUT_GRIDS = {"basnet": SnippetGrid(25.0, 16, 16), "actionformer": SnippetGrid(30.0, 16, 4)}
 
 
 @dataclass
@@ -118,6 +129,10 @@ def import_features(
     """Import every video found under ``src``; one bad file fails only its video."""
     found = discover(layout, Path(src), feature)
     report = ImportReport()
+    if dataset is not None and layout == "actionformer":  # ActionFormer names ActivityNet files v_<id>.npy
+        annotated = set(dataset.videos())
+        found = {(v[2:] if v.startswith("v_") and v not in annotated and v[2:] in annotated else v): f
+                 for v, f in found.items()}
     if dataset is not None:
         annotated = set(dataset.videos())
         report.missing = sorted(annotated - set(found))
@@ -134,15 +149,17 @@ def import_features(
                     continue
             feats = _to_features(layout, vid, files)
             t = next(iter(feats.values())).shape[0]
+            grid = store.grid
             if dataset is not None and dataset.has_video(vid):
                 ann = dataset.annotations(vid)
-                duration, src_fps = ann.duration, float(ann.fps or store.grid.fps)
-            else:
-                duration, src_fps = t * store.grid.snippet_seconds, store.grid.fps
+                duration = float(ann.duration)
+                check_snippet_count(vid, t, duration, grid, ann.fps)
+            else:  # the span the snippets cover
+                duration = ((t - 1) * grid.stride + grid.snippet_frames) / grid.fps
+            # As extraction records it: the grid's frame rate and the frame count resampled to it.
             info = VideoInfo(
-                source=str(Path(src) / vid), source_fingerprint=source_sha, fps=src_fps,
-                num_frames=int(round(duration * src_fps)), duration=float(duration),
-                has_audio=None,
+                source=str(Path(src) / vid), source_fingerprint=source_sha, fps=grid.fps,
+                num_frames=int(round(duration * grid.fps)), duration=duration, has_audio=None,
             )
             pre = hashlib.sha256(f"{layout}|{sorted(feats)}".encode()).hexdigest()[:16]
             provenance = {
@@ -158,6 +175,20 @@ def import_features(
         except StoreError as e:
             report.failed[vid] = str(e)
     return report
+
+
+def check_snippet_count(video_id: str, t: int, duration: float, grid: SnippetGrid, video_fps: float | None) -> None:
+    """Features whose length does not fit the video's duration on ``grid`` (beyond 2 snippets or 2%) were made
+    on another grid: stored, their times would be off by the ratio."""
+    expected = grid.num_snippets(int(round(duration * grid.fps)))
+    if abs(t - expected) <= max(2, 0.02 * expected):
+        return
+    native = f"; the video is {video_fps:g} fps" if video_fps and abs(video_fps - grid.fps) > 0.01 * grid.fps else ""
+    raise StoreError(
+        f"video {video_id!r}: {t} snippets, but its {duration:.2f} s on the store's grid ({grid.fps:g} fps, "
+        f"{grid.snippet_frames}-frame snippets every {grid.stride} frames) make {expected}: the features were "
+        f"made on another grid{native}. Import them into a store with their grid (--fps/--snippet-frames/--stride)"
+        f", or extract this video with `clipae extract`")
 
 
 def _feature_names(layout: str, feature: str | None) -> list[str]:

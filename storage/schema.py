@@ -30,8 +30,10 @@ def validate_video_id(video_id: str) -> str:
             f"video id {video_id!r}: contains a path separator or control/reserved character "
             "(one of / \\ : * ? \" < > | or a control character)"
         )
-    if video_id.startswith((".", "_")) or video_id != video_id.strip():
-        raise StoreError(f"video id {video_id!r}: must not start with '.' or '_' or have surrounding spaces")
+    # A leading '_' or '-' is allowed: YouTube ids start with them (126 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
+    # video groups live under videos/, apart from the store's own _staging.
+    if video_id.startswith(".") or video_id != video_id.strip():
+        raise StoreError(f"video id {video_id!r}: must not start with '.' or have surrounding spaces")
     try:
         encoded = video_id.encode()
     except UnicodeEncodeError:  # e.g. a file name that is not valid UTF-8 (Python keeps its bytes as surrogates)

@@ -9,7 +9,8 @@ import pytest
 from clipae.cli import main as cli
 from storage import FeatureStore, StoreError
 from storage.datasets import load_dataset
-from storage.importers import discover, import_features
+from storage.grid import SnippetGrid
+from storage.importers import LAYOUT_GRIDS, discover, import_features
 
 THUMOS_TRAIN = ["video_validation_0000051", "video_validation_0000052"]
 THUMOS_TEST = ["video_test_0000004"]
@@ -20,11 +21,16 @@ def _npy(path, arr):
     np.save(path, arr)
 
 
+def _snippets(vid, grid):
+    """What the published features hold for ``vid``: its annotated duration cut into ``grid``'s snippets."""
+    return grid.num_snippets(int(round(load_dataset("thumos14").annotations(vid).duration * grid.fps)))
+
+
 def _basnet_tree(root, rng):
     data = {}
     for split, vids in (("train", THUMOS_TRAIN), ("test", THUMOS_TEST)):
         for vid in vids:
-            t = int(rng.integers(20, 60))
+            t = _snippets(vid, LAYOUT_GRIDS["basnet"]) - int(rng.integers(0, 2))  # (a snippet short: tolerated)
             rgb, flow = rng.random((t, 1024), dtype=np.float32), rng.random((t, 1024), dtype=np.float32)
             _npy(root / split / "rgb" / f"{vid}.npy", rgb)
             _npy(root / split / "flow" / f"{vid}.npy", flow)
@@ -66,20 +72,48 @@ def test_basnet_missing_stream_fails_only_that_video(tmp_path):
     assert sorted(store.list_videos()) == sorted(set(data) - {THUMOS_TRAIN[0]})
 
 
-def test_actionformer_layout_splits_rgb_flow(tmp_path):
+def test_actionformer_layout_splits_rgb_flow_on_its_own_grid(tmp_path, capsys):
+    """ActionFormer's THUMOS'14 features: the videos' 30 fps, 16-frame windows every 4 frames. Imported on the
+    dataset's 25 fps / stride 16 grid (the old default) their times came out 4-4.8x too long."""
     rng = np.random.default_rng(2)
-    both = rng.random((33, 2048), dtype=np.float32)
-    _npy(tmp_path / "af" / "video_test_0000004.npy", both)
-    _npy(tmp_path / "af" / "not_in_thumos.npy", rng.random((10, 2048), dtype=np.float32))
-    _npy(tmp_path / "af" / "bad_dims.npy", rng.random((10, 1000), dtype=np.float32))
-    store = FeatureStore.create(tmp_path / "s.zarr")
-    rep = import_features(store, "actionformer", tmp_path / "af", dataset=load_dataset("thumos14"), progress=False)
-    assert sorted(rep.imported) == ["not_in_thumos", "video_test_0000004"]
-    assert "bad_dims" in rep.failed and "(T, 2048)" in rep.failed["bad_dims"]
-    assert "not_in_thumos" in rep.not_annotated and "bad_dims" in rep.not_annotated
-    got = store.load("video_test_0000004")
+    vid = "video_test_0000004"  # 33.83 s at 30 fps: 250 windows
+    grid = LAYOUT_GRIDS["actionformer"]
+    assert grid == SnippetGrid(30.0, 16, 4) and _snippets(vid, grid) == 250
+    both = rng.random((250, 2048), dtype=np.float32)
+    src = tmp_path / "af"
+    _npy(src / f"{vid}.npy", both)
+    _npy(src / "not_in_thumos.npy", rng.random((10, 2048), dtype=np.float32))
+    _npy(src / "bad_dims.npy", rng.random((10, 1000), dtype=np.float32))
+    # a 25 fps THUMOS video: ActionFormer keeps its own rate, so on the 30 fps grid its times would be x0.83
+    assert load_dataset("thumos14").annotations("video_test_0000950").fps == 25
+    _npy(src / "video_test_0000950.npy", rng.random((_snippets("video_test_0000950", SnippetGrid(25.0, 16, 4)), 2048),
+                                                    dtype=np.float32))
+    assert cli(["import-features", "--layout", "actionformer", "--src", str(src), "--store", str(tmp_path / "s.zarr"),
+                "--dataset", "thumos14", "--no-progress"]) == 1  # (a video failed)
+    out = capsys.readouterr().out
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    assert store.grid == grid and sorted(store.list_videos()) == ["not_in_thumos", vid]
+    assert "FAILED bad_dims" in out and "(T, 2048)" in out
+    assert "FAILED video_test_0000950: video 'video_test_0000950': 8218 snippets" in out and "make 9862" in out and "the video is 25 fps" in out
+    got = store.load(vid)
     np.testing.assert_array_equal(got["i3d_rgb"], both[:, :1024])
     np.testing.assert_array_equal(got["i3d_flow"], both[:, 1024:])
+    times = store.load(vid, ["time"])["time"]
+    assert times[0] == pytest.approx(8 / 30) and times[-1] == pytest.approx((249 * 4 + 8) / 30)  # within 33.83 s
+    info = store.video_info(vid)
+    assert info.fps == 30.0 and info.num_frames == round(33.83 * 30) and info.duration == pytest.approx(33.83, abs=0.01)
+
+
+def test_actionformer_activitynet_v_prefix_is_read_as_the_annotated_id(tmp_path):
+    ds = load_dataset("activitynet12")
+    vid = "_-JNaelSKO8"  # also: a YouTube id starting with '_' is a valid store id
+    ann = ds.annotations(vid)
+    grid = SnippetGrid(float(ann.fps or 30.0), 16, 16)
+    _npy(tmp_path / "af" / f"v_{vid}.npy", np.zeros((grid.num_snippets(int(round(ann.duration * grid.fps))), 2048),
+                                                   np.float32))
+    store = FeatureStore.create(tmp_path / "s.zarr", grid=grid)
+    rep = import_features(store, "actionformer", tmp_path / "af", dataset=ds, progress=False)
+    assert rep.imported == [vid] and not rep.failed and store.list_videos() == [vid]
 
 
 def test_generic_layout_adds_clip_and_audio_to_existing_videos(tmp_path):
@@ -127,3 +161,9 @@ def test_cli_import_and_store_info(tmp_path, capsys):
     assert "0 mismatches" in capsys.readouterr().out
     assert cli(["import-features", "--layout", "basnet", "--src", str(tmp_path / "nope"), "--store",
                 str(tmp_path / "s.zarr")]) == 2
+
+
+def test_import_source_checked_before_a_store_is_created(tmp_path, capsys):
+    assert cli(["import-features", "--layout", "basnet", "--src", str(tmp_path / "nope"), "--store",
+                str(tmp_path / "new.zarr")]) == 2
+    assert "import source" in capsys.readouterr().err and not (tmp_path / "new.zarr").exists()

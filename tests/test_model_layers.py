@@ -224,3 +224,21 @@ def test_proposal_helpers():
     assert sc[0] == pytest.approx(0.9) and segs[1].tolist() == [20, 30]
     assert sc[1] == pytest.approx(0.5)       # the distinct segment keeps its score
     assert sc[2] < 0.1                       # the near-duplicate decays
+
+
+def test_detection_times_centre_overlapping_snippets():
+    """On a grid of 16-frame windows every 4 frames at 30 fps, snippet i is centred at (4i + 8) / 30 s (the
+    store's time coordinate); a run of snippets s..e owns [s, e + 1) strides around those centres. Segments
+    started at s * stride / fps, 0.2 s early; a non-overlapping grid is unchanged."""
+    from models.config import InferenceConfig
+    from models.proposals import video_detections
+
+    t = 300
+    att = np.zeros(t, np.float32)
+    att[100:150] = 1.0
+    cas = np.stack([att, 1 - att], 1)
+    cfg = InferenceConfig(thresholds=[0.5], max_proposals=1)
+    seg = lambda *extra: video_detections(np.array([0.9, 0.1]), cas, att, 60.0, 4 / 30, cfg, str, *extra)[0]["segment"]  # noqa: E731
+    assert seg() == pytest.approx([100 * 4 / 30, 150 * 4 / 30], abs=1e-3)  # (no offset given: the old placement)
+    offset = (16 - 4) / (2 * 30)
+    assert seg(offset) == pytest.approx([(100 * 4 + 8) / 30 - 2 / 30, (149 * 4 + 8) / 30 + 2 / 30], abs=1e-3)

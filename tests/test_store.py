@@ -157,11 +157,19 @@ def test_rejects_t_mismatch_with_stored(store):
     assert store.features_of("v") == {"i3d_rgb"}
 
 
-@pytest.mark.parametrize("vid", ["", "  ", "a/b", "..", "a..b", "../x", "a\\b", ".hidden", "_staging", "x\x00y", " pad"])
+@pytest.mark.parametrize("vid", ["", "  ", "a/b", "..", "a..b", "../x", "a\\b", ".hidden", "x\x00y", " pad"])
 def test_rejects_unsafe_video_ids(store, vid):
     with pytest.raises(StoreError, match="video id"):
         _write(store, vid, feats(5))
     assert store.list_videos() == []
+
+
+def test_youtube_ids_starting_with_underscore_or_dash_are_stored(store):
+    """126 ActivityNet v1.2 ids start with '_' (2 with '__'), 139 with '-': they were refused."""
+    for vid in ("_-JNaelSKO8", "__dXUJsj3yo", "-0ieXc9cHnE"):
+        _write(store, vid, feats(5))
+    assert store.list_videos() == sorted(["_-JNaelSKO8", "__dXUJsj3yo", "-0ieXc9cHnE"])
+    assert store.load("__dXUJsj3yo", ["i3d_rgb"])["i3d_rgb"].shape == (5, 16)
 
 
 def test_rejects_unknown_feature_names(store):

@@ -71,6 +71,26 @@ def test_unchecked_file_resolves_with_its_hash(tmp_path):
     assert r.provenance_fields() == {"weights_sha256": r.sha256, "random_init": False}
 
 
+def test_i3d_checkpoint_with_another_head_is_refused(tmp_path):
+    """pytorch-i3d publishes no hashes; its Charades-finetuned rgb_charades.pt (157 classes) loads like the
+    Kinetics-400 rgb_imagenet.pt and was accepted in its place."""
+    import io
+
+    import torch
+
+    def checkpoint(classes: int) -> bytes:
+        buf = io.BytesIO()
+        torch.save({"logits.conv3d.bias": torch.zeros(classes), "logits.conv3d.weight": torch.zeros(classes, 1024, 1, 1, 1)}, buf)
+        return buf.getvalue()
+
+    _put(tmp_path, "i3d_rgb", checkpoint(157))
+    with pytest.raises(W.WeightsError, match=r"157 classes.*400 \(157: the Charades-finetuned rgb_charades.pt\).*put "
+                                             r"rgb_imagenet.pt from https://github.com/piergiaj"):
+        W.resolve_weights("i3d_rgb", tmp_path)
+    _put(tmp_path, "i3d_rgb", checkpoint(400))
+    assert not W.resolve_weights("i3d_rgb", tmp_path).random_init
+
+
 def test_wrong_hash_reports_both(tmp_path):
     content = b"not the CLIP archive"
     _put(tmp_path, "clip_vitb16", content)

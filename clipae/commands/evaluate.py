@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         ambiguous = args.ambiguous
     if gt is None:
         if args.gt is None:
-            print("error: --gt is required without --dataset", file=sys.stderr)
+            print("clipae evaluate: error: --gt is required without --dataset", file=sys.stderr)
             return 2
         gt = json.loads(args.gt.read_text())
     pred = json.loads(args.pred.read_text())
@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
             mapping=args.mapping, ignore_outside_videos=args.ignore_outside_videos,
         )
     except ValueError as exc:  # bad input files: one clear line, not a traceback
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"clipae evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(result.format_table())
     if result.counts.get("outside_videos"):

@@ -100,7 +100,7 @@ def run(args) -> int:
         results = _run_with_progress(videos, store, config, models, progress=not args.no_progress)
         wall = time.perf_counter() - t0
     except (ConfigError, ManifestError, WeightsError, StoreError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"clipae extract: error: {e}", file=sys.stderr)
         return 2
     return _print_summary(results, store, wall, config.features)
 

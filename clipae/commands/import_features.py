@@ -13,9 +13,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--store", required=True, help="feature store path (created if absent)")
     p.add_argument("--feature", help="feature name for --layout generic (e.g. clip_vitb16, vggish)")
     p.add_argument("--dataset", help="dataset config (name or YAML): checks every annotated video is present")
-    p.add_argument("--fps", type=float, help="snippet grid fps of the features (default: dataset's, else 25)")
-    p.add_argument("--snippet-frames", type=int, help="frames per snippet (default: dataset's, else 16)")
-    p.add_argument("--stride", type=int, help="snippet stride in frames (default: dataset's, else 16; ActionFormer THUMOS uses 4)")
+    p.add_argument("--fps", type=float, help="snippet grid fps of the features (default: an existing store's; for a new "
+                   "store the layout's: basnet 25, actionformer 30; generic: the dataset's, else 25)")
+    p.add_argument("--snippet-frames", type=int, help="frames per snippet (default as --fps: 16)")
+    p.add_argument("--stride", type=int, help="snippet stride in frames (default as --fps: basnet 16, actionformer 4, "
+                   "generic the dataset's, else 16)")
     p.add_argument("--codec", default="none", choices=["none", "blosc-lz4", "blosc-zstd", "zstd"],
                    help="chunk compression when the store is created (default: none, see BENCHMARKS.md)")
     p.add_argument("--no-progress", action="store_true")
@@ -26,10 +28,17 @@ def run(args: argparse.Namespace) -> int:
     from storage import FeatureStore, SnippetGrid, StoreError
     from storage.codecs import CodecSpec
     from storage.datasets import load_dataset
-    from storage.importers import import_features
+    from pathlib import Path
+
+    from storage.importers import LAYOUT_GRIDS, import_features
 
     dataset = load_dataset(args.dataset) if args.dataset else None
-    base = dataset.grid if dataset else SnippetGrid()
+    if not Path(args.src).is_dir():  # before a store is created for nothing
+        raise StoreError(f"import source {args.src}: not a directory")
+    if (Path(args.store) / "zarr.json").exists():
+        base = FeatureStore.open(args.store).grid
+    else:
+        base = LAYOUT_GRIDS.get(args.layout) or (dataset.grid if dataset else SnippetGrid())
     grid = SnippetGrid(
         fps=args.fps or base.fps,
         snippet_frames=args.snippet_frames or base.snippet_frames,
@@ -40,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
                                              codec=CodecSpec(args.codec))
         report = import_features(store, args.layout, args.src, args.feature, dataset, progress=not args.no_progress)
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"clipae import-features: error: {e}", file=sys.stderr)
         return 2
     print(report.format())
     return 1 if report.failed else 0

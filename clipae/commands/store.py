@@ -57,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
             print(f"verified {len(ids)} videos, {len(mismatches)} mismatches")
         return 1 if mismatches else 0
     except StoreError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"clipae store: error: {e}", file=sys.stderr)
         return 2
