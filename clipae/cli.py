@@ -30,6 +30,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_OWN_PACKAGES = ("storage", "extractors", "models", "flows", "clipae")
+
+
+def _is_usage_error(e: BaseException) -> bool:
+    """Bad input rather than a bug: a missing or unusable file, or an error our code raises on purpose (its
+    error classes, or a plain ValueError/KeyError raised in our code). An IndexError, or a ValueError raised
+    inside numpy or torch, is a failure (exit 1, with the CLIPAE_DEBUG hint)."""
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)):
+        return True
+    if type(e).__module__.split(".")[0] in _OWN_PACKAGES:
+        return True
+    if type(e) not in (ValueError, KeyError):
+        return False
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "") if tb is not None else ""
+    return module.split(".")[0] in _OWN_PACKAGES
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -45,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         # CLIPAE_DEBUG=1 shows the traceback.
         if os.environ.get("CLIPAE_DEBUG"):
             raise
-        usage = isinstance(e, (ValueError, LookupError, FileNotFoundError, IsADirectoryError, NotADirectoryError,
-                               FileExistsError, PermissionError))
+        usage = _is_usage_error(e)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
         print(f"clipae {args.command}: error: {msg}", file=sys.stderr)
         if not usage:

@@ -144,7 +144,7 @@ def _pick_video_stream(video: list[dict]) -> dict:
         return {}
     lengths = [_stream_seconds(s) or 0.0 for s in video]
     longest = max(lengths)
-    near = [s for s, n in zip(video, lengths) if n >= longest - max(1.0, 0.05 * longest)]
+    near = [s for s, n in zip(video, lengths) if n >= max(longest - max(1.0, 0.05 * longest), 0.5 * longest)]
     return next((s for s in near if s.get("disposition", {}).get("default")), near[0])
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import threading
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -250,8 +251,8 @@ def _check_i3d_is_kinetics(spec: WeightSpec, path: Path) -> None:
     features of another model. (A file that does not load is reported by the loader, with its keys.)"""
     import torch
 
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    try:  # mmap reads only the bias, but only the zip format (PyTorch >= 1.6) has it; the 2018 files are older
+        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         bias = sd.get("logits.conv3d.bias") if isinstance(sd, dict) else None
     except Exception:  # noqa: BLE001 -- not loadable here: extractors.i3d.load_i3d says why
         return

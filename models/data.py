@@ -110,15 +110,8 @@ def check_features_made_one_way(store, video_ids: list[str], features: Iterable[
         return []
     from storage import mixed_configs_message
 
-    wanted = set(features)
-    configs: dict[str, dict[str, list[str]]] = {}
-    random_feats: set[str] = set()
-    for v in video_ids:
-        for name, prov in store.provenance(v).items():
-            if name in wanted:
-                configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
-                if prov.random_init:
-                    random_feats.add(name)
+    configs = feature_configs(store, video_ids, features)
+    random_feats = {n for n, by_key in configs.items() if any(", random-init, " in k for k in by_key)}  # config_key()
     mixed = mixed_configs_message(configs)
     if mixed:
         raise ValueError(
@@ -129,6 +122,31 @@ def check_features_made_one_way(store, video_ids: list[str], features: Iterable[
         _log.warning("features %s of these videos come from randomly initialised networks (extracted with "
                      "--allow-random-weights): not comparable with results on pretrained features", sorted(random_feats))
     return sorted(random_feats)
+
+
+def feature_configs(store, video_ids: Iterable[str], features: Iterable[str]) -> dict[str, dict[str, list[str]]]:
+    """feature -> {how it was made (``FeatureProvenance.config_key()``) -> video ids}; {} without provenance."""
+    if not hasattr(store, "provenance"):
+        return {}
+    wanted = set(features)
+    configs: dict[str, dict[str, list[str]]] = {}
+    for v in video_ids:
+        for name, prov in store.provenance(v).items():
+            if name in wanted:
+                configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
+    return configs
+
+
+def check_same_features_as_training(trained: dict[str, str], store, video_ids: list[str], features) -> None:
+    """Refuse videos whose features were made another way than those the model was trained on (``trained``:
+    feature -> config key, from the checkpoint): re-extracted test videos, or another store."""
+    for name, by_key in feature_configs(store, video_ids, features).items():
+        other = {k: v for k, v in by_key.items() if name in trained and k != trained[name]}
+        if other:
+            key, vids = next(iter(other.items()))
+            raise ValueError(f"{name} of {sum(map(len, other.values()))} videos (e.g. {vids[0]!r}) was made another way "
+                             f"than the training videos':\n  trained on: {trained[name]}\n  these:      {key}\n"
+                             "re-extract them like the training videos, or retrain")
 
 
 def feature_dims(videos: list[VideoFeatures]) -> FeatureDims:

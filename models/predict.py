@@ -11,7 +11,7 @@ import torch
 
 from models import checkpoint as ckpt
 from models.config import ClipAEConfig, InferenceConfig
-from models.data import VideoFeatures, load_videos, prepare
+from models.data import VideoFeatures, check_same_features_as_training, load_videos, prepare
 from models.network import ClipAENet, FeatureDims, required_features
 from models.proposals import video_detections
 from models.runtime import forward_full, pick_device
@@ -44,6 +44,7 @@ def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: li
     names = required_features(cfg)
     if videos is None:
         videos = load_videos(store, dataset, subset or dataset.test_subset, names, video_ids)
+        check_same_features_as_training(meta.get("feature_configs") or {}, store, [v.video_id for v in videos], names)
     grid = store.grid
     items = [prepare(v, names) for v in videos]
     ratio = cfg.loss.topk_ratio

@@ -92,9 +92,13 @@ def video_detections(video_scores: np.ndarray, cas: np.ndarray, attention: np.nd
         if not props:
             continue
         idx = np.array(list(props.keys()), dtype=np.float64)
-        segs = np.stack([idx[:, 0] * snippet_seconds + offset_seconds,
-                         np.minimum((idx[:, 1] + 1) * snippet_seconds + offset_seconds, duration)], 1)
+        segs = np.clip(np.stack([idx[:, 0] * snippet_seconds + offset_seconds,
+                                 (idx[:, 1] + 1) * snippet_seconds + offset_seconds], 1), 0.0, duration)
         scores = np.array(list(props.values()))
+        keep = segs[:, 1] > segs[:, 0]  # (a run wholly past the end: features a little longer than the video)
+        segs, scores = segs[keep], scores[keep]
+        if not len(segs):
+            continue
         segs, scores = soft_nms(segs, scores, cfg.nms_sigma, cfg.max_proposals, cfg.min_score)
         for (s, e), sc in zip(segs, scores):
             dets.append({"label": label_of(c), "score": round(float(sc), 6), "segment": [round(float(s), 3), round(float(e), 3)]})

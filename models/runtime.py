@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import re
 
 import numpy as np
 import torch
@@ -11,8 +12,16 @@ from models.data import collate
 
 
 def pick_device(name: str) -> torch.device:
+    """``auto`` | ``cpu`` | ``cuda[:N]``, checked: a bad name or a missing GPU is a clear ValueError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(name)):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} requested but CUDA is not available")
+        if ":" in name and int(name.split(":")[1]) >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r} requested but only {torch.cuda.device_count()} CUDA device(s) are visible")
     return torch.device(name)
 
 

@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from models import checkpoint as ckpt
 from models.config import ClipAEConfig
-from models.data import VideoFeatures, collate, feature_dims, load_videos, prepare, random_window
+from models.data import VideoFeatures, collate, feature_configs, feature_dims, load_videos, prepare, random_window
 from models.kmeans import align_clusters, kmeans, video_level_features
 from models.network import AUDIO, CLIP, FLOW, RGB, STREAMS, ClipAENet, required_features
 from models.runtime import autocast, forward_full, pick_device, seed_everything
@@ -222,6 +222,9 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
         "mode": tc.mode, "num_classes": k, "dims": feature_dims(videos).__dict__,
         "num_train_videos": len(videos), "config": cfg.to_json(),
         "classes": list(dataset.classes), "dataset": getattr(dataset, "name", ""),
+        # how each feature was made (one way: load_videos checked), so predict can refuse other ones
+        "feature_configs": {n: next(iter(keys)) for n, keys in
+                            feature_configs(store, [v.video_id for v in videos], names).items()},
     }
     model_path = out / ckpt.MODEL_FILE
     ckpt.atomic_save({"model": model.state_dict(), "meta": meta}, model_path)

@@ -146,7 +146,12 @@ class FeatureStore:
             if grid is not None and store.grid != grid:
                 raise StoreError(f"store {path}: has snippet grid {store.grid}, but {grid} was requested")
             return store
-        return cls.create(path, grid=grid, name=name, **kwargs)
+        try:
+            return cls.create(path, grid=grid, name=name, **kwargs)
+        except StoreError:
+            if (path / "zarr.json").exists():  # a concurrent creator published first: open theirs
+                return cls.open_or_create(path, grid=grid, name=name, **kwargs)
+            raise
 
     # ----------------------------------------------------------------- reading
     def list_videos(self) -> list[str]:
@@ -514,7 +519,9 @@ def _check_can_become_store(path: Path) -> None:
         raise StoreError(f"store {path}: exists and is not a directory; give a new or empty directory")
     if not path.is_dir():
         return
-    ours = lambda p: p.name.startswith(".create-") or (p.name in ("videos", "_staging") and (p / "zarr.json").is_file())  # noqa: E731
+    # (what a concurrent creator makes, its root zarr.json included; hidden files and a fresh volume's lost+found)
+    ours = lambda p: (p.name.startswith(".") or p.name in ("zarr.json", "lost+found")  # noqa: E731
+                      or (p.name in ("videos", "_staging") and (p / "zarr.json").is_file()))
     others = sorted(p.name for p in path.iterdir() if not ours(p))
     if others:
         raise StoreError(f"store {path}: a directory holding other files ({len(others)}, e.g. {others[0]!r}) is not a "

@@ -242,3 +242,23 @@ def test_detection_times_centre_overlapping_snippets():
     assert seg() == pytest.approx([100 * 4 / 30, 150 * 4 / 30], abs=1e-3)  # (no offset given: the old placement)
     offset = (16 - 4) / (2 * 30)
     assert seg(offset) == pytest.approx([(100 * 4 + 8) / 30 - 2 / 30, (149 * 4 + 8) / 30 + 2 / 30], abs=1e-3)
+    import inspect
+
+    from models import predict
+    src = inspect.getsource(predict.predict)  # predict passes the grid's offset (its computation, pinned)
+    assert "(grid.snippet_frames - grid.stride) / (2.0 * grid.fps)" in src and "label_of, offset)" in src
+
+
+def test_detections_past_the_end_are_clipped_or_dropped():
+    """Features a little longer than the video (within the importer's tolerance) put the last runs' starts past
+    the duration: a segment ending before it started made `evaluate` reject the whole file."""
+    from models.config import InferenceConfig
+    from models.proposals import video_detections
+
+    att = np.zeros(255, np.float32)
+    att[-1] = 1.0
+    att[240:244] = 1.0
+    cas = np.stack([att, 1 - att], 1)
+    dets = video_detections(np.array([0.9, 0.1]), cas, att, 33.83, 4 / 30, InferenceConfig(thresholds=[0.5]), str,
+                            0.2)
+    assert dets and all(0.0 <= d["segment"][0] < d["segment"][1] <= 33.83 for d in dets)

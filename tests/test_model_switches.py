@@ -167,6 +167,22 @@ def test_store_backed_train_and_predict_cli(tmp_path, capsys):
     for dets in pred["results"].values():
         assert dets and all(set(d) == {"label", "score", "segment"} for d in dets)
 
+    # the test videos re-extracted another way after training: predict refuses them instead of mixing silently
+    import dataclasses
+
+    from storage import FeatureStore
+
+    store = FeatureStore.open(tmp_path / "store")
+    for vid in vids[6:]:
+        other = dataclasses.replace(store.provenance(vid)["i3d_rgb"], preprocess_hash="another-crop")
+        store.write_video(vid, {"i3d_rgb": store.load(vid, ["i3d_rgb"])["i3d_rgb"]}, None, {"i3d_rgb": other})
+    capsys.readouterr()
+    assert main(["predict", "--checkpoint", str(run), "--store", str(tmp_path / "store"), "--dataset", "thumos14",
+                 "--out", str(tmp_path / "pred2.json"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "i3d_rgb of 3 videos (e.g. 'video_test_" in err and "was made another way than the training videos'" in err
+    assert "preprocess another-crop" in err and not (tmp_path / "pred2.json").exists()
+
 
 def test_cluster_features_follow_config_and_switches():
     import pytest

@@ -141,3 +141,17 @@ def test_ablation_over_seeds_reports_mean_and_spread(tmp_path):
     assert "seeds 0, 1" in table and "±" in table
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["seeds"] == [0, 1] and len(saved["runs"]) == 2
+
+
+def test_pick_device_checks_the_name_and_the_gpu(monkeypatch):
+    import torch
+
+    from models.runtime import pick_device
+
+    assert pick_device("cpu").type == "cpu"
+    for bad in ("gpu", "cuda:x", "CPU"):
+        with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+            pick_device(bad)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        pick_device("cuda")

@@ -136,6 +136,11 @@ def test_a_default_still_track_first_in_mp4_and_a_short_default_in_matroska(tmp_
         assert (probe.width, probe.height) == (32, 24) and probe.duration == pytest.approx(2.4, abs=0.05), path
         frames = _frames(path)[1]
         np.testing.assert_allclose(counter_levels(frames, 60), np.arange(60), atol=0.6)
+    # a video under 1 s: the 1 s of slack must not make the still a candidate
+    short_counter = make_counter_video(tmp_path / "cnt22.mkv", 22)
+    short_first = tmp_path / "still_first_short.mp4"
+    _ffmpeg("-i", str(still), "-i", str(short_counter), "-map", "0:v", "-map", "1:v", "-c", "copy", str(short_first))
+    assert (probe_video(short_first).width, probe_video(short_first).video_index) == (32, 1)
 
 
 def test_matroska_video_with_longer_audio_has_the_video_length(tmp_path):

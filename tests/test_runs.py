@@ -6,6 +6,7 @@ import json
 import os
 import stat
 
+import numpy as np
 import pytest
 
 from clipae.cli import main
@@ -100,6 +101,16 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert expected in err and "Traceback" not in err and len(err.strip().splitlines()) <= 3, (argv, err)
+    # a bug is not bad input: exit 1 and the hint, not "error" and 2
+    import clipae.commands.runs as runs_cmd
+
+    monkeypatch.setattr(runs_cmd, "find_run", lambda *a: np.zeros(3)[5])
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "run-a"]) == 1
+    assert "CLIPAE_DEBUG=1" in capsys.readouterr().err
+    monkeypatch.setattr(runs_cmd, "find_run", lambda *a: np.reshape(np.zeros(3), (2, 2)))  # ValueError in numpy
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "run-a"]) == 1
+    capsys.readouterr()
+    monkeypatch.undo()
     monkeypatch.setenv("CLIPAE_DEBUG", "1")
     with pytest.raises(KeyError):
         main(["runs", "--runs-dir", str(tmp_path), "show", "zzz"])

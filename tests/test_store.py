@@ -248,3 +248,13 @@ def test_create_refuses_a_file_or_a_directory_holding_other_files(tmp_path):
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["notes.txt"]
     (tmp_path / "empty").mkdir()
     assert FeatureStore.create(tmp_path / "empty").list_videos() == []
+
+
+def test_create_accepts_hidden_files_lost_found_and_a_concurrent_creators_store(tmp_path):
+    vol = tmp_path / "vol"
+    (vol / "lost+found").mkdir(parents=True)
+    (vol / ".DS_Store").write_bytes(b"x")
+    assert FeatureStore.create(vol).list_videos() == []
+    # a concurrent creator published first: open_or_create opens its store instead of failing
+    first = FeatureStore.create(tmp_path / "race")
+    assert FeatureStore.open_or_create(tmp_path / "race").path == first.path

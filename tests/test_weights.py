@@ -78,15 +78,18 @@ def test_i3d_checkpoint_with_another_head_is_refused(tmp_path):
 
     import torch
 
-    def checkpoint(classes: int) -> bytes:
+    def checkpoint(classes: int, zip_format: bool = True) -> bytes:
         buf = io.BytesIO()
-        torch.save({"logits.conv3d.bias": torch.zeros(classes), "logits.conv3d.weight": torch.zeros(classes, 1024, 1, 1, 1)}, buf)
+        torch.save({"logits.conv3d.bias": torch.zeros(classes), "logits.conv3d.weight": torch.zeros(classes, 1024, 1, 1, 1)},
+                   buf, _use_new_zipfile_serialization=zip_format)
         return buf.getvalue()
 
-    _put(tmp_path, "i3d_rgb", checkpoint(157))
-    with pytest.raises(W.WeightsError, match=r"157 classes.*400 \(157: the Charades-finetuned rgb_charades.pt\).*put "
-                                             r"rgb_imagenet.pt from https://github.com/piergiaj"):
-        W.resolve_weights("i3d_rgb", tmp_path)
+    for zip_format in (True, False):  # (the published 2018 files predate PyTorch's zip format)
+        _put(tmp_path, "i3d_rgb", checkpoint(157, zip_format))
+        W.clear_hash_cache()
+        with pytest.raises(W.WeightsError, match=r"157 classes.*400 \(157: the Charades-finetuned rgb_charades.pt\).*"
+                                                 r"put rgb_imagenet.pt from https://github.com/piergiaj"):
+            W.resolve_weights("i3d_rgb", tmp_path)
     _put(tmp_path, "i3d_rgb", checkpoint(400))
     assert not W.resolve_weights("i3d_rgb", tmp_path).random_init
 

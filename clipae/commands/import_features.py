@@ -14,7 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--feature", help="feature name for --layout generic (e.g. clip_vitb16, vggish)")
     p.add_argument("--dataset", help="dataset config (name or YAML): checks every annotated video is present")
     p.add_argument("--fps", type=float, help="snippet grid fps of the features (default: an existing store's; for a new "
-                   "store the layout's: basnet 25, actionformer 30; generic: the dataset's, else 25)")
+                   "store the layout's: basnet 25, actionformer 30 (its THUMOS'14 features; with another --dataset that dataset's);"
+                   " generic: the dataset's, else 25)")
     p.add_argument("--snippet-frames", type=int, help="frames per snippet (default as --fps: 16)")
     p.add_argument("--stride", type=int, help="snippet stride in frames (default as --fps: basnet 16, actionformer 4, "
                    "generic the dataset's, else 16)")
@@ -38,7 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if (Path(args.store) / "zarr.json").exists():
         base = FeatureStore.open(args.store).grid
     else:
-        base = LAYOUT_GRIDS.get(args.layout) or (dataset.grid if dataset else SnippetGrid())
+        # ActionFormer's grid is that of its THUMOS'14 features; for another dataset the dataset's (the snippet
+        # count check then says whether it fits).
+        thumos = dataset is None or dataset.name == "thumos14"
+        layout_grid = LAYOUT_GRIDS.get(args.layout) if (args.layout == "basnet" or thumos) else None
+        base = layout_grid or (dataset.grid if dataset else SnippetGrid())
     grid = SnippetGrid(
         fps=args.fps or base.fps,
         snippet_frames=args.snippet_frames or base.snippet_frames,
