@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import os
 import pkgutil
 import sys
@@ -31,13 +32,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 _OWN_PACKAGES = ("storage", "extractors", "models", "flows", "clipae")
+try:
+    from yaml import YAMLError as _YAMLError  # a malformed --config or dataset YAML
+except ImportError:  # pragma: no cover -- pyyaml is a dependency
+    _YAMLError = ValueError
 
 
 def _is_usage_error(e: BaseException) -> bool:
     """Bad input rather than a bug: a missing or unusable file, or an error our code raises on purpose (its
     error classes, or a plain ValueError/KeyError raised in our code). An IndexError, or a ValueError raised
     inside numpy or torch, is a failure (exit 1, with the CLIPAE_DEBUG hint)."""
-    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError)):
+    if isinstance(e, (FileNotFoundError, IsADirectoryError, NotADirectoryError, FileExistsError, PermissionError,
+                      json.JSONDecodeError, UnicodeDecodeError, _YAMLError)):  # a missing or malformed input file
         return True
     if type(e).__module__.split(".")[0] in _OWN_PACKAGES:
         return True
@@ -58,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (OSError, ValueError, LookupError, RuntimeError) as e:
+    except (OSError, ValueError, LookupError, RuntimeError, _YAMLError) as e:
         # One clear line instead of a traceback for what users run into: a missing or unreadable file, a store
         # or dataset that is not what was asked for, no GPU. Exit 2 for bad input (our ValueError subclasses:
         # StoreError, DatasetError, ConfigError...; missing files; bad JSON), 1 for a failure while running.

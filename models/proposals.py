@@ -9,7 +9,7 @@ from models.config import InferenceConfig
 
 def select_classes(video_scores: np.ndarray, threshold: float, max_classes: int) -> list[int]:
     """Classes whose video-level score exceeds ``threshold`` (at most ``max_classes``, best first);
-    the top class is always kept so every video gets proposals."""
+    the top class is always kept so every video gets proposals (unless all lie past its duration)."""
     order = np.argsort(-video_scores)
     chosen = [int(c) for c in order[:max_classes] if video_scores[c] >= threshold]
     return chosen or [int(order[0])]

@@ -119,7 +119,10 @@ class FeatureStore:
         except FileExistsError:
             pass
         shutil.rmtree(scratch, ignore_errors=True)
-        return cls.open(path)
+        store = cls.open(path)
+        if store.grid != grid:  # another creator won the race with another grid: not the store asked for
+            raise StoreError(f"store {path}: created concurrently with snippet grid {store.grid}, not {grid}")
+        return store
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "FeatureStore":

@@ -96,7 +96,11 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
         (["evaluate", "--dataset", "demo", "--pred", str(tmp_path / "none.json")], "clipae evaluate: error:"),
         (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "demo"], "clipae train: error: store"),
         (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "nosuch"], "clipae train: error:"),
+        (["evaluate", "--gt", str(tmp_path / "bad.json"), "--pred", str(tmp_path / "bad.json")], "clipae evaluate: error:"),
+        (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", str(tmp_path / "bad.yaml")], "clipae train: error:"),
     ]
+    (tmp_path / "bad.json").write_text('{"database": {')  # cut off
+    (tmp_path / "bad.yaml").write_text("name: [unclosed\n")
     for argv, expected in cases:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
