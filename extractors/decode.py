@@ -689,9 +689,9 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
     The audio stream may start before or after the video (its first decoded frame's time against the video
-    stream's start): it is trimmed or zero-padded so both share the time axis the snippet grid is defined on. A gap inside the stream (a
-    dropped or cut stretch: timestamps jumping by more than ``AUDIO_GAP_SECONDS``) is filled with zeros,
-    so later audio stays at its time instead of moving earlier by the gap's length.
+    stream's start): it is trimmed or zero-padded so both share the time axis the snippet grid is defined on.
+    A gap inside the stream (a dropped or cut stretch: timestamps jumping by more than ``AUDIO_GAP_SECONDS``)
+    is filled with zeros, so later audio stays at its time instead of moving earlier by the gap's length.
     """
     if not probe.has_audio:
         return None
@@ -705,8 +705,8 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
         _log.warning("%s: ffprobe gives no channel count for the audio stream: downmixed by ffmpeg's -ac 1, "
                      "not averaged (stereo comes out 3 dB louder than the mean)", path)
     # Gaps: the second aresample (at the output rate) fills jumps in the decoded frames' timestamps with
-    # zeros, so audio after a gap stays at its time. The start is aligned below from the streams' start
-    # times. (Not with aresample's first_pts: it pads again from the start whenever ffmpeg rebuilds the
+    # zeros, so audio after a gap stays at its time. The start is aligned below, from the first decoded
+    # frame's time. (Not with aresample's first_pts: it pads again from the start whenever ffmpeg rebuilds the
     # filter graph, e.g. at a mid-stream sample-rate change; and not with -copyts, which turns off
     # ffmpeg's correction of MPEG-TS timestamp discontinuities.)
     # Only where every audio frame carries its own timestamp (MP4/MOV, Matroska/WebM): in MPEG-TS/PS a PES

@@ -110,8 +110,8 @@ def check_features_made_one_way(store, video_ids: list[str], features: Iterable[
         return []
     from storage import mixed_configs_message
 
-    configs = feature_configs(store, video_ids, features)
-    random_feats = {n for n, by_key in configs.items() if any(", random-init, " in k for k in by_key)}  # config_key()
+    random_feats: set[str] = set()
+    configs = feature_configs(store, video_ids, features, random_feats)
     mixed = mixed_configs_message(configs)
     if mixed:
         raise ValueError(
@@ -124,8 +124,10 @@ def check_features_made_one_way(store, video_ids: list[str], features: Iterable[
     return sorted(random_feats)
 
 
-def feature_configs(store, video_ids: Iterable[str], features: Iterable[str]) -> dict[str, dict[str, list[str]]]:
-    """feature -> {how it was made (``FeatureProvenance.config_key()``) -> video ids}; {} without provenance."""
+def feature_configs(store, video_ids: Iterable[str], features: Iterable[str],
+                    random_init: set[str] | None = None) -> dict[str, dict[str, list[str]]]:
+    """feature -> {how it was made (``FeatureProvenance.config_key()``) -> video ids}; {} without provenance.
+    Features that some video holds from random-init networks are added to ``random_init`` when given."""
     if not hasattr(store, "provenance"):
         return {}
     wanted = set(features)
@@ -134,6 +136,8 @@ def feature_configs(store, video_ids: Iterable[str], features: Iterable[str]) ->
         for name, prov in store.provenance(v).items():
             if name in wanted:
                 configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
+                if prov.random_init and random_init is not None:
+                    random_init.add(name)
     return configs
 
 

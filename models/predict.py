@@ -60,9 +60,9 @@ def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: li
     classes = meta["classes"]
     label_of = (lambda c: f"cluster_{c}") if utal else (lambda c: classes[c])
     results, clusters = {}, {}
+    offset = (grid.snippet_frames - grid.stride) / (2.0 * grid.fps)  # overlapping snippets: centred, see proposals
     for v, (vs, cas, att) in zip(videos, scored):
         vs, cas, att = vs.astype(np.float64), cas.astype(np.float64), att.astype(np.float64)
-        offset = (grid.snippet_frames - grid.stride) / (2.0 * grid.fps)  # overlapping snippets: centred, see proposals
         results[v.video_id] = video_detections(vs, cas, att, v.duration, grid.snippet_seconds, icfg, label_of, offset)
         clusters[v.video_id] = int(vs.argmax())
     out = {"version": PREDICTIONS_VERSION, "results": results,

@@ -242,11 +242,27 @@ def test_detection_times_centre_overlapping_snippets():
     assert seg() == pytest.approx([100 * 4 / 30, 150 * 4 / 30], abs=1e-3)  # (no offset given: the old placement)
     offset = (16 - 4) / (2 * 30)
     assert seg(offset) == pytest.approx([(100 * 4 + 8) / 30 - 2 / 30, (149 * 4 + 8) / 30 + 2 / 30], abs=1e-3)
-    import inspect
 
-    from models import predict
-    src = inspect.getsource(predict.predict)  # predict passes the grid's offset (its computation, pinned)
-    assert "(grid.snippet_frames - grid.stride) / (2.0 * grid.fps)" in src and "label_of, offset)" in src
+
+def test_predict_passes_the_grids_centring_offset(tmp_path, monkeypatch):
+    """predict gives video_detections (snippet_frames - stride) / 2 / fps: 0.16 s on 16-frame snippets every
+    8 frames at 25 fps, 0 on the usual non-overlapping grid."""
+    from models import predict as predict_mod
+    from models import train as train_mod
+    from models.data import InMemoryStore
+    from storage.grid import SnippetGrid
+    from tests._model_fixtures import tiny_config, tiny_problem
+
+    ds, _, store = tiny_problem()
+    res = train_mod.train(tiny_config(mode="weak", weak_epochs=1), store, ds, tmp_path)
+    test = store.videos(ds.videos(ds.test_subset)[:2])
+    seen = []
+    real = predict_mod.video_detections
+    monkeypatch.setattr(predict_mod, "video_detections", lambda *a: seen.append(a[-1]) or real(*a))
+    for grid, offset in ((SnippetGrid(25.0, 16, 8), 0.16), (SnippetGrid(25.0, 16, 16), 0.0)):
+        seen.clear()
+        predict_mod.predict(res.checkpoint, InMemoryStore(test, grid), ds, videos=test, device="cpu")
+        assert seen == [pytest.approx(offset)] * 2
 
 
 def test_detections_past_the_end_are_clipped_or_dropped():

@@ -35,12 +35,15 @@ def _write_inputs(out_dir, store, ds, cfg) -> None:
     import json
     from pathlib import Path
 
+    from models.data import feature_configs
     from models.network import required_features
 
     names = [n for n in required_features(cfg) if n in store.feature_dims]
     present = set(store.list_videos())
     vids = [v for v in ds.videos(ds.train_subset) if v in present]
-    random_init = sorted({n for v in vids for n, p in store.provenance(v).items() if n in names and p.random_init})
+    random_init: set[str] = set()
+    feature_configs(store, vids, names, random_init)
     inputs = {"store": str(store.path), "store_fingerprint": store.fingerprint(), "dataset": ds.name,
-              "subset": ds.train_subset, "videos": len(vids), "features": names, "random_init_features": random_init}
+              "subset": ds.train_subset, "videos": len(vids), "features": names,
+              "random_init_features": sorted(random_init)}
     (Path(out_dir) / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")
