@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
-#          e2e[-long][-fast|-r48|-f16|-flat|-flat1|-f16flat] train profile profile-triton
+#          e2e[-long][-fast|-r48|-f16|-flat|-flat1|-f16flat|-best][-wN] train profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -13,13 +13,14 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-# Default: GPU tests, then the open TV-L1 speed questions in one device call (limits sum to 530 s of 600,
-# leaving room for the setup above): the sweep's "flat" band layout, float16 state and register caps,
-# timed against the float32 "rows" default in the same process; batches of 8 to 1024 pairs, which tell
-# whether a batch's time is its slowest pairs' chain of band steps (docs/tvl1.md, "critical path"); then
-# end to end on THUMOS-length videos. A second call can run the winning variant end to end (e2e-long-flat,
-# e2e-long-f16flat, e2e-long-r48, ...) and e2e (30 s videos, the figure earlier sessions reported).
-STEPS=${*:-tests-fast tvl1-variants tvl1-tail e2e-long}
+# Default: one device call that answers the open goal (1,200 frames/s end to end): the TV-L1 sweep
+# variants timed against the float32 "rows" default in one process (flat band layout, one pixel per
+# thread, register cap, float16 state), then end to end on THUMOS-length videos with the fastest EXACT
+# (float32) variant (e2e-long-best: read from tvl1-variants' JSON), the GPU tests, and the same end to end
+# with 12 decoding workers on 12 videos (more TV-L1 batches in flight: the sweep is latency-bound, docs/tvl1.md).
+# Limits sum to 570 s of 600 with the setup. Other steps: e2e-long-flat, -f16flat, -r48, ..., a "-wN" suffix
+# sets the decoding workers and videos (default 8), tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+STEPS=${*:-tvl1-variants e2e-long-best tests-fast e2e-long-best-w12}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -50,6 +51,22 @@ if [ -z "$DRY" ]; then
   VMSTAT=$!
   trap 'kill $SMI $VMSTAT 2>/dev/null' EXIT
 fi
+
+best_variant() {  # the fastest float32 (exact) sweep variant in tvl1-variants' JSON, by the geometric mean of
+  # its bikes and synthetic pairs/s; f32 (the default) when that step did not run or failed
+  [ -n "$DRY" ] && { echo f32; return; }
+  $PY - "$OUT/tvl1_variants.json" <<'PYEOF' 2>>"$LOG" || echo f32
+import json, math, sys
+try:
+    d = json.load(open(sys.argv[1]))
+except (OSError, ValueError):
+    print("f32"); sys.exit()
+def score(name):
+    rates = [sum(v) / len(v) for k, v in d.items() if k.startswith(f"pairs_per_s[{name}]") and v]
+    return math.exp(sum(map(math.log, rates)) / len(rates)) if rates and min(rates) > 0 else 0.0
+print(max(["f32", "f32r48", "flat", "flat1"], key=score))
+PYEOF
+}
 
 step() {  # step NAME SECONDS CMD...
   local name=$1 limit=$2
@@ -92,7 +109,7 @@ for s in $STEPS; do
                 --json "$OUT/tvl1_band$band.json"; done ;;
     tvl1-variants) step tvl1-variants 140 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
             --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
-            flat=backend:triton,sweep_layout:flat f16=backend:triton,state_dtype:float16 \
+            flat=backend:triton,sweep_layout:flat \
             flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
             # (flat1: one pixel per thread, no layout conversions at odd widths; it replaced f16r48 = float16 +
             # cap 48, which the e2e-f16 step still runs end to end)
@@ -100,24 +117,28 @@ for s in $STEPS; do
             --json "$OUT/tvl1_tail.json" --variants f32=backend:triton flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
             # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)
-    e2e|e2e-*) tv=default; extra=""; secs=30; limit=70  # the pipeline alone, with stage times
+    e2e|e2e-*) tv=default; extra=""; secs=30; limit=70; workers=8  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
-            case $v in ""|-fast|-r48|-f16flat|-flat|-flat1|-f16) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $v in *-w[0-9]*) workers=${v##*-w}; v=${v%-w*} ;; esac  # "-wN": N decoding workers
+            case $v in ""|-fast|-r48|-f16flat|-flat|-flat1|-f16|-best) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $workers in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
             # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
             # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
             case $s in *-long*) secs=155; limit=120 ;; esac
-            case $s in  # the TV-L1 variant
-              *-fast) tv=fast ;;  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
-              *-r48) extra="--sweep-maxnreg 48" ;;
-              *-f16flat) extra="--sweep-layout flat --tvl1-state-dtype float16" ;;
-              *-flat1) extra="--sweep-layout flat --sweep-ppt 1" ;;
-              *-flat) extra="--sweep-layout flat" ;;  # (the flat kernel spills under a cap of 48)
-              *-f16) extra="--sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
+            videos=$(( workers > 8 ? workers : 8 ))  # (extract_many runs at most one worker per video)
+            [ "$v" = -best ] && { v=-$(best_variant); [ -z "$DRY" ] && echo "=== $s: fastest exact TV-L1 variant ${v#-}" >>"$LOG"; }
+            case $v in  # the TV-L1 variant
+              -fast) tv=fast ;;  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
+              -r48|-f32r48) extra="--sweep-maxnreg 48" ;;
+              -f16flat) extra="--sweep-layout flat --tvl1-state-dtype float16" ;;
+              -flat1) extra="--sweep-layout flat --sweep-ppt 1" ;;
+              -flat) extra="--sweep-layout flat" ;;  # (the flat kernel spills under a cap of 48)
+              -f16) extra="--sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
             esac
             # --only-many: the extract_many figure only (the cold single-video run cost ~35 s per step)
             step $s $limit $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
-            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos 8 --e2e-seconds $secs \
-            --video-workers 8 --only-many --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
+            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos $videos --e2e-seconds $secs \
+            --video-workers $workers --only-many --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

@@ -12,7 +12,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton profile "
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
-         "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 train").split()
+         "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
+         "e2e-flat-w4 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -33,7 +34,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tests-fast", "tvl1-variants", "tvl1-tail", "e2e-long"]
+    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long-best", "tests-fast", "e2e-long-best-w12"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
@@ -44,6 +45,9 @@ def test_unknown_steps_are_refused(tmp_path):
                    env=env, capture_output=True, text=True, timeout=60, check=True)
     log = (tmp_path / "session.log").read_text()
     assert log.count("unknown step") == 2, log
+    subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-long-wx", "e2e-long-best-w"], cwd=ROOT,
+                   env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert (tmp_path / "session.log").read_text().count("unknown step") == 4
 
 
 def test_every_step_uses_real_flags(tmp_path):
