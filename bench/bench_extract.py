@@ -93,6 +93,15 @@ def sweep_layout_in_use(cfg: ExtractConfig, device: torch.device) -> str | None:
     return tvl1_triton.SWEEP_LAYOUT
 
 
+def sweep_band_in_use() -> int | None:
+    """The Triton sweep's band size in pixels (None when the triton package is missing)."""
+    try:
+        from extractors import tvl1_triton
+    except ImportError:
+        return None
+    return tvl1_triton.SWEEP_BAND_PIXELS
+
+
 def sweep_ppt_in_use() -> int | None:
     """Pixels per thread of the Triton sweep (None when Triton is not installed)."""
     try:
@@ -187,10 +196,14 @@ def main() -> None:
     ap.add_argument("--tvl1-backend", default="auto", choices=list(TVL1_BACKENDS), help="TVL1Config.backend")
     ap.add_argument("--tvl1-state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
     ap.add_argument("--sweep-maxnreg", type=int, default=None, help="register cap of the Triton sweep (tvl1_triton.SWEEP_MAXNREG)")
-    ap.add_argument("--sweep-layout", default=None, choices=["rows", "flat"],
+    ap.add_argument("--sweep-layout", default=None, choices=["flat", "rows", "fused"],
                     help="band shape of the Triton sweep (tvl1_triton.SWEEP_LAYOUT)")
+    ap.add_argument("--sweep-align", type=int, default=None,
+                    help="row stride multiple of the Triton sweep, e.g. 16 (tvl1_triton.SWEEP_ROW_ALIGN)")
     ap.add_argument("--sweep-ppt", type=int, default=None, choices=[1, 2],
                     help="pixels per thread of the Triton sweep (tvl1_triton.SWEEP_PIXELS_PER_THREAD)")
+    ap.add_argument("--sweep-band", type=int, default=None,
+                    help="pixels per band of the Triton sweep, a power of 2 (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
@@ -200,12 +213,17 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    if args.sweep_maxnreg or args.sweep_layout or args.sweep_ppt:
+    if args.sweep_maxnreg or args.sweep_layout or args.sweep_ppt or args.sweep_band or args.sweep_align:
         from extractors import tvl1_triton
 
+        if args.sweep_band:
+            tvl1_triton.sweep_layout(224, args.sweep_band)  # validates
+            tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
         tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
         tvl1_triton.SWEEP_PIXELS_PER_THREAD = args.sweep_ppt or tvl1_triton.SWEEP_PIXELS_PER_THREAD
+        tvl1_triton.SWEEP_ROW_ALIGN = args.sweep_align or tvl1_triton.SWEEP_ROW_ALIGN
+        tvl1_triton.sweep_row_stride(224)  # validates
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
@@ -215,7 +233,8 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
               "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device),
-              "sweep_ppt": sweep_ppt_in_use()}
+              "sweep_ppt": sweep_ppt_in_use(), "sweep_band": sweep_band_in_use(),
+              "sweep_align": args.sweep_align}
     if args.only_many:
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)

@@ -133,8 +133,10 @@ def main() -> None:
                     help="backend triton: pixels per band of the sweep kernel (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--sweep-maxnreg", type=int, default=None,
                     help="backend triton: register cap of the sweep kernel (tvl1_triton.SWEEP_MAXNREG)")
-    ap.add_argument("--sweep-layout", default=None, choices=["rows", "flat"],
+    ap.add_argument("--sweep-layout", default=None, choices=["flat", "rows", "fused"],
                     help="backend triton: band shape of the sweep kernel (tvl1_triton.SWEEP_LAYOUT)")
+    ap.add_argument("--sweep-align", type=int, default=None,
+                    help="backend triton: row stride multiple of the sweep, e.g. 16 (tvl1_triton.SWEEP_ROW_ALIGN)")
     ap.add_argument("--state-dtype", default="float32", choices=list(STATE_DTYPES), help="TVL1Config.state_dtype")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--skip-opencv-speed", action="store_true", help="e.g. for GPU runs")
@@ -144,7 +146,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     cfg = TVL1Config(compile=True if args.compile else None, backend=args.backend, state_dtype=args.state_dtype)
-    if args.sweep_band or args.sweep_maxnreg or args.sweep_layout:
+    if args.sweep_band or args.sweep_maxnreg or args.sweep_layout or args.sweep_align:
         from extractors import tvl1_triton
 
         if args.sweep_band:
@@ -152,6 +154,8 @@ def main() -> None:
             tvl1_triton.SWEEP_BAND_PIXELS = args.sweep_band
         tvl1_triton.SWEEP_MAXNREG = args.sweep_maxnreg
         tvl1_triton.SWEEP_LAYOUT = args.sweep_layout or tvl1_triton.SWEEP_LAYOUT
+        tvl1_triton.SWEEP_ROW_ALIGN = args.sweep_align or tvl1_triton.SWEEP_ROW_ALIGN
+        tvl1_triton.sweep_row_stride(224)  # validates
     layout = None  # the Triton sweep's band layout in use
     if resolve_backend(cfg, args.device) == "triton":
         from extractors import tvl1_triton
@@ -167,6 +171,7 @@ def main() -> None:
         "sweep_band": args.sweep_band,
         "sweep_maxnreg": args.sweep_maxnreg,
         "sweep_layout": layout,
+        "sweep_align": args.sweep_align,
         "state_dtype": args.state_dtype,
         "size": args.size,
     }

@@ -3,7 +3,9 @@
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
-#          e2e[-long][-fast|-r48|-f16|-flat|-flat1|-f16flat|-best][-wN] train profile profile-triton
+#          e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16|-flat_a16_r48
+#                     |-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-wN] train
+#          profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
@@ -13,14 +15,15 @@
 set -u
 OUT=${1:-bench/out/gpu}
 shift || true
-# Default: one device call that answers the open goal (1,200 frames/s end to end): the TV-L1 sweep
-# variants timed against the float32 "rows" default in one process (flat band layout, one pixel per
-# thread, register cap, float16 state), then end to end on THUMOS-length videos with the fastest EXACT
-# (float32) variant (e2e-long-best: read from tvl1-variants' JSON), the GPU tests, and the same end to end
-# with 12 decoding workers on 12 videos (more TV-L1 batches in flight: the sweep is latency-bound, docs/tvl1.md).
-# Limits sum to 570 s of 600 with the setup. Other steps: e2e-long-flat, -f16flat, -r48, ..., a "-wN" suffix
-# sets the decoding workers and videos (default 8), tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
-STEPS=${*:-tvl1-variants e2e-long-best tests-fast e2e-long-best-w12}
+# Default: one device call on the open goal (1,200 frames/s end to end; the tenth session measured 1,063
+# with the flat layout, now the default, and 1,152-1,167 with float16 state, on the H200): the TV-L1 sweep
+# variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16 state,
+# rows padded to 16 floats with and without a register cap of 48, the "fused" one-barrier kernel), end to
+# end on THUMOS-length videos with the default (e2e-long) and with the fastest EXACT (float32) variant (e2e-long-best, read from tvl1-variants' JSON; skipped when that
+# is the default), then the GPU tests. Limits sum to 600 s with the setup. Other steps: e2e-long-flat1,
+# -f16flat, -rows, -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12
+# were slower than 8 on the H200); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+STEPS=${*:-tvl1-variants e2e-long e2e-long-best tests-fast}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -53,18 +56,19 @@ if [ -z "$DRY" ]; then
 fi
 
 best_variant() {  # the fastest float32 (exact) sweep variant in tvl1-variants' JSON, by the geometric mean of
-  # its bikes and synthetic pairs/s; f32 (the default) when that step did not run or failed
-  [ -n "$DRY" ] && { echo f32; return; }
-  $PY - "$OUT/tvl1_variants.json" <<'PYEOF' 2>>"$LOG" || echo f32
+  # its bikes and synthetic pairs/s; flat (the default) when that step did not run or failed
+  [ -n "$DRY" ] && { echo flat; return; }
+  $PY - "$OUT/tvl1_variants.json" <<'PYEOF' 2>>"$LOG" || echo flat
 import json, math, sys
 try:
     d = json.load(open(sys.argv[1]))
 except (OSError, ValueError):
-    print("f32"); sys.exit()
+    print("flat"); sys.exit()
 def score(name):
     rates = [sum(v) / len(v) for k, v in d.items() if k.startswith(f"pairs_per_s[{name}]") and v]
     return math.exp(sum(map(math.log, rates)) / len(rates)) if rates and min(rates) > 0 else 0.0
-print(max(["f32", "f32r48", "flat", "flat1"], key=score))
+print(max(["rows", "flat", "flat1", "flat256", "flat1024", "flat_a16", "flat_a16_r48", "fused_a16",
+           "fused_a16_r48", "fused1_a16_r40"], key=score))
 PYEOF
 }
 
@@ -108,32 +112,54 @@ for s in $STEPS; do
                 --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 0 --skip-opencv-speed \
                 --json "$OUT/tvl1_band$band.json"; done ;;
     tvl1-variants) step tvl1-variants 140 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
-            --json "$OUT/tvl1_variants.json" --variants f32=backend:triton f32r48=backend:triton,sweep_maxnreg:48 \
-            flat=backend:triton,sweep_layout:flat \
-            flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 f16flat=backend:triton,state_dtype:float16,sweep_layout:flat ;;
-            # (flat1: one pixel per thread, no layout conversions at odd widths; it replaced f16r48 = float16 +
-            # cap 48, which the e2e-f16 step still runs end to end)
+            --json "$OUT/tvl1_variants.json" --variants rows=backend:triton,sweep_layout:rows \
+            flat=backend:triton,sweep_layout:flat flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 \
+            f16flat=backend:triton,state_dtype:float16,sweep_layout:flat \
+            flat_a16=backend:triton,sweep_layout:flat,sweep_align:16 \
+            flat_a16_r48=backend:triton,sweep_layout:flat,sweep_align:16,sweep_maxnreg:48 \
+            fused_a16=backend:triton,sweep_layout:fused,sweep_align:16 \
+            fused_a16_r48=backend:triton,sweep_layout:fused,sweep_align:16,sweep_maxnreg:48 \
+            fused1_a16_r40=backend:triton,sweep_layout:fused,sweep_ppt:1,sweep_align:16,sweep_maxnreg:40 ;;
+            # (the _a16 variants pad rows to 16 floats so every load is aligned; ptxas' registers for each,
+            # bench/tvl1_sweep_registers.py: flat_a16 60 -> 48 under the cap with no spill, 5 programs/SM;
+            # fused_a16 62, 48 capped; fused1_a16 40. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
+            # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.97x / 0.94x of it
+            # on the H200 and left the list)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
-            --json "$OUT/tvl1_tail.json" --variants f32=backend:triton flat=backend:triton,sweep_layout:flat ;;
+            --json "$OUT/tvl1_tail.json" --variants rows=backend:triton,sweep_layout:rows flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
             # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)
     e2e|e2e-*) tv=default; extra=""; secs=30; limit=70; workers=8  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
             case $v in *-w[0-9]*) workers=${v##*-w}; v=${v%-w*} ;; esac  # "-wN": N decoding workers
-            case $v in ""|-fast|-r48|-f16flat|-flat|-flat1|-f16|-best) ;; *) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-flat_a16_r48\
+              |-fused_a16|-fused_a16_r48|-fused1_a16_r40) ;;
+              *) echo "unknown step $s" >>"$LOG"; continue ;; esac
             case $workers in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
             # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
             # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
             case $s in *-long*) secs=155; limit=120 ;; esac
             videos=$(( workers > 8 ? workers : 8 ))  # (extract_many runs at most one worker per video)
-            [ "$v" = -best ] && { v=-$(best_variant); [ -z "$DRY" ] && echo "=== $s: fastest exact TV-L1 variant ${v#-}" >>"$LOG"; }
-            case $v in  # the TV-L1 variant
+            if [ "$v" = -best ]; then
+              v=-$(best_variant); [ -z "$DRY" ] && echo "=== $s: fastest exact TV-L1 variant ${v#-}" >>"$LOG"
+              same=${s%-best*}${s#*-best}  # the same step with the default layout
+              if [ "$v" = -flat ] && [ -f "$OUT/$same.json" ]; then echo "=== $s: the default, as $same: skipped" >>"$LOG"; continue; fi
+            fi
+            case $v in  # the TV-L1 variant (default: float32 state, flat layout, 2 pixels per thread, bands of 512)
               -fast) tv=fast ;;  # TV-L1 at 1 scale / 1 warp / 5 iterations: the pipeline without its cost
-              -r48|-f32r48) extra="--sweep-maxnreg 48" ;;
+              -rows) extra="--sweep-layout rows" ;;
+              -r48) extra="--sweep-layout rows --sweep-maxnreg 48" ;;  # (the flat kernel spills under a cap of 48)
               -f16flat) extra="--sweep-layout flat --tvl1-state-dtype float16" ;;
               -flat1) extra="--sweep-layout flat --sweep-ppt 1" ;;
-              -flat) extra="--sweep-layout flat" ;;  # (the flat kernel spills under a cap of 48)
-              -f16) extra="--sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
+              -flat256) extra="--sweep-layout flat --sweep-band 256" ;;
+              -flat1024) extra="--sweep-layout flat --sweep-band 1024" ;;
+              -flat) extra="--sweep-layout flat" ;;
+              -flat_a16) extra="--sweep-layout flat --sweep-align 16" ;;
+              -flat_a16_r48) extra="--sweep-layout flat --sweep-align 16 --sweep-maxnreg 48" ;;
+              -fused_a16) extra="--sweep-layout fused --sweep-align 16" ;;
+              -fused_a16_r48) extra="--sweep-layout fused --sweep-align 16 --sweep-maxnreg 48" ;;
+              -fused1_a16_r40) extra="--sweep-layout fused --sweep-ppt 1 --sweep-align 16 --sweep-maxnreg 40" ;;
+              -f16) extra="--sweep-layout rows --sweep-maxnreg 48 --tvl1-state-dtype float16" ;;
             esac
             # --only-many: the extract_many figure only (the cold single-video run cost ~35 s per step)
             step $s $limit $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \

@@ -8,7 +8,7 @@ Prints torch.profiler's top kernels by device time for one ``tvl1_flow`` call (`
 counters (recompiles, graph breaks), the iterations actually run per pyramid level, and
 pairs/s for each variant named in ``--variants`` (``name=field:value,...`` over TVL1Config's fields and the
 sweep kernel's launch settings ``sweep_band`` / ``sweep_maxnreg`` / ``sweep_layout`` / ``sweep_ppt`` (pixels per
-thread)), timed in the same process.
+thread) / ``sweep_align`` (row stride multiple)), timed in the same process.
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ import extractors.tvl1 as T  # noqa: E402
 
 # Variant keys that are launch settings of the Triton sweep kernel, not TVL1Config fields.
 KNOBS = {"sweep_band": "SWEEP_BAND_PIXELS", "sweep_maxnreg": "SWEEP_MAXNREG", "sweep_layout": "SWEEP_LAYOUT",
-         "sweep_ppt": "SWEEP_PIXELS_PER_THREAD"}
+         "sweep_ppt": "SWEEP_PIXELS_PER_THREAD", "sweep_align": "SWEEP_ROW_ALIGN"}
 
 
 def parse_variant(spec: str) -> tuple[str, T.TVL1Config, dict]:

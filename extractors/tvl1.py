@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from functools import partial
 
 import torch
+import torch.nn.functional as F
 
 from extractors.tvl1_ops import (
     build_pyramid,
@@ -72,7 +73,8 @@ class TVL1Config:
     # gradient grad I1(x+u0) as float16; u, rho_c and all arithmetic stay float32. The Triton sweep then
     # moves 40 instead of 60 bytes per pixel and iteration. Accuracy kept (bench/study_tvl1_storage.py:
     # EPE 1.004x OpenCV's, same iteration counts); the flow moves 1.2-2.2x as much as OpenCV's and our float32
-    # flow differ (BENCHMARKS.md), so it is part of the feature hash. Opt-in until its speed-up is measured.
+    # flow differ (BENCHMARKS.md), so it is part of the feature hash. Opt-in: on the H200 it ran 1.08x the
+    # float32 end to end (1,152 vs 1,063 frames/s), too little to change the default features for.
 
     def __post_init__(self) -> None:
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}
@@ -244,6 +246,8 @@ class _Kernels:
     # (stack (B,3,H,W), u, i0, grad dtype) -> (i1w_grad, rho_c) fused (Triton); None: warp_bicubic +
     # linearized_residual_constant
     warp: object = None
+    # width -> row stride the persistent block wants (Triton flat sweeps: rows padded for aligned loads)
+    row_stride: object = None
 
 
 def _torch_median(core, u: torch.Tensor, ksize: int, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -258,12 +262,13 @@ def _kernels(use_compile: bool, backend: str = "torch") -> _Kernels:
     """The iteration and median kernels. The Triton backends use no torch.compile (no warm-up, thread-safe)."""
     global _COMPILED
     if backend in ("triton", "triton-grid"):  # imports triton only when asked for
-        from extractors.tvl1_triton import triton_block, triton_sweep_block
+        from extractors.tvl1_triton import sweep_row_stride, triton_block, triton_sweep_block
         from extractors.tvl1_triton_median import triton_median_filter
         from extractors.tvl1_triton_warp import triton_warp_linearize
 
         if backend == "triton":
-            return _Kernels(triton_sweep_block, triton_median_filter, True, persistent=True, warp=triton_warp_linearize)
+            return _Kernels(triton_sweep_block, triton_median_filter, True, persistent=True, warp=triton_warp_linearize,
+                            row_stride=sweep_row_stride)
         return _Kernels(triton_block, triton_median_filter, True, warp=triton_warp_linearize)
     if not use_compile:
         return _Kernels(masked_block, partial(_torch_median, median_of_shifts), False)
@@ -395,12 +400,26 @@ def _solve_warp_persistent(
     g, rho, inv = i1w_grad.contiguous(), rho_c.contiguous(), inv_grad_sq
     active = torch.ones(u.shape[0], dtype=torch.bool, device=u.device)
     lt, tt = cfg.lambda_ * cfg.theta, cfg.tau / cfg.theta
+    w = u.shape[-1]
+    stride = kernels.row_stride(w) if kernels.row_stride is not None else w
+    # Rows padded to the stride for the whole warp (copied in and out once: the sweep runs up to 300
+    # iterations in between); the median filter works on the unpadded view.
+    us, ps = u, p
+    if stride != w:
+        us, ps = F.pad(u, (0, stride - w)), F.pad(p, (0, stride - w))
+        g, rho = F.pad(g, (0, stride - w)), F.pad(rho, (0, stride - w))
     for outer in range(cfg.outer_iterations):
         if cfg.median_filtering > 1:  # not for pairs that have converged (OpenCV's outer loop test)
-            u.copy_(kernels.median(u, cfg.median_filtering, None if outer == 0 else active))
-        kernels.block(u, p, g, rho, inv, active, cfg.inner_iterations, cfg.epsilon**2, lt, cfg.theta, tt)
+            view = us[..., :w]
+            view.copy_(kernels.median(view if us is u else view.contiguous(), cfg.median_filtering,
+                                      None if outer == 0 else active))
+        kernels.block(us, ps, g, rho, inv, active, cfg.inner_iterations, cfg.epsilon**2, lt, cfg.theta, tt,
+                      **({} if us is u else {"width": w}))
         if outer + 1 < cfg.outer_iterations and not bool(active.any()):
-            return
+            break
+    if us is not u:
+        u.copy_(us[..., :w])
+        p.copy_(ps[..., :w])
 
 
 def _solve_scale(

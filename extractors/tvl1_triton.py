@@ -33,7 +33,8 @@ import triton.language as tl
 
 from extractors.tvl1 import _FLT_EPSILON
 
-__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "flat_sweep_layout", "BLOCK", "LAUNCH_LOCK"]
+__all__ = ["triton_block", "triton_sweep_block", "sweep_layout", "flat_sweep_layout", "sweep_row_stride", "BLOCK",
+           "LAUNCH_LOCK"]
 
 # Held around every launch of these kernels (microseconds: launches are asynchronous). Threads may
 # call TV-L1 concurrently (extractors.pipeline with video_workers); a kernel's first launch compiles
@@ -57,9 +58,10 @@ def _pixels(active_ptr, H, W, BLOCK_SIZE: tl.constexpr):
 
 
 @triton.jit
-def _div_p(pb, hw, offs, W, m, left, up):
-    """theta-free divergence of p at ``offs`` (both flow components), OpenCV's boundary: the field is zero
-    left of column 0 and above row 0 (``left``/``up`` mask those neighbours). p may be stored as float16."""
+def _p_loads(pb, hw, offs, W, m, left, up):
+    """p at ``offs`` with its left and upper neighbours, the divergence's inputs (float32; p may be stored
+    as float16). OpenCV's boundary: the field is zero left of column 0 and above row 0 (``left``/``up``
+    mask those neighbours)."""
     p00 = tl.load(pb + offs, mask=m, other=0.0).to(tl.float32)
     p00l = tl.load(pb + offs - 1, mask=left, other=0.0).to(tl.float32)
     p01 = tl.load(pb + hw + offs, mask=m, other=0.0).to(tl.float32)
@@ -68,24 +70,50 @@ def _div_p(pb, hw, offs, W, m, left, up):
     p10l = tl.load(pb + 2 * hw + offs - 1, mask=left, other=0.0).to(tl.float32)
     p11 = tl.load(pb + 3 * hw + offs, mask=m, other=0.0).to(tl.float32)
     p11u = tl.load(pb + 3 * hw + offs - W, mask=up, other=0.0).to(tl.float32)
+    return p00, p00l, p01, p01u, p10, p10l, p11, p11u
+
+
+@triton.jit
+def _div_from(p00, p00l, p01, p01u, p10, p10l, p11, p11u):
+    """theta-free divergence of p (both flow components) from :func:`_p_loads`' values (backward differences)."""
     return (p00 - p00l) + (p01 - p01u), (p10 - p10l) + (p11 - p11u)
 
 
 @triton.jit
+def _div_p(pb, hw, offs, W, m, left, up):
+    """theta-free divergence of p at ``offs`` (both flow components), OpenCV's boundary."""
+    p00, p00l, p01, p01u, p10, p10l, p11, p11u = _p_loads(pb, hw, offs, W, m, left, up)
+    return _div_from(p00, p00l, p01, p01u, p10, p10l, p11, p11u)
+
+
+@triton.jit
+def _dual_loads(ub, pb, hw, offs, W, m, right, down, c: tl.constexpr):
+    """Flow component c's dual-update inputs at ``offs``: u there, right of and below it, and p (float32)."""
+    uc = tl.load(ub + c * hw + offs, mask=m, other=0.0)
+    ur = tl.load(ub + c * hw + offs + 1, mask=right, other=0.0)
+    ud = tl.load(ub + c * hw + offs + W, mask=down, other=0.0)
+    px = tl.load(pb + (2 * c) * hw + offs, mask=m, other=0.0).to(tl.float32)
+    py = tl.load(pb + (2 * c + 1) * hw + offs, mask=m, other=0.0).to(tl.float32)
+    return uc, ur, ud, px, py
+
+
+@triton.jit
+def _dual_store(pb, hw, offs, m, right, down, tt, uc, ur, ud, px, py, c: tl.constexpr):
+    """Chambolle update of component c's p from the forward gradient of u (zero on the last column/row,
+    ``right``/``down`` false there), stored in place; the new p is rounded to p's dtype on store."""
+    gx = tl.where(right, ur - uc, 0.0)
+    gy = tl.where(down, ud - uc, 0.0)
+    scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
+    tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=m)
+    tl.store(pb + (2 * c + 1) * hw + offs, (py + tt * gy) * scale, mask=m)
+
+
+@triton.jit
 def _dual_update(ub, pb, hw, offs, W, m, right, down, tt):
-    """Chambolle update of p at ``offs`` from the forward gradient of u (zero on the last column/row,
-    ``right``/``down`` false there), in place; the new p is rounded to p's dtype on store."""
+    """Chambolle update of p at ``offs`` (both components), in place: :func:`_dual_loads` then :func:`_dual_store`."""
     for c in tl.static_range(2):
-        uc = tl.load(ub + c * hw + offs, mask=m, other=0.0)
-        ur = tl.load(ub + c * hw + offs + 1, mask=right, other=0.0)
-        ud = tl.load(ub + c * hw + offs + W, mask=down, other=0.0)
-        gx = tl.where(right, ur - uc, 0.0)
-        gy = tl.where(down, ud - uc, 0.0)
-        scale = 1.0 / (1.0 + tt * tl.sqrt(gx * gx + gy * gy))
-        px = tl.load(pb + (2 * c) * hw + offs, mask=m, other=0.0).to(tl.float32)
-        py = tl.load(pb + (2 * c + 1) * hw + offs, mask=m, other=0.0).to(tl.float32)
-        tl.store(pb + (2 * c) * hw + offs, (px + tt * gx) * scale, mask=m)
-        tl.store(pb + (2 * c + 1) * hw + offs, (py + tt * gy) * scale, mask=m)
+        uc, ur, ud, px, py = _dual_loads(ub, pb, hw, offs, W, m, right, down, c)
+        _dual_store(pb, hw, offs, m, right, down, tt, uc, ur, ud, px, py, c)
 
 
 @triton.jit
@@ -95,22 +123,36 @@ def _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw):
 
 
 @triton.jit
-def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, lt, theta):
-    """TH and u <- v + theta div p at ``offs``, in place; returns the pixels' stopping-error terms.
-    (g and p may be stored as float16; 1/|grad|^2 is recomputed as thresholding_step's inv_grad_sq.)"""
+def _primal_loads(ub, gb, rb, hw, offs, m):
+    """The thresholding step's inputs at ``offs``: u (2 planes), the warped gradient (2; may be float16) and rho_c."""
     u0 = tl.load(ub + offs, mask=m, other=0.0)
     u1 = tl.load(ub + hw + offs, mask=m, other=0.0)
     g0 = tl.load(gb + offs, mask=m, other=0.0).to(tl.float32)
     g1 = tl.load(gb + hw + offs, mask=m, other=0.0).to(tl.float32)
-    rho = tl.load(rb + offs, mask=m, other=0.0) + (g0 * u0 + g1 * u1)
+    rc = tl.load(rb + offs, mask=m, other=0.0)
+    return u0, u1, g0, g1, rc
+
+
+@triton.jit
+def _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta):
+    """TH, then u <- v + theta div p: the new u and the pixels' stopping-error terms.
+    (1/|grad|^2 is recomputed as thresholding_step's inv_grad_sq.)"""
+    rho = rc + (g0 * u0 + g1 * u1)
     inv = 1.0 / tl.maximum(g0 * g0 + g1 * g1, FLT_EPSILON)
     step = tl.minimum(tl.maximum(-rho * inv, -lt), lt)
-    div0, div1 = _div_p(pb, hw, offs, W, m, left, up)
     n0 = (u0 + step * g0) + theta * div0
     n1 = (u1 + step * g1) + theta * div1
     d0 = n0 - u0
     d1 = n1 - u1
-    e = tl.where(m, d0 * d0 + d1 * d1, 0.0)
+    return n0, n1, tl.where(m, d0 * d0 + d1 * d1, 0.0)
+
+
+@triton.jit
+def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, lt, theta):
+    """TH and u <- v + theta div p at ``offs``, in place; returns the pixels' stopping-error terms."""
+    u0, u1, g0, g1, rc = _primal_loads(ub, gb, rb, hw, offs, m)
+    div0, div1 = _div_p(pb, hw, offs, W, m, left, up)
+    n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta)
     tl.store(ub + offs, n0, mask=m)
     tl.store(ub + hw + offs, n1, mask=m)
     return e
@@ -238,8 +280,8 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
 
 
 @triton.jit
-def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt,
-                       BAND: tl.constexpr):
+def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt, S,
+                       BAND: tl.constexpr, PADDED: tl.constexpr):
     """``_sweep_kernel`` with bands of BAND consecutive pixels of the flattened image instead of whole rows.
 
     Every lane holds a pixel (whole-row bands leave the lanes past the width idle, padded to a power of
@@ -248,15 +290,21 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
     i-W; the dual at j reads u^{n+1} at j, j+1, j+W. Band k does primal(pixels kB..kB+B-1), barrier,
     dual(pixels kB-W..kB+B-1-W): their u neighbours are final, and the p they overwrite is read by no
     later primal (band k+1 reads p from (k+1)B-W on). The pixel's column (for the left/right borders)
-    is ``offs % W``: carrying it from band to band instead took more registers (63 vs 48 at 224 px,
-    from ptxas) and more instructions.
+    is ``offs % S``: carrying it from band to band instead took more registers (63 vs 48 at 224 px,
+    from ptxas) and more instructions. Rows are S >= W pixels apart (S = W, or W padded to a multiple of
+    16, ``SWEEP_ROW_ALIGN``: then every offset a thread reads is as aligned as its own pixel, so loads are
+    vectorised and no layout conversion is needed at any width); lanes on the padding do nothing.
+    PADDED is False when S == W: the kernel then uses W alone and no column mask (the compiler cannot
+    know that S == W, and the extra mask and offsets took 76 registers instead of 64 at 179 px).
     """
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
-        hw = H * W
+        if not PADDED:
+            S = W
+        hw = H * S  # the plane stride
         ub, pb, gb, rb = _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw)
         lane = tl.arange(0, BAND)
-        bands = (hw + W + BAND - 1) // BAND  # the dual runs W pixels behind the primal
+        bands = (hw + S + BAND - 1) // BAND  # the dual runs one row (S) behind the primal
         err = threshold
         n = 0
         go = n < steps
@@ -266,16 +314,81 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
             while k < bands:
                 # ---- primal on pixels k*BAND + lane
                 offs = k * BAND + lane
-                m = offs < hw
-                col = offs % W
-                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, m & (col > 0), m & (offs >= W), lt, theta)
+                col = offs % S
+                in_w = (col < W) if PADDED else True
+                m = (offs < hw) & in_w
+                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, S, m, m & (col > 0), m & (offs >= S), lt, theta)
                 tl.debug_barrier()
-                # ---- dual on the pixels one row (W) behind: same columns
-                doffs = offs - W
-                dm = (doffs >= 0) & (doffs < hw)
-                _dual_update(ub, pb, hw, doffs, W, dm, dm & (col < W - 1), dm & (doffs < hw - W), tt)
+                # ---- dual on the pixels one row (S) behind: same columns
+                doffs = offs - S
+                dm = (doffs >= 0) & (doffs < hw) & in_w
+                _dual_update(ub, pb, hw, doffs, S, dm, dm & (col < W - 1), dm & (doffs < hw - S), tt)
                 k += 1
             tl.debug_barrier()
+            err = tl.sum(acc, axis=0)
+            n += 1
+            go = (err > threshold) & (n < steps)
+        if n > 0:
+            tl.store(active_ptr + b, err > threshold)
+
+
+@triton.jit
+def _sweep_fused_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt, S,
+                         BAND: tl.constexpr, PADDED: tl.constexpr):
+    """``_sweep_flat_kernel`` with one memory round trip per band step instead of two.
+
+    In the flat sweep a band step is primal(band k), barrier, dual(the pixels one row behind): the dual
+    reads the u the primal just wrote, so its loads wait for the primal's loads, arithmetic, stores and
+    the barrier. Here the dual runs L = (BAND + S rounded up to a multiple of S, the row stride) pixels
+    behind the primal:
+    step k does primal(kB..kB+B-1) and dual(kB-L..kB+B-1-L), then one barrier. The dual's reads of u
+    (at j, j+1, j+S <= kB-1) were all written by earlier steps' primals (before a barrier), and none are
+    written in this step; the p it overwrites (<= kB-1-S) lies below what this step's and every later
+    primal reads (p from kB-S on), and earlier primals read it before a barrier. So nothing in a step
+    depends on anything else in it, and all its loads (13 values per pixel for the primal, 10 for the
+    dual) are issued before any arithmetic waits on one. L is a multiple of S, so the dual's pixels share
+    the primal's columns. Per pixel the arithmetic is the flat sweep's, in the same order: same flow.
+    The cost: more values live at once (registers), and ceil(L/B) more band steps per iteration.
+    """
+    b = tl.program_id(0)
+    if tl.load(active_ptr + b).to(tl.int32) != 0:
+        if not PADDED:
+            S = W
+        hw = H * S  # the plane stride (rows S >= W pixels apart, as in _sweep_flat_kernel)
+        ub, pb, gb, rb = _pair_planes(u_ptr, p_ptr, g_ptr, rho_ptr, b, hw)
+        lane = tl.arange(0, BAND)
+        lag = (BAND + S + S - 1) // S * S
+        bands = (hw + lag + BAND - 1) // BAND
+        err = threshold
+        n = 0
+        go = n < steps
+        while go:
+            acc = tl.zeros([BAND], dtype=tl.float32)
+            k = 0
+            while k < bands:
+                offs = k * BAND + lane
+                col = offs % S
+                in_w = (col < W) if PADDED else True
+                m = (offs < hw) & in_w
+                doffs = offs - lag
+                dm = (doffs >= 0) & (doffs < hw) & in_w
+                right = dm & (col < W - 1)
+                down = dm & (doffs < hw - S)
+                # every load of the step first
+                u0, u1, g0, g1, rc = _primal_loads(ub, gb, rb, hw, offs, m)
+                p00, p00l, p01, p01u, p10, p10l, p11, p11u = _p_loads(pb, hw, offs, S, m, m & (col > 0), m & (offs >= S))
+                a0, a1, a2, a3, a4 = _dual_loads(ub, pb, hw, doffs, S, dm, right, down, 0)
+                b0, b1, b2, b3, b4 = _dual_loads(ub, pb, hw, doffs, S, dm, right, down, 1)
+                # then the arithmetic and the stores
+                div0, div1 = _div_from(p00, p00l, p01, p01u, p10, p10l, p11, p11u)
+                n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta)
+                acc += e
+                tl.store(ub + offs, n0, mask=m)
+                tl.store(ub + hw + offs, n1, mask=m)
+                _dual_store(pb, hw, doffs, dm, right, down, tt, a0, a1, a2, a3, a4, 0)
+                _dual_store(pb, hw, doffs, dm, right, down, tt, b0, b1, b2, b3, b4, 1)
+                tl.debug_barrier()  # the next step's dual reads the u this step's primal wrote
+                k += 1
             err = tl.sum(acc, axis=0)
             n += 1
             go = (err > threshold) & (n < steps)
@@ -291,16 +404,41 @@ SWEEP_BAND_PIXELS = 512  # pixels per band (a power of 2), 2 per thread (at 4 pi
 # programs); capped at 48 those take 48 without spilling (5 programs) while 224 px rises to 48. Whether
 # that is faster is for the GPU benchmark to say (bench/gpu_session.sh step tvl1-variants).
 SWEEP_MAXNREG: int | None = None
-# Band shape: "rows" (bands of whole rows, the layout measured on the H100) or "flat" (bands of consecutive
-# pixels: every lane busy at every width, same results up to the order of the stopping error's sum;
-# not measured on a GPU yet: bench/gpu_session.sh step tvl1-variants times both).
-SWEEP_LAYOUT = "rows"
+# Band shape: "flat" (bands of 512 consecutive pixels: every lane busy at every pyramid width) or "rows"
+# (bands of whole rows padded to a power of 2, the layout measured on the H100 in the fourth session).
+# Same flow up to the order of the stopping error's sum. Flat is the default since the tenth session: on
+# the H200, in one process, 1.10x the rows layout's pairs/s on bikes.mp4 pairs and 1.09x on synthetic ones
+# (bench/results/gpu-2026-12-04/tvl1_variants.json), and the fastest exact variant end to end.
+# "fused" (opt-in, tenth session; not timed on a GPU yet): flat bands with the dual a band behind, so that a
+# band step's loads all go out at once (_sweep_fused_kernel); same flow as "flat".
+SWEEP_LAYOUT = "flat"
+SWEEP_LAYOUTS = ("flat", "rows", "fused")
+# Row stride of the flat and fused sweeps: W rounded up to a multiple of this (1: rows W apart, unpadded).
+# At 16, a launch tells the compiler the stride is divisible by 16, so the offsets one row up or down are as
+# aligned as the pixel's own, and the layout conversions (and their barriers) at widths not divisible by 16
+# disappear. ptxas for sm_90, float32 at 179 px (bench/tvl1_sweep_registers.py): flat 60 registers and 4
+# bar.sync instead of 64 (+4 B spilled) and 13, 48 with no spill under SWEEP_MAXNREG = 48 (5 programs per SM
+# instead of 4); fused 62 instead of 104. The loads stay scalar there (the column mask col < W is not
+# constant over 4 lanes). The lanes on the padding idle (7% at 179 px, 11% at 114). Opt-in until timed on
+# a GPU (bench/gpu_session.sh, step tvl1-variants); the flow is the same (tests/test_tvl1.py).
+SWEEP_ROW_ALIGN = 1
 # Pixels per thread in a band, both layouts (1 or 2; num_warps = band / (32 * this)). At 2, where W % 16 != 0 (four of the
 # pyramid's five widths) the compiled flat sweep stores u and p through a 1-pixel-per-thread layout:
 # 5 shared-memory conversions, 10 bar.sync per band step instead of 1 (read from its PTX for sm_90). At 1
-# it compiles with no conversion, 4 bar.sync in all and 40 registers (16 warps a program). Not measured
-# on a GPU yet: bench/gpu_session.sh step tvl1-variants times it (variant flat1).
+# it compiles with no conversion, 4 bar.sync in all and 40 registers (16 warps a program). On the H200
+# (flat layout): 1 pixel per thread ran bikes pairs 1.08x faster but synthetic pairs 0.91x and end to end
+# 0.94x (1,002 vs 1,063 frames/s), so 2 stays the default.
 SWEEP_PIXELS_PER_THREAD = 2
+
+
+def sweep_row_stride(width: int) -> int:
+    """Row stride (elements) the Triton sweep wants for images ``width`` pixels wide (``SWEEP_ROW_ALIGN``;
+    the rows layout pads inside its own bands and always takes ``width``)."""
+    if not isinstance(SWEEP_ROW_ALIGN, int) or SWEEP_ROW_ALIGN < 1:
+        raise ValueError(f"tvl1_triton.SWEEP_ROW_ALIGN must be a positive int, got {SWEEP_ROW_ALIGN!r}")
+    if SWEEP_LAYOUT == "rows":
+        return width
+    return -(-width // SWEEP_ROW_ALIGN) * SWEEP_ROW_ALIGN
 
 
 def _band(band_pixels: int | None) -> int:
@@ -346,27 +484,37 @@ def triton_sweep_block(
     lambda_theta: float,
     theta: float,
     tau_over_theta: float,
+    width: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Up to ``steps`` iterations per pair in one launch; same contract as :func:`extractors.tvl1.masked_block`.
 
     All tensors must be contiguous: u, p and ``active`` (bool) are updated in place and returned.
-    ``inv_grad_sq`` is not read: the kernel recomputes it from ``i1w_grad``.
+    ``inv_grad_sq`` is not read: the kernel recomputes it from ``i1w_grad``. ``width``: the image width
+    when the tensors' rows are padded (their last dimension is then the row stride, :func:`sweep_row_stride`;
+    the padding is neither read nor written); flat and fused layouts only.
     """
     for name, t in (("u", u), ("p", p), ("i1w_grad", i1w_grad), ("rho_c", rho_c), ("active", active)):
         if not t.is_contiguous():
             raise ValueError(f"triton_sweep_block: {name} must be contiguous")
     if p.numel() >= 2**31:
         raise ValueError(f"tvl1 triton backend: batch too large for 32-bit offsets ({tuple(p.shape)}); use smaller batches")
-    b, _, h, w = u.shape
-    if SWEEP_LAYOUT not in ("rows", "flat"):
-        raise ValueError(f"tvl1_triton.SWEEP_LAYOUT must be 'rows' or 'flat', got {SWEEP_LAYOUT!r}")
+    b, _, h, stride = u.shape
+    w = stride if width is None else width
+    if not 0 < w <= stride:
+        raise ValueError(f"triton_sweep_block: width {width} for rows of {stride}")
+    if SWEEP_LAYOUT not in SWEEP_LAYOUTS:
+        raise ValueError(f"tvl1_triton.SWEEP_LAYOUT must be one of {SWEEP_LAYOUTS}, got {SWEEP_LAYOUT!r}")
     # Scalars as Python floats: an int threshold (epsilon=0) would type the kernel's loop-carried error as
     # int32 and fail to compile.
     args = (u, p, i1w_grad, rho_c, active, h, w, steps, float(epsilon_sq * h * w), float(lambda_theta), float(theta),
             float(tau_over_theta))
-    if SWEEP_LAYOUT == "flat":
+    if SWEEP_LAYOUT in ("flat", "fused"):
         band, warps = flat_sweep_layout()
-        kernel, constexprs = _sweep_flat_kernel, {"BAND": band}
+        kernel = _sweep_flat_kernel if SWEEP_LAYOUT == "flat" else _sweep_fused_kernel
+        constexprs = {"BAND": band, "PADDED": stride != w}
+        args += (stride,)
+    elif stride != w:
+        raise ValueError("triton_sweep_block: padded rows need the flat or fused layout")
     else:
         rows, block_w, warps = sweep_layout(w)
         kernel, constexprs = _sweep_kernel, {"ROWS": rows, "BLOCK_W": block_w}

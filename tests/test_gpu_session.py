@@ -13,7 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton profile "
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
-         "e2e-flat-w4 train").split()
+         "e2e-flat-w4 e2e-long-flat_a16 e2e-long-flat_a16_r48 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
+         "e2e-long-fused1_a16_r40-w10 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -34,7 +35,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long-best", "tests-fast", "e2e-long-best-w12"]
+    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "tests-fast"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
@@ -81,6 +82,6 @@ def test_every_step_uses_real_flags(tmp_path):
             assert cfg.backend in ("torch", "triton", "triton-grid"), spec
             assert set(knobs) <= set(profile_tvl1.KNOBS.values()), spec
             if "SWEEP_LAYOUT" in knobs:
-                assert knobs["SWEEP_LAYOUT"] in ("rows", "flat"), spec
+                assert knobs["SWEEP_LAYOUT"] in ("rows", "flat", "fused"), spec
     finally:
         sys.path.remove(str(ROOT / "bench"))

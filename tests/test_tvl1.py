@@ -254,7 +254,7 @@ def test_bad_config_raises_value_error(kwargs):
 
 
 _TRITON_CHECK = """
-import json, torch
+import itertools, json, torch
 from extractors.tvl1 import TVL1Config, tvl1_flow
 g = torch.Generator().manual_seed(3)
 h, w = 36, 41  # not powers of 2: partial bands (sweep) and tiles (grid) at both levels
@@ -265,26 +265,36 @@ f0[2] = f1[2]  # an identical pair converges at once: exercises frozen/dropped p
 kw = dict(nscales=2, warps=2, inner_iterations=8, outer_iterations=2)
 dev = "cuda" if torch.cuda.is_available() else "cpu"
 from extractors import tvl1_triton
+default_layout = tvl1_triton.SWEEP_LAYOUT
 out, flows = {}, {}
 for state in ("float32", "float16"):  # float16: p and the warped gradient stored as float16
     ref = tvl1_flow(f0, f1, TVL1Config(compile=False, state_dtype=state, **kw))
     out[f"flow_mean_{state}"] = ref[:2].abs().mean().item()
-    for backend in ("triton", "triton-grid", "triton-flat"):  # triton-flat: the sweep's "flat" band layout
-        tvl1_triton.SWEEP_LAYOUT = "flat" if backend == "triton-flat" else "rows"
-        got = tvl1_flow(f0.to(dev), f1.to(dev), TVL1Config(compile=False, backend=backend.replace("-flat", ""),
-                                                           check_every=3, state_dtype=state, **kw)).cpu()
+    # name -> (backend, sweep layout, row alignment): "triton" with the sweep's rows layout, the grid
+    # backend, the flat and fused sweeps, and those with rows padded to a multiple of 16 (41 -> 48 px)
+    for backend, (be, layout, align) in {"triton": ("triton", "rows", 1), "triton-grid": ("triton-grid", "rows", 1),
+                                         "triton-flat": ("triton", "flat", 1), "triton-fused": ("triton", "fused", 1),
+                                         "triton-flat-a16": ("triton", "flat", 16),
+                                         "triton-fused-a16": ("triton", "fused", 16)}.items():
+        tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_ROW_ALIGN = layout, align
+        got = tvl1_flow(f0.to(dev), f1.to(dev), TVL1Config(compile=False, backend=be, check_every=3, state_dtype=state,
+                                                           **kw)).cpu()
         epe = (got - ref).pow(2).sum(1).sqrt()
         out[f"{backend}_{state}"] = {"epe_mean": epe.mean().item(), "epe_max": epe.max().item(),
                                      "identical_pair_max": got[2].abs().max().item()}
         flows[backend] = got
-    tvl1_triton.SWEEP_LAYOUT = "rows"
+    tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_ROW_ALIGN = default_layout, 1
     out[f"flat_vs_rows_{state}"] = (flows["triton-flat"] - flows["triton"]).abs().max().item()
-# The flat layout's band arithmetic at widths wider than, equal to and dividing a (64-pixel) band, and
-# images smaller than one band: one sweep launch vs the torch iterations.
+    out[f"fused_padded_vs_flat_{state}"] = max((flows[k] - flows["triton-flat"]).abs().max().item()
+                                               for k in ("triton-fused", "triton-flat-a16", "triton-fused-a16"))
+# The flat and fused layouts' band arithmetic at widths wider than, equal to and dividing a (64-pixel)
+# band, and images smaller than one band, with and without padded rows: one sweep launch vs the torch
+# iterations, and the padding left untouched.
 from extractors.tvl1 import _FLT_EPSILON, masked_block
-tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_BAND_PIXELS = "flat", 64
-worst = 0.0
-for sh, sw in ((2, 150), (3, 64), (5, 32), (4, 65), (9, 3)):
+tvl1_triton.SWEEP_BAND_PIXELS = 64
+worst = pad_touched = 0.0
+for (sh, sw), layout, align in itertools.product(((2, 150), (3, 64), (5, 32), (4, 65), (9, 3)), ("flat", "fused"), (1, 16)):
+    tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_ROW_ALIGN = layout, align
     gen = torch.Generator().manual_seed(sh * sw)
     u = torch.randn(2, 2, sh, sw, generator=gen).to(dev)
     p = (torch.randn(2, 2, 2, sh, sw, generator=gen) * 0.1).to(dev)
@@ -294,10 +304,17 @@ for sh, sw in ((2, 150), (3, 64), (5, 32), (4, 65), (9, 3)):
     act = torch.tensor([True, True], device=dev)
     consts = (0.01**2, 0.045, 0.3, 0.25 / 0.3)
     ru, rp, ra = masked_block(u.clone(), p.clone(), gr, rh, inv, act.clone(), 6, *consts)
-    su, sp, sa = tvl1_triton.triton_sweep_block(u.clone(), p.clone(), gr, rh, None, act.clone(), 6, *consts)
-    worst = max(worst, (su - ru).abs().max().item(), (sp - rp).abs().max().item(), float((sa != ra).any()))
-tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_BAND_PIXELS = "rows", 512
+    stride = tvl1_triton.sweep_row_stride(sw)
+    pad = lambda t: torch.nn.functional.pad(t, (0, stride - sw), value=7.0)  # noqa: E731 (7: not read, not written)
+    su, sp, sa = tvl1_triton.triton_sweep_block(pad(u), pad(p), pad(gr), pad(rh), None, act.clone(), 6, *consts,
+                                                width=sw)
+    worst = max(worst, (su[..., :sw] - ru).abs().max().item(), (sp[..., :sw] - rp).abs().max().item(),
+                float((sa != ra).any()))
+    pad_touched = max(pad_touched, (su[..., sw:] - 7).abs().max().item() if stride > sw else 0.0,
+                      (sp[..., sw:] - 7).abs().max().item() if stride > sw else 0.0)
+tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_BAND_PIXELS, tvl1_triton.SWEEP_ROW_ALIGN = default_layout, 512, 1
 out["flat_small_bands_max_diff"] = worst
+out["padding_touched"] = pad_touched
 from extractors.tvl1_ops import median_filter
 from extractors.tvl1_triton_median import triton_median_filter
 u = torch.randn(3, 2, 17, 23, generator=g).to(dev)
@@ -354,7 +371,7 @@ def test_triton_backends_match_torch():
     res = json.loads(r.stdout.strip().splitlines()[-1])
     for state in ("float32", "float16"):
         assert res[f"flow_mean_{state}"] > 0.2, res
-        for backend in ("triton", "triton-grid", "triton-flat"):
+        for backend in ("triton", "triton-grid", "triton-flat", "triton-fused", "triton-flat-a16", "triton-fused-a16"):
             r_ = res[f"{backend}_{state}"]
             # float16: a float32 rounding difference can flip a stored value by one float16 ulp
             # (measured: mean 7e-5 px, max 0.013 px at this size)
@@ -364,7 +381,10 @@ def test_triton_backends_match_torch():
         # order differs, which moves a stop only when the error lies within rounding of the threshold
         # (not the case for these pairs in the interpreter; on a GPU, FMA contraction may differ too).
         assert res[f"flat_vs_rows_{state}"] < (1e-2 if torch.cuda.is_available() else 1e-6), res
+        # fused steps and padded rows: the flat layout's arithmetic and summation order, so the same flow
+        assert res[f"fused_padded_vs_flat_{state}"] < (1e-2 if torch.cuda.is_available() else 1e-12), res
     assert res["flat_small_bands_max_diff"] < 1e-4, res  # (and the same active flags)
+    assert res["padding_touched"] == 0.0, res
     assert res["median3_equal"] and res["median5_equal"], res  # bit-exact, converged pairs untouched
     # The fused warp + linearisation: bit-exact in the interpreter (the GPU may contract into FMAs).
     assert res["warp_grad_diff"] < 1e-3 and res["warp_rho_diff"] < 1e-2, res
@@ -417,6 +437,12 @@ def test_triton_kernels_compile_for_h100(tmp_path, monkeypatch):
         # flat1: one pixel per thread (16 warps), no layout conversions at odd widths
         ("flat1", 224, "*fp32", None): (40, 0), ("flat1", 179, "*fp32", None): (40, 0),
         ("flat1", 179, "*fp16", None): (40, 0),
+        # _a16: rows padded to a multiple of 16 (SWEEP_ROW_ALIGN): aligned at every width, 48 under a cap of 48
+        ("flat_a16", 179, "*fp32", None): (60, 0), ("flat_a16", 179, "*fp32", 48): (48, 0),
+        ("flat_a16", 179, "*fp16", 48): (48, 0),
+        # fused: a band step's loads all issued at once (more registers live)
+        ("fused", 224, "*fp32", None): (62, 0), ("fused_a16", 179, "*fp32", None): (62, 0),
+        ("fused1_a16", 179, "*fp32", 40): (40, 0),
     }
     bar_syncs = {}
     kernels = []
@@ -425,12 +451,16 @@ def test_triton_kernels_compile_for_h100(tmp_path, monkeypatch):
             rows, block_w, warps = T.sweep_layout(width)
             fn, extra, constexprs = T._sweep_kernel, {"ROWS": "constexpr", "BLOCK_W": "constexpr"}, {"ROWS": rows, "BLOCK_W": block_w}
         else:
-            monkeypatch.setattr(T, "SWEEP_PIXELS_PER_THREAD", 1 if layout == "flat1" else 2)
+            monkeypatch.setattr(T, "SWEEP_PIXELS_PER_THREAD", 1 if layout.split("_")[0].endswith("1") else 2)
             band, warps = T.flat_sweep_layout()
-            fn, extra, constexprs = T._sweep_flat_kernel, {"BAND": "constexpr"}, {"BAND": band}
+            stride = -(-width // 16) * 16 if layout.endswith("_a16") else width
+            fn = T._sweep_fused_kernel if layout.startswith("fused") else T._sweep_flat_kernel
+            extra = {"S": "i32", "BAND": "constexpr", "PADDED": "constexpr"}
+            constexprs = {"BAND": band, "PADDED": stride != width}
         kernels.append((fn, {**sweep, **({} if st == "*fp32" else half), **extra}, constexprs,
                         {"num_warps": warps, "num_stages": 1, **({"maxnreg": cap} if cap else {})},
-                        {"H": width, "W": width, "steps": 30}, (layout, width, st, cap)))
+                        {"H": width, "W": width, "steps": 30, **({} if layout == "rows" else {"S": stride})},
+                        (layout, width, st, cap)))
     kernels += [
         (T._primal_kernel, {"u_ptr": "*fp32", "p_ptr": st, "g_ptr": st, "rho_ptr": "*fp32", "inv_ptr": "*fp32",
                             "active_ptr": "*i1", "err_ptr": "*fp32", **scalars, "lt": "fp32", "theta": "fp32",
@@ -476,6 +506,8 @@ def test_triton_kernels_compile_for_h100(tmp_path, monkeypatch):
     # At 2 pixels per thread and a width not divisible by 16 the flat sweep stores u and p through layout
     # conversions (13 bar.sync in its PTX vs 4); at 1 pixel per thread there are none.
     assert bar_syncs[("flat", 179, "*fp32", None)] > bar_syncs[("flat1", 179, "*fp32", None)] == 4, bar_syncs
+    # ... nor with rows padded to a multiple of 16, at 2 pixels per thread too
+    assert bar_syncs[("flat_a16", 179, "*fp32", None)] == bar_syncs[("fused_a16", 179, "*fp32", None)] == 4, bar_syncs
 
 
 def _launch_attrs(signature: dict, ints: dict) -> dict:
@@ -523,6 +555,26 @@ def test_flat_sweep_layout_and_knob(monkeypatch):
                            1, 1e-4, 0.045, 0.3, 0.83)
 
 
+def test_sweep_row_stride_and_padded_launch_checks(monkeypatch):
+    from extractors import tvl1_triton
+    from extractors.tvl1_triton import sweep_row_stride, triton_sweep_block
+
+    assert tvl1_triton.SWEEP_ROW_ALIGN == 1 and sweep_row_stride(179) == 179  # off by default (not timed yet)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_ROW_ALIGN", 16)
+    assert [sweep_row_stride(w) for w in (224, 179, 143, 114, 91, 3)] == [224, 192, 144, 128, 96, 16]
+    monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", "rows")  # pads inside its own bands
+    assert sweep_row_stride(179) == 179
+    monkeypatch.setattr(tvl1_triton, "SWEEP_ROW_ALIGN", 0)
+    with pytest.raises(ValueError, match="SWEEP_ROW_ALIGN"):
+        sweep_row_stride(179)
+    u, p, a = torch.zeros(1, 2, 4, 16), torch.zeros(1, 2, 2, 4, 16), torch.ones(1, dtype=torch.bool)
+    with pytest.raises(ValueError, match="flat or fused"):  # rows layout, padded rows
+        triton_sweep_block(u, p, u, u[:, :1], None, a, 1, 1e-4, 0.045, 0.3, 0.83, width=13)
+    monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", "fused")
+    with pytest.raises(ValueError, match="width 17 for rows of 16"):
+        triton_sweep_block(u, p, u, u[:, :1], None, a, 1, 1e-4, 0.045, 0.3, 0.83, width=17)
+
+
 def test_sweep_scalars_reach_the_kernel_as_floats(monkeypatch):
     """Triton types a Python int as i32: an int threshold (TVL1Config(epsilon=0)) made the kernel's
     loop-carried error int32 and failed to compile on the GPU (the interpreter does not care)."""
@@ -535,10 +587,14 @@ def test_sweep_scalars_reach_the_kernel_as_floats(monkeypatch):
             return lambda *args, **kw: seen.append(args)
 
     monkeypatch.setattr(tvl1_triton, "_sweep_kernel", Capture())
+    monkeypatch.setattr(tvl1_triton, "_sweep_flat_kernel", Capture())
     u = torch.zeros(1, 2, 4, 4)
-    tvl1_triton.triton_sweep_block(u, torch.zeros(1, 2, 2, 4, 4), u, u[:, :1], None, torch.ones(1, dtype=torch.bool),
-                                   1, 0, 1, 1, 1)
-    assert all(isinstance(a, float) for a in seen[0][8:]), seen
+    for layout in ("rows", "flat"):  # (the fused kernel takes the flat one's arguments)
+        monkeypatch.setattr(tvl1_triton, "SWEEP_LAYOUT", layout)
+        tvl1_triton.triton_sweep_block(u, torch.zeros(1, 2, 2, 4, 4), u, u[:, :1], None,
+                                       torch.ones(1, dtype=torch.bool), 1, 0, 1, 1, 1)
+    # (threshold, lambda*theta, theta, tau/theta; the flat kernel's row stride follows, an int)
+    assert len(seen) == 2 and all(isinstance(a, float) for args in seen for a in args[8:12]), seen
 
 
 def test_backend_is_validated(monkeypatch):
