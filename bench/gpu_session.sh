@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
-#          e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16|-flat_a16_r48
+#          e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16|-f16flat_a16
 #                     |-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-wN] train
 #          profile profile-triton
 #
@@ -18,7 +18,7 @@ shift || true
 # Default: one device call on the open goal (1,200 frames/s end to end; the tenth session measured 1,063
 # with the flat layout, now the default, and 1,152-1,167 with float16 state, on the H200): the TV-L1 sweep
 # variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16 state,
-# rows padded to 16 floats with and without a register cap of 48, the "fused" one-barrier kernel), end to
+# rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), end to
 # end on THUMOS-length videos with the default (e2e-long) and with the fastest EXACT (float32) variant (e2e-long-best, read from tvl1-variants' JSON; skipped when that
 # is the default), then the GPU tests. Limits sum to 600 s with the setup. Other steps: e2e-long-flat1,
 # -f16flat, -rows, -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12
@@ -67,8 +67,8 @@ except (OSError, ValueError):
 def score(name):
     rates = [sum(v) / len(v) for k, v in d.items() if k.startswith(f"pairs_per_s[{name}]") and v]
     return math.exp(sum(map(math.log, rates)) / len(rates)) if rates and min(rates) > 0 else 0.0
-print(max(["rows", "flat", "flat1", "flat256", "flat1024", "flat_a16", "flat_a16_r48", "fused_a16",
-           "fused_a16_r48", "fused1_a16_r40"], key=score))
+print(max(["rows", "flat", "flat1", "flat256", "flat1024", "flat_a16", "fused_a16", "fused_a16_r48",
+           "fused1_a16_r40"], key=score))
 PYEOF
 }
 
@@ -116,13 +116,14 @@ for s in $STEPS; do
             flat=backend:triton,sweep_layout:flat flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 \
             f16flat=backend:triton,state_dtype:float16,sweep_layout:flat \
             flat_a16=backend:triton,sweep_layout:flat,sweep_align:16 \
-            flat_a16_r48=backend:triton,sweep_layout:flat,sweep_align:16,sweep_maxnreg:48 \
             fused_a16=backend:triton,sweep_layout:fused,sweep_align:16 \
             fused_a16_r48=backend:triton,sweep_layout:fused,sweep_align:16,sweep_maxnreg:48 \
-            fused1_a16_r40=backend:triton,sweep_layout:fused,sweep_ppt:1,sweep_align:16,sweep_maxnreg:40 ;;
-            # (the _a16 variants pad rows to 16 floats so every load is aligned; ptxas' registers for each,
-            # bench/tvl1_sweep_registers.py: flat_a16 60 -> 48 under the cap with no spill, 5 programs/SM;
-            # fused_a16 62, 48 capped; fused1_a16 40. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
+            fused1_a16_r40=backend:triton,sweep_layout:fused,sweep_ppt:1,sweep_align:16,sweep_maxnreg:40 \
+            f16flat_a16=backend:triton,state_dtype:float16,sweep_layout:flat,sweep_align:16 ;;
+            # (the _a16 variants pad rows to 16 floats: at every pyramid width the sweep then compiles as at
+            # 224 px, vectorised loads and 4 bar.sync; ptxas (bench/tvl1_sweep_registers.py): flat_a16 48
+            # registers, 5 programs/SM (unpadded: 64, 4); fused_a16 62, 48 capped, no spill; fused1_a16 40
+            # capped, 3 programs of 16 warps. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
             # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.97x / 0.94x of it
             # on the H200 and left the list)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
@@ -132,7 +133,7 @@ for s in $STEPS; do
     e2e|e2e-*) tv=default; extra=""; secs=30; limit=70; workers=8  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
             case $v in *-w[0-9]*) workers=${v##*-w}; v=${v%-w*} ;; esac  # "-wN": N decoding workers
-            case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-flat_a16_r48\
+            case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-f16flat_a16\
               |-fused_a16|-fused_a16_r48|-fused1_a16_r40) ;;
               *) echo "unknown step $s" >>"$LOG"; continue ;; esac
             case $workers in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
@@ -155,7 +156,7 @@ for s in $STEPS; do
               -flat1024) extra="--sweep-layout flat --sweep-band 1024" ;;
               -flat) extra="--sweep-layout flat" ;;
               -flat_a16) extra="--sweep-layout flat --sweep-align 16" ;;
-              -flat_a16_r48) extra="--sweep-layout flat --sweep-align 16 --sweep-maxnreg 48" ;;
+              -f16flat_a16) extra="--sweep-layout flat --sweep-align 16 --tvl1-state-dtype float16" ;;
               -fused_a16) extra="--sweep-layout fused --sweep-align 16" ;;
               -fused_a16_r48) extra="--sweep-layout fused --sweep-align 16 --sweep-maxnreg 48" ;;
               -fused1_a16_r40) extra="--sweep-layout fused --sweep-ppt 1 --sweep-align 16 --sweep-maxnreg 40" ;;

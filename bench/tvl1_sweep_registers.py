@@ -25,7 +25,7 @@ VARIANTS = {  # name -> (layout, pixels per thread, register cap, row alignment 
     "flat1": ("flat", 1, None, 1), "flat_a16": ("flat", 2, None, 16), "fused": ("fused", 2, None, 1),
     "fused1": ("fused", 1, None, 1), "fused_a16": ("fused", 2, None, 16), "fused1_a16": ("fused", 1, None, 16),
     # the capped variants bench/gpu_session.sh times (tvl1-variants)
-    "flat_a16_r48": ("flat", 2, 48, 16), "fused_a16_r48": ("fused", 2, 48, 16), "fused1_a16_r40": ("fused", 1, 40, 16),
+    "fused_a16_r48": ("fused", 2, 48, 16), "fused1_a16_r40": ("fused", 1, 40, 16),
 }
 
 

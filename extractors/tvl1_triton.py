@@ -148,11 +148,12 @@ def _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta):
 
 
 @triton.jit
-def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, lt, theta):
-    """TH and u <- v + theta div p at ``offs``, in place; returns the pixels' stopping-error terms."""
+def _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, left, up, em, lt, theta):
+    """TH and u <- v + theta div p at ``offs``, in place; returns the stopping-error terms of the pixels in
+    ``em`` (the image's; ``m`` may include padding columns)."""
     u0, u1, g0, g1, rc = _primal_loads(ub, gb, rb, hw, offs, m)
     div0, div1 = _div_p(pb, hw, offs, W, m, left, up)
-    n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta)
+    n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, em, lt, theta)
     tl.store(ub + offs, n0, mask=m)
     tl.store(ub + hw + offs, n1, mask=m)
     return e
@@ -263,7 +264,7 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
                 row = k * ROWS + r
                 m = (row < H) & in_w
                 offs = row * W + col
-                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, m & (col > 0), m & (row > 0), lt, theta)
+                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, W, m, m & (col > 0), m & (row > 0), m, lt, theta)
                 tl.debug_barrier()
                 # ---- dual on rows k*ROWS - 1 + r: forward gradient of u^{n+1}, Chambolle update of p
                 drow = row - 1
@@ -292,10 +293,15 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
     later primal (band k+1 reads p from (k+1)B-W on). The pixel's column (for the left/right borders)
     is ``offs % S``: carrying it from band to band instead took more registers (63 vs 48 at 224 px,
     from ptxas) and more instructions. Rows are S >= W pixels apart (S = W, or W padded to a multiple of
-    16, ``SWEEP_ROW_ALIGN``: then every offset a thread reads is as aligned as its own pixel, so loads are
-    vectorised and no layout conversion is needed at any width); lanes on the padding do nothing.
-    PADDED is False when S == W: the kernel then uses W alone and no column mask (the compiler cannot
-    know that S == W, and the extra mask and offsets took 76 registers instead of 64 at 179 px).
+    16, ``SWEEP_ROW_ALIGN``: then the offsets one row up or down are as aligned as the pixel's own and
+    no layout conversion is needed at any width). The padding columns are updated like pixels but are
+    never read by one: a pixel reads its left/right neighbour only inside the image (``col > 0``,
+    ``col < W - 1``) and otherwise its own column, so the padding's values (whatever they are: the
+    caller's zeros, then whatever the updates make of them) never reach the image, and the stopping error
+    counts image pixels only. Masking the padding out instead would make the loads' masks vary within
+    groups of 4 lanes, so the compiler could not vectorise them.
+    PADDED is False when S == W: the kernel then uses W alone (the compiler cannot know that S == W, and
+    the extra offsets took more registers).
     """
     b = tl.program_id(0)
     if tl.load(active_ptr + b).to(tl.int32) != 0:
@@ -315,13 +321,13 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
                 # ---- primal on pixels k*BAND + lane
                 offs = k * BAND + lane
                 col = offs % S
-                in_w = (col < W) if PADDED else True
-                m = (offs < hw) & in_w
-                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, S, m, m & (col > 0), m & (offs >= S), lt, theta)
+                m = offs < hw  # padding columns included (see the docstring)
+                em = (m & (col < W)) if PADDED else m
+                acc += _sweep_primal(ub, pb, gb, rb, hw, offs, S, m, m & (col > 0), m & (offs >= S), em, lt, theta)
                 tl.debug_barrier()
                 # ---- dual on the pixels one row (S) behind: same columns
                 doffs = offs - S
-                dm = (doffs >= 0) & (doffs < hw) & in_w
+                dm = (doffs >= 0) & (doffs < hw)
                 _dual_update(ub, pb, hw, doffs, S, dm, dm & (col < W - 1), dm & (doffs < hw - S), tt)
                 k += 1
             tl.debug_barrier()
@@ -368,10 +374,10 @@ def _sweep_fused_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, t
             while k < bands:
                 offs = k * BAND + lane
                 col = offs % S
-                in_w = (col < W) if PADDED else True
-                m = (offs < hw) & in_w
+                m = offs < hw  # padding columns included (see _sweep_flat_kernel)
+                em = (m & (col < W)) if PADDED else m
                 doffs = offs - lag
-                dm = (doffs >= 0) & (doffs < hw) & in_w
+                dm = (doffs >= 0) & (doffs < hw)
                 right = dm & (col < W - 1)
                 down = dm & (doffs < hw - S)
                 # every load of the step first
@@ -381,7 +387,7 @@ def _sweep_fused_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, t
                 b0, b1, b2, b3, b4 = _dual_loads(ub, pb, hw, doffs, S, dm, right, down, 1)
                 # then the arithmetic and the stores
                 div0, div1 = _div_from(p00, p00l, p01, p01u, p10, p10l, p11, p11u)
-                n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, m, lt, theta)
+                n0, n1, e = _primal_from(u0, u1, g0, g1, rc, div0, div1, em, lt, theta)
                 acc += e
                 tl.store(ub + offs, n0, mask=m)
                 tl.store(ub + hw + offs, n1, mask=m)
@@ -416,11 +422,10 @@ SWEEP_LAYOUTS = ("flat", "rows", "fused")
 # Row stride of the flat and fused sweeps: W rounded up to a multiple of this (1: rows W apart, unpadded).
 # At 16, a launch tells the compiler the stride is divisible by 16, so the offsets one row up or down are as
 # aligned as the pixel's own, and the layout conversions (and their barriers) at widths not divisible by 16
-# disappear. ptxas for sm_90, float32 at 179 px (bench/tvl1_sweep_registers.py): flat 60 registers and 4
-# bar.sync instead of 64 (+4 B spilled) and 13, 48 with no spill under SWEEP_MAXNREG = 48 (5 programs per SM
-# instead of 4); fused 62 instead of 104. The loads stay scalar there (the column mask col < W is not
-# constant over 4 lanes). The lanes on the padding idle (7% at 179 px, 11% at 114). Opt-in until timed on
-# a GPU (bench/gpu_session.sh, step tvl1-variants); the flow is the same (tests/test_tvl1.py).
+# disappear. ptxas for sm_90 at 179 px: see docs/tvl1.md ("Aligned rows") and bench/tvl1_sweep_registers.py.
+# The lanes on the padding (7% at 179 px, 11% at 114) compute values no pixel reads (so that the masks
+# stay constant over aligned groups of lanes and the loads vectorise). Opt-in until timed on a GPU
+# (bench/gpu_session.sh, step tvl1-variants); the flow is the same (tests/test_tvl1.py).
 SWEEP_ROW_ALIGN = 1
 # Pixels per thread in a band, both layouts (1 or 2; num_warps = band / (32 * this)). At 2, where W % 16 != 0 (four of the
 # pyramid's five widths) the compiled flat sweep stores u and p through a 1-pixel-per-thread layout:
@@ -491,7 +496,8 @@ def triton_sweep_block(
     All tensors must be contiguous: u, p and ``active`` (bool) are updated in place and returned.
     ``inv_grad_sq`` is not read: the kernel recomputes it from ``i1w_grad``. ``width``: the image width
     when the tensors' rows are padded (their last dimension is then the row stride, :func:`sweep_row_stride`;
-    the padding is neither read nor written); flat and fused layouts only.
+    the padding's values never reach the image's pixels, and the kernel overwrites them); flat and fused
+    layouts only.
     """
     for name, t in (("u", u), ("p", p), ("i1w_grad", i1w_grad), ("rho_c", rho_c), ("active", active)):
         if not t.is_contiguous():
