@@ -25,7 +25,8 @@ apt_install() {
 
 apt_candidate() {  # apt_candidate NAME...: the first package apt can install (names differ per distro; apt_update first)
   for pkg in "$@"; do
-    if LC_ALL=C apt-cache policy "$pkg" 2>/dev/null | grep -q 'Candidate: [^(]'; then echo "$pkg"; return 0; fi
+    # (not grep -q: it exits at the first match, apt-cache dies of SIGPIPE and pipefail fails the test)
+    if LC_ALL=C apt-cache policy "$pkg" 2>/dev/null | grep 'Candidate: [^(]' >/dev/null; then echo "$pkg"; return 0; fi
   done
   return 1
 }
