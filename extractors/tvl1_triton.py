@@ -281,6 +281,16 @@ def _sweep_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, thresho
 
 
 @triton.jit
+def _flat_band(k, lane, BAND: tl.constexpr, hw, S, W, PADDED: tl.constexpr):
+    """Band k of a flat sweep: pixel offsets, columns, the mask of the plane (padding columns included:
+    they are computed, never read, see _sweep_flat_kernel) and that of the image's pixels (stopping error)."""
+    offs = k * BAND + lane
+    col = offs % S
+    m = offs < hw
+    return offs, col, m, (m & (col < W)) if PADDED else m
+
+
+@triton.jit
 def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, threshold, lt, theta, tt, S,
                        BAND: tl.constexpr, PADDED: tl.constexpr):
     """``_sweep_kernel`` with bands of BAND consecutive pixels of the flattened image instead of whole rows.
@@ -319,10 +329,7 @@ def _sweep_flat_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, th
             k = 0
             while k < bands:
                 # ---- primal on pixels k*BAND + lane
-                offs = k * BAND + lane
-                col = offs % S
-                m = offs < hw  # padding columns included (see the docstring)
-                em = (m & (col < W)) if PADDED else m
+                offs, col, m, em = _flat_band(k, lane, BAND, hw, S, W, PADDED)
                 acc += _sweep_primal(ub, pb, gb, rb, hw, offs, S, m, m & (col > 0), m & (offs >= S), em, lt, theta)
                 tl.debug_barrier()
                 # ---- dual on the pixels one row (S) behind: same columns
@@ -372,10 +379,7 @@ def _sweep_fused_kernel(u_ptr, p_ptr, g_ptr, rho_ptr, active_ptr, H, W, steps, t
             acc = tl.zeros([BAND], dtype=tl.float32)
             k = 0
             while k < bands:
-                offs = k * BAND + lane
-                col = offs % S
-                m = offs < hw  # padding columns included (see _sweep_flat_kernel)
-                em = (m & (col < W)) if PADDED else m
+                offs, col, m, em = _flat_band(k, lane, BAND, hw, S, W, PADDED)
                 doffs = offs - lag
                 dm = (doffs >= 0) & (doffs < hw)
                 right = dm & (col < W - 1)
