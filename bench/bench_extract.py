@@ -93,22 +93,13 @@ def sweep_layout_in_use(cfg: ExtractConfig, device: torch.device) -> str | None:
     return tvl1_triton.SWEEP_LAYOUT
 
 
-def sweep_band_in_use() -> int | None:
-    """The Triton sweep's band size in pixels (None when the triton package is missing)."""
+def sweep_setting(name: str) -> int | None:
+    """A launch setting of the Triton sweep in use (tvl1_triton.NAME; None when Triton is not installed)."""
     try:
         from extractors import tvl1_triton
     except ImportError:
         return None
-    return tvl1_triton.SWEEP_BAND_PIXELS
-
-
-def sweep_ppt_in_use() -> int | None:
-    """Pixels per thread of the Triton sweep (None when Triton is not installed)."""
-    try:
-        from extractors import tvl1_triton
-    except ImportError:
-        return None
-    return tvl1_triton.SWEEP_PIXELS_PER_THREAD
+    return getattr(tvl1_triton, name)
 
 
 def emit(result: dict, out: str | None) -> None:
@@ -233,8 +224,8 @@ def main() -> None:
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "tvl1_backend": resolve_backend(cfg.tvl1, device), "tvl1_state_dtype": cfg.tvl1.state_dtype,
               "sweep_maxnreg": args.sweep_maxnreg, "sweep_layout": sweep_layout_in_use(cfg, device),
-              "sweep_ppt": sweep_ppt_in_use(), "sweep_band": sweep_band_in_use(),
-              "sweep_align": args.sweep_align}
+              "sweep_ppt": sweep_setting("SWEEP_PIXELS_PER_THREAD"), "sweep_band": sweep_setting("SWEEP_BAND_PIXELS"),
+              "sweep_align": sweep_setting("SWEEP_ROW_ALIGN")}
     if args.only_many:
         if args.e2e_videos:
             run_e2e_many(args, cfg, tmp, result)

@@ -17,12 +17,13 @@ OUT=${1:-bench/out/gpu}
 shift || true
 # Default: one device call on the open goal (1,200 frames/s end to end; the tenth session measured 1,063
 # with the flat layout, now the default, and 1,152-1,167 with float16 state, on the H200): the TV-L1 sweep
-# variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16 state,
-# rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), end to
-# end on THUMOS-length videos with the default (e2e-long) and with the fastest EXACT (float32) variant (e2e-long-best, read from tvl1-variants' JSON; skipped when that
-# is the default), then the GPU tests. Limits sum to 600 s with the setup. Other steps: e2e-long-flat1,
-# -f16flat, -rows, -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12
-# were slower than 8 on the H200); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+# variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16
+# state, rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), then end to end on
+# THUMOS-length videos with the default (e2e-long) and with the fastest EXACT (float32) variant
+# (e2e-long-best, read from tvl1-variants' JSON; skipped when that is the default), then the GPU tests.
+# Limits sum to 600 s with the setup. Other steps: e2e-long-flat1, -f16flat, -f16flat_a16, -rows, -r48, ...;
+# a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on the
+# H200); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
 STEPS=${*:-tvl1-variants e2e-long e2e-long-best tests-fast}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
@@ -124,7 +125,7 @@ for s in $STEPS; do
             # 224 px, vectorised loads and 4 bar.sync; ptxas (bench/tvl1_sweep_registers.py): flat_a16 48
             # registers, 5 programs/SM (unpadded: 64, 4); fused_a16 62, 48 capped, no spill; fused1_a16 40
             # capped, 3 programs of 16 warps. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
-            # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.97x / 0.94x of it
+            # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.98x / 0.94x of it
             # on the H200 and left the list)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants rows=backend:triton,sweep_layout:rows flat=backend:triton,sweep_layout:flat ;;
