@@ -2,9 +2,9 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
-#   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton
-#          e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16|-f16flat_a16
-#                     |-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-wN] train
+#   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-streams tvl1-tail tvl1-band tvl1-band2 extract
+#          extract-triton e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16
+#                     |-f16flat_a16|-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-bN][-wN] train
 #          profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
@@ -23,7 +23,9 @@ shift || true
 # (e2e-long-best, read from tvl1-variants' JSON; skipped when that is the default), then the GPU tests.
 # Limits sum to 600 s with the setup. Other steps: e2e-long-flat1, -f16flat, -f16flat_a16, -rows, -r48, ...;
 # a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on the
-# H200); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+# H200); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default 512; keep N x workers
+# <= ~8,192 on an 80 GB card: ~4 MB of TV-L1 state per pair); tvl1-streams (TV-L1 alone: K threads on their
+# own streams x batch size, testsrc2 pairs); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
 STEPS=${*:-tvl1-variants e2e-long e2e-long-best tests-fast}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
@@ -127,17 +129,24 @@ for s in $STEPS; do
             # capped, 3 programs of 16 warps. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
             # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.98x / 0.94x of it
             # on the H200 and left the list)
+    tvl1-streams) step tvl1-streams 120 $PY bench/tvl1_streams.py --configs 1x512,2x512,4x512,8x512,1x1024,1x2048,2x1024,4x1024 \
+            --total 4096 --rounds 2 --json "$OUT/tvl1_streams.json" ;;
+            # (does the pipeline's one stream per worker fill the GPU, or do bigger batches do better? testsrc2
+            # pairs, the end-to-end content; then e2e-long-...-b1024 / -b2048-w4 run the pipeline with such batches)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants rows=backend:triton,sweep_layout:rows flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
             # steps, counted on the CPU by bench/tvl1_launch_balance.py for the same pairs; docs/tvl1.md)
-    e2e|e2e-*) tv=default; extra=""; secs=30; limit=70; workers=8  # the pipeline alone, with stage times
+    e2e|e2e-*) tv=default; extra=""; secs=30; limit=70; workers=8; batch=512  # the pipeline alone, with stage times
             v=${s#e2e}; v=${v#-long}
             case $v in *-w[0-9]*) workers=${v##*-w}; v=${v%-w*} ;; esac  # "-wN": N decoding workers
+            case $v in *-b[0-9]*) batch=${v##*-b}; v=${v%-b*} ;; esac  # "-bN": TV-L1 batches (= windows) of N pairs
             case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-f16flat_a16\
               |-fused_a16|-fused_a16_r48|-fused1_a16_r40) ;;
               *) echo "unknown step $s" >>"$LOG"; continue ;; esac
             case $workers in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $batch in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            if [ $((batch % 16)) -ne 0 ] || [ "$batch" -lt 16 ]; then echo "unknown step $s (-bN: N a multiple of 16)" >>"$LOG"; continue; fi
             # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
             # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
             case $s in *-long*) secs=155; limit=120 ;; esac
@@ -165,7 +174,7 @@ for s in $STEPS; do
             esac
             # --only-many: the extract_many figure only (the cold single-video run cost ~35 s per step)
             step $s $limit $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
-            --flow-batch 512 --window-snippets 32 --tvl1-backend triton --e2e-videos $videos --e2e-seconds $secs \
+            --flow-batch $batch --window-snippets $((batch / 16)) --tvl1-backend triton --e2e-videos $videos --e2e-seconds $secs \
             --video-workers $workers --only-many --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;

@@ -83,7 +83,8 @@ def sweep_kernels_compiled() -> list[dict]:
 
     out = []
     try:
-        compiled = [(kernel.fn.__name__, k) for kernel in (tvl1_triton._sweep_kernel, tvl1_triton._sweep_flat_kernel)
+        compiled = [(kernel.fn.__name__, k) for kernel in (tvl1_triton._sweep_kernel, tvl1_triton._sweep_flat_kernel,
+                                                     tvl1_triton._sweep_fused_kernel)
                     for caches in kernel.device_caches.values() for k in caches[0].values()]
         for name, k in compiled:
             k._init_handles()

@@ -14,7 +14,7 @@ STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tv
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
-         "e2e-long-fused1_a16_r40-w10 train").split()
+         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w4 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -49,6 +49,34 @@ def test_unknown_steps_are_refused(tmp_path):
     subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-long-wx", "e2e-long-best-w"], cwd=ROOT,
                    env=env, capture_output=True, text=True, timeout=60, check=True)
     assert (tmp_path / "session.log").read_text().count("unknown step") == 4
+    # -bN: TV-L1 batches (windows) of N pairs, N a multiple of 16 (a window is N / 16 snippets)
+    subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-long-b100", "e2e-long-bx", "e2e-long-b0"],
+                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert (tmp_path / "session.log").read_text().count("unknown step") == 7
+
+
+def test_batch_suffix_sets_windows_and_flow_batch(tmp_path):
+    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-b2048-w4", "e2e-long")}
+    cmd = rows["e2e-long-best-b2048-w4"]
+    assert cmd[cmd.index("--flow-batch") + 1] == "2048" and cmd[cmd.index("--window-snippets") + 1] == "128"
+    assert cmd[cmd.index("--video-workers") + 1] == "4"
+    cmd = rows["e2e-long"]
+    assert cmd[cmd.index("--flow-batch") + 1] == "512" and cmd[cmd.index("--window-snippets") + 1] == "32"
+
+
+def test_tvl1_streams_runs_on_cpu(tmp_path):
+    """bench/tvl1_streams.py end to end on tiny frames (torch backend): threads, batches, JSON."""
+    out = tmp_path / "streams.json"
+    r = subprocess.run([sys.executable, "bench/tvl1_streams.py", "--device", "cpu", "--size", "32", "--unique", "4",
+                        "--configs", "1x2,2x3", "--total", "6", "--rounds", "1", "--variant", "t=backend:torch",
+                        "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    d = json.loads(out.read_text())
+    assert d["runs"]["1x2"][0]["pairs"] == 6 and d["runs"]["2x3"][0]["pairs"] == 6  # whole batches >= --total
+    assert d["summary"]["1x2"]["vs_first"] == 1.0 and d["summary"]["2x3"]["pairs_per_s"] > 0
 
 
 def test_every_step_uses_real_flags(tmp_path):

@@ -1,0 +1,150 @@
+"""Does TV-L1 on several CUDA streams at once fill the GPU, or does one stream with a bigger batch do better?
+
+    python bench/tvl1_streams.py --configs 1x512,2x512,4x512,8x512,1x1024,1x2048,2x1024,4x1024 \
+        --json bench/out/tvl1_streams.json
+
+The pipeline runs each video's TV-L1 on its worker thread's own CUDA stream, one window per call
+(``flow_batch_pairs`` = 512 pairs by default), and counts on the streams to fill the SMs that one batch's
+slowest pairs leave idle (a sweep launch lasts as long as its slowest pair: docs/tvl1.md, "the slowest pair's
+chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 ran ~1,065 pairs/s on testsrc2 content,
+~38 M flat band steps/s by bench/tvl1_launch_balance.py's count of 36,149 per pair, while the same process
+layout never got more than ~8% from more videos in flight. This separates the two explanations:
+
+* ``TxB``: T threads, each on its own stream (as the pipeline's workers), each solving batches of B pairs;
+  aggregate pairs/s over the same total work. If 8x512 runs well above 1x512, the streams overlap; if
+  1x2048 beats 4x512, bigger TV-L1 batches (``window_snippets`` x 16 = ``flow_batch_pairs``) are the lever.
+
+Pairs are consecutive frames of generated testsrc2 (320x180 at 30 fps, read at 25 fps, short side 256,
+centre 224: the end-to-end benchmark's content, prepared as bench/study_tvl1_storage.py does) or bikes.mp4;
+batch k holds pair k mod ``--unique`` (a pair's work does not depend on its batch). Configs are timed in
+interleaved rounds. ``--device cpu`` (torch backend, tiny ``--size``) only checks that the script runs.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_tvl1 import decode_gray_224, sample_video_dir  # noqa: E402
+from profile_tvl1 import knobs_set, parse_variant  # noqa: E402
+from study_tvl1_storage import testsrc_frames  # noqa: E402
+
+import extractors.tvl1 as T  # noqa: E402
+
+
+def parse_configs(text: str) -> list[tuple[int, int]]:
+    """"1x512,8x512" -> [(1, 512), (8, 512)]: (threads, pairs per batch)."""
+    out = []
+    for item in filter(None, text.split(",")):
+        t, sep, b = item.partition("x")
+        if not sep or not t.isdigit() or not b.isdigit() or int(t) < 1 or int(b) < 1:
+            raise SystemExit(f"--configs: {item!r} is not THREADSxBATCH (e.g. 4x512)")
+        out.append((int(t), int(b)))
+    return out
+
+
+def run_config(f0: torch.Tensor, f1: torch.Tensor, threads: int, batch: int, total: int,
+               cfg: T.TVL1Config) -> dict:
+    """Solve about ``total`` pairs as ``threads`` threads x batches of ``batch`` pairs; aggregate pairs/s."""
+    n, cuda = f0.shape[0], f0.device.type == "cuda"
+    repeats = max(1, math.ceil(total / (threads * batch)))
+    barrier = threading.Barrier(threads + 1, timeout=600)
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        stream = torch.cuda.Stream(f0.device) if cuda else None
+        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+            # batch k holds pairs (t * batch + k) mod n: each thread its own pairs, indices built off the clock
+            idx = [torch.arange(t * batch + r * threads * batch, (t + 1) * batch + r * threads * batch,
+                                device=f0.device) % n for r in range(repeats)]
+            barrier.wait()
+            try:
+                for i in idx:
+                    T.tvl1_flow(f0[i], f1[i], cfg)
+                if cuda:
+                    stream.synchronize()
+            except BaseException as e:  # reported by the caller, not lost in the thread
+                errors.append(e)
+
+    pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for p in pool:
+        p.start()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(f0.device)
+    barrier.wait()
+    t0 = time.perf_counter()
+    for p in pool:
+        p.join()
+    seconds = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    pairs = threads * batch * repeats
+    return {"pairs": pairs, "seconds": round(seconds, 3), "pairs_per_s": round(pairs / seconds, 1),
+            "peak_gb": round(torch.cuda.max_memory_allocated(f0.device) / 1e9, 2) if cuda else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="1x512,2x512,4x512,8x512,1x1024,1x2048,2x1024,4x1024",
+                    help="comma-separated THREADSxBATCH: threads (own CUDA stream each) x pairs per tvl1_flow call")
+    ap.add_argument("--total", type=int, default=4096, help="pairs per config (rounded up to whole batches)")
+    ap.add_argument("--unique", type=int, default=512, help="distinct consecutive-frame pairs")
+    ap.add_argument("--source", default="testsrc2", choices=["testsrc2", "bikes"])
+    ap.add_argument("--variant", default="default=backend:auto",
+                    help="the TV-L1 setting, bench/profile_tvl1.py's variant syntax (e.g. "
+                         "flat_a16=backend:triton,sweep_align:16)")
+    ap.add_argument("--rounds", type=int, default=2, help="time the configs this many times, interleaved")
+    ap.add_argument("--device", default="cuda", help="cuda (the measurement) or cpu (a smoke test: tiny --size)")
+    ap.add_argument("--size", type=int, default=224, help="crop size (224 as in the pipeline)")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    configs = parse_configs(args.configs)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("no CUDA device: this measures GPU streams (use --device cpu --size 32 for a smoke test)")
+    if args.source == "testsrc2":
+        frames = testsrc_frames(args.unique + 1, args.size)
+    else:
+        frames = decode_gray_224(sample_video_dir() / "bikes.mp4", args.unique + 1, args.size)
+    frames_t = torch.from_numpy(np.stack(frames)).float().to(device)
+    f0, f1 = frames_t[:-1], frames_t[1:]
+    name, cfg, knobs = parse_variant(args.variant)
+    out: dict = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(device)
+                 if device.type == "cuda" else "cpu", "source": args.source, "unique_pairs": f0.shape[0],
+                 "size": args.size, "variant": args.variant, "total": args.total, "runs": {}}
+    with knobs_set(knobs):
+        T.tvl1_flow(f0[:8], f1[:8], cfg)  # compile the kernels outside the timing
+        for r in range(args.rounds):
+            for threads, batch in configs:
+                key = f"{threads}x{batch}"
+                res = run_config(f0, f1, threads, batch, args.total, cfg)
+                out["runs"].setdefault(key, []).append(res)
+                print(r, key, res, flush=True)
+    base = None
+    summary = {}
+    for key, runs in out["runs"].items():
+        rate = sum(x["pairs_per_s"] for x in runs) / len(runs)
+        base = base or rate
+        summary[key] = {"pairs_per_s": round(rate, 1), "vs_first": round(rate / base, 2),
+                        "peak_gb": max((x["peak_gb"] or 0) for x in runs)}
+        print(f"{key:>8}: {rate:9.1f} pairs/s  ({rate / base:.2f}x the first config)  peak {summary[key]['peak_gb']} GB")
+    out["summary"] = summary
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
