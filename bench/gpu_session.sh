@@ -19,14 +19,17 @@ shift || true
 # with the flat layout, now the default, and 1,152-1,167 with float16 state, on the H200): the TV-L1 sweep
 # variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16
 # state, rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), then end to end on
-# THUMOS-length videos with the default (e2e-long) and with the fastest EXACT (float32) variant
-# (e2e-long-best, read from tvl1-variants' JSON; skipped when that is the default), then the GPU tests.
-# Limits sum to 600 s with the setup. Other steps: e2e-long-flat1, -f16flat, -f16flat_a16, -rows, -r48, ...;
-# a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on the
-# H200); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default 512; keep N x workers
-# <= ~8,192 on an 80 GB card: ~4 MB of TV-L1 state per pair); tvl1-streams (TV-L1 alone: K threads on their
-# own streams x batch size, testsrc2 pairs); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
-STEPS=${*:-tvl1-variants e2e-long e2e-long-best tests-fast}
+# THUMOS-length videos with the default (e2e-long), with the fastest EXACT (float32) variant (e2e-long-best,
+# read from tvl1-variants' JSON; skipped when that is the default) and with that variant in TV-L1 batches
+# (windows) of 1,024 pairs on 6 workers (e2e-long-best-b1024-w6: the end-to-end run did ~38 M band steps/s
+# against 63 M for one stream of synthetic pairs, docs/tvl1.md). Limits sum to 570 s with the setup; the GPU
+# tests (tests-fast, ~90 s) are the second call. Other steps: e2e-long-flat1, -f16flat, -f16flat_a16, -rows,
+# -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on
+# the H200 at batches of 512); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default
+# 512; keep N x workers <= ~6,000 on an 80 GB card: the H200 run peaked at 53.8 GB with 12 x 512 pairs in
+# flight, ~8.7 MB a pair); tvl1-streams (TV-L1 alone: K threads on their own streams x batch size, testsrc2
+# pairs); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+STEPS=${*:-tvl1-variants e2e-long e2e-long-best e2e-long-best-b1024-w6}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -132,7 +135,7 @@ for s in $STEPS; do
     tvl1-streams) step tvl1-streams 120 $PY bench/tvl1_streams.py --configs 1x512,2x512,4x512,8x512,1x1024,1x2048,2x1024,4x1024 \
             --total 4096 --rounds 2 --json "$OUT/tvl1_streams.json" ;;
             # (does the pipeline's one stream per worker fill the GPU, or do bigger batches do better? testsrc2
-            # pairs, the end-to-end content; then e2e-long-...-b1024 / -b2048-w4 run the pipeline with such batches)
+            # pairs, the end-to-end content; then e2e-long-...-b1024-w6 / -b2048-w3 run the pipeline with such batches)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants rows=backend:triton,sweep_layout:rows flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band

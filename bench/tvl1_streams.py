@@ -4,11 +4,12 @@
         --json bench/out/tvl1_streams.json
 
 The pipeline runs each video's TV-L1 on its worker thread's own CUDA stream, one window per call
-(``flow_batch_pairs`` = 512 pairs by default), and counts on the streams to fill the SMs that one batch's
-slowest pairs leave idle (a sweep launch lasts as long as its slowest pair: docs/tvl1.md, "the slowest pair's
-chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 ran ~1,065 pairs/s on testsrc2 content,
-~38 M flat band steps/s by bench/tvl1_launch_balance.py's count of 36,149 per pair, while the same process
-layout never got more than ~8% from more videos in flight. This separates the two explanations:
+(``flow_batch_pairs``: 512 pairs in configs/extract/gpu.yaml), and counts on the streams to fill the SMs that
+one batch's slowest pairs leave idle (a sweep launch lasts as long as its slowest pair: docs/tvl1.md, "the
+slowest pair's chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 solved ~1,065 testsrc2
+pairs/s, ~38 M flat band steps/s by bench/tvl1_launch_balance.py's count (36,149 per pair), against 63 M for
+one stream of synthetic pairs; 6 or 12 videos in flight instead of 8 did not help. This separates the
+explanations:
 
 * ``TxB``: T threads, each on its own stream (as the pipeline's workers), each solving batches of B pairs;
   aggregate pairs/s over the same total work. If 8x512 runs well above 1x512, the streams overlap; if

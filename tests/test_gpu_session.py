@@ -14,7 +14,7 @@ STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tv
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
-         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w4 train").split()
+         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w3 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -35,7 +35,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "tests-fast"]
+    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "e2e-long-best-b1024-w6"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
@@ -56,10 +56,10 @@ def test_unknown_steps_are_refused(tmp_path):
 
 
 def test_batch_suffix_sets_windows_and_flow_batch(tmp_path):
-    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-b2048-w4", "e2e-long")}
-    cmd = rows["e2e-long-best-b2048-w4"]
+    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-b2048-w3", "e2e-long")}
+    cmd = rows["e2e-long-best-b2048-w3"]
     assert cmd[cmd.index("--flow-batch") + 1] == "2048" and cmd[cmd.index("--window-snippets") + 1] == "128"
-    assert cmd[cmd.index("--video-workers") + 1] == "4"
+    assert cmd[cmd.index("--video-workers") + 1] == "3"
     cmd = rows["e2e-long"]
     assert cmd[cmd.index("--flow-batch") + 1] == "512" and cmd[cmd.index("--window-snippets") + 1] == "32"
 
