@@ -132,8 +132,7 @@ for s in $STEPS; do
             # capped, 3 programs of 16 warps. Bands of 256/1,024: steps tvl1-band, tvl1-band2)
             # (rows: the layout of the H100 figures; the register cap of 48 (f32r48) ran 0.98x / 0.94x of it
             # on the H200 and left the list)
-    tvl1-streams) step tvl1-streams 120 $PY bench/tvl1_streams.py --configs 1x512,2x512,4x512,8x512,1x1024,1x2048,2x1024,4x1024 \
-            --total 4096 --rounds 2 --json "$OUT/tvl1_streams.json" ;;
+    tvl1-streams) step tvl1-streams 120 $PY bench/tvl1_streams.py --total 4096 --rounds 2 --json "$OUT/tvl1_streams.json" ;;
             # (does the pipeline's one stream per worker fill the GPU, or do bigger batches do better? testsrc2
             # pairs, the end-to-end content; then e2e-long-...-b1024-w6 / -b2048-w3 run the pipeline with such batches)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \

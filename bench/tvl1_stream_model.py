@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tvl1_streams import parse_configs  # noqa: E402
+from tvl1_streams import DEFAULT_CONFIGS, parse_configs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu-2026-11-23"
 SETS = {"testsrc2": (RESULTS / "tvl1_launch_balance_testsrc2.json", "testsrc2"),
@@ -98,7 +98,7 @@ def utilisation(pairs: list[dict], streams: int, batch: int, sms: int = 132, pad
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", default="1x512,2x512,4x512,6x512,8x512,1x1024,1x2048,4x1024",
+    ap.add_argument("--configs", default=DEFAULT_CONFIGS,
                     help="comma-separated THREADSxBATCH, as bench/tvl1_streams.py takes them")
     ap.add_argument("--sets", default="testsrc2,bikes,synthetic", help=f"of {', '.join(SETS)}")
     ap.add_argument("--sms", type=int, default=132, help="streaming multiprocessors (H100/H200 SXM: 132)")
