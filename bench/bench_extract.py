@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from extractors.config import ExtractConfig  # noqa: E402
+from extractors.config import ALL_FEATURES, ExtractConfig  # noqa: E402
 from extractors.decode import FramePreprocessor, PreprocessSpec, decode_audio, iter_preprocessed, open_frames, probe_video  # noqa: E402,E501
 from extractors.pipeline import Extractors, extract_video  # noqa: E402
 from extractors.tvl1 import (  # noqa: E402
@@ -138,7 +138,7 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
         paths = list(pool.map(lambda i: make_video(tmp / f"many{i}.mp4", args.e2e_seconds, "320x180", 30),
                               range(args.e2e_videos)))
     warm = make_video(tmp / "warm.mp4", 2.0, "320x180", 30)
-    c = replace(cfg, video_workers=args.video_workers)
+    c = replace(cfg, video_workers=args.video_workers, features=tuple(filter(None, args.features.split(","))))
     if args.e2e_tvl1 == "fast":
         c = replace(c, tvl1=replace(FAST_TVL1, backend=c.tvl1.backend, state_dtype=c.tvl1.state_dtype))
     models = Extractors(c)
@@ -160,6 +160,7 @@ def run_e2e_many(args, cfg: ExtractConfig, tmp: Path, result: dict) -> None:
         "frames": frames, "wall_s": round(wall, 2), "frames_per_second": round(frames / wall, 1),
         "failed": [str(r.error) for r in failed], "precision": res[0].precision if res[0].ok else None,
         "flow_batch_pairs": c.flow_batch_pairs, "batch_size": c.batch_size, "window_snippets": c.window_snippets,
+        "features": list(c.features),
         "tvl1_backend": resolve_backend(c.tvl1, models.device), "concurrent_flow": models.concurrent_flow,
         "stage_seconds_summed_over_videos": stages,
     }  # fmt: skip
@@ -196,6 +197,9 @@ def main() -> None:
     ap.add_argument("--sweep-band", type=int, default=None,
                     help="pixels per band of the Triton sweep, a power of 2 (tvl1_triton.SWEEP_BAND_PIXELS)")
     ap.add_argument("--precision", default="auto", choices=["fp32", "auto", "bf16", "fp16"])
+    ap.add_argument("--features", default=",".join(ALL_FEATURES),
+                    help="comma-separated features the --e2e-videos run extracts (e.g. i3d_flow: TV-L1 and I3D "
+                         "flow without the other networks beside it)")
     ap.add_argument("--autocast", action="store_true", help="CUDA: cosine of bf16/fp16 autocast vs fp32")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     args = ap.parse_args()

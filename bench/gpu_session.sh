@@ -4,7 +4,7 @@
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-streams tvl1-tail tvl1-band tvl1-band2 extract
 #          extract-triton e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16
-#                     |-f16flat_a16|-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-bN][-wN] train
+#                     |-f16flat_a16|-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-flowonly][-bN][-wN] train
 #          profile profile-triton
 #
 # Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
@@ -27,8 +27,9 @@ shift || true
 # -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on
 # the H200 at batches of 512); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default
 # 512; keep N x workers <= ~6,000 on an 80 GB card: the H200 run peaked at 53.8 GB with 12 x 512 pairs in
-# flight, ~8.7 MB a pair); tvl1-streams (TV-L1 alone: K threads on their own streams x batch size, testsrc2
-# pairs); tvl1-tail (batches of 8 to 1024 pairs: the chain of band steps).
+# flight, ~8.7 MB a pair); "-flowonly" extracts i3d_flow alone (TV-L1 without I3D RGB, CLIP and VGGish beside
+# it); tvl1-streams (TV-L1 alone: K threads on their own streams x batch size, testsrc2 pairs); tvl1-tail
+# (batches of 8 to 1024 pairs: the chain of band steps).
 STEPS=${*:-tvl1-variants e2e-long e2e-long-best e2e-long-best-b1024-w6}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
@@ -143,6 +144,8 @@ for s in $STEPS; do
             v=${s#e2e}; v=${v#-long}
             case $v in *-w[0-9]*) workers=${v##*-w}; v=${v%-w*} ;; esac  # "-wN": N decoding workers
             case $v in *-b[0-9]*) batch=${v##*-b}; v=${v%-b*} ;; esac  # "-bN": TV-L1 batches (= windows) of N pairs
+            feats=""
+            case $v in *-flowonly) feats="--features i3d_flow"; v=${v%-flowonly} ;; esac  # TV-L1 + I3D flow only
             case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-f16flat_a16\
               |-fused_a16|-fused_a16_r48|-fused1_a16_r40) ;;
               *) echo "unknown step $s" >>"$LOG"; continue ;; esac
@@ -177,7 +180,7 @@ for s in $STEPS; do
             # --only-many: the extract_many figure only (the cold single-video run cost ~35 s per step)
             step $s $limit $PY bench/bench_extract.py --device cuda --threads 8 --seconds 20 --batch-size 16 \
             --flow-batch $batch --window-snippets $((batch / 16)) --tvl1-backend triton --e2e-videos $videos --e2e-seconds $secs \
-            --video-workers $workers --only-many --e2e-tvl1 $tv $extra --out "$OUT/$s.json" ;;
+            --video-workers $workers --only-many --e2e-tvl1 $tv $extra $feats --out "$OUT/$s.json" ;;
     train) step train 200 $PY bench/bench_train.py --device cuda --json "$OUT/train.json" --out /tmp/bench_train ;;
     *) echo "unknown step $s" >>"$LOG" ;;
   esac

@@ -14,7 +14,7 @@ STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tv
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
-         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w3 train").split()
+         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w3 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -62,6 +62,15 @@ def test_batch_suffix_sets_windows_and_flow_batch(tmp_path):
     assert cmd[cmd.index("--video-workers") + 1] == "3"
     cmd = rows["e2e-long"]
     assert cmd[cmd.index("--flow-batch") + 1] == "512" and cmd[cmd.index("--window-snippets") + 1] == "32"
+    assert "--features" not in cmd  # all four
+
+
+def test_flowonly_suffix_extracts_i3d_flow_alone(tmp_path):
+    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-flowonly-b1024-w6", "e2e-long-flowonly")}
+    for cmd in rows.values():
+        assert cmd[cmd.index("--features") + 1] == "i3d_flow"
+    cmd = rows["e2e-long-best-flowonly-b1024-w6"]
+    assert cmd[cmd.index("--flow-batch") + 1] == "1024" and cmd[cmd.index("--video-workers") + 1] == "6"
 
 
 def test_tvl1_streams_runs_on_cpu(tmp_path):
