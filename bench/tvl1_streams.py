@@ -67,19 +67,24 @@ def run_config(f0: torch.Tensor, f1: torch.Tensor, threads: int, batch: int, tot
     errors: list[BaseException] = []
 
     def work(t: int) -> None:
-        stream = torch.cuda.Stream(f0.device) if cuda else None
-        with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
-            # batch k holds pairs (t * batch + k) mod n: each thread its own pairs, indices built off the clock
-            idx = [torch.arange(t * batch + r * threads * batch, (t + 1) * batch + r * threads * batch,
-                                device=f0.device) % n for r in range(repeats)]
-            barrier.wait()
-            try:
-                for i in idx:
-                    T.tvl1_flow(f0[i], f1[i], cfg)
+        try:
+            stream = torch.cuda.Stream(f0.device) if cuda else None
+            with torch.cuda.stream(stream) if cuda else contextlib.nullcontext():
+                # batch r of thread t holds pairs (r * threads + t) * batch + k mod n; inputs gathered off the clock
+                inputs = []
+                for r in range(repeats):
+                    i = torch.arange(batch, device=f0.device) + (r * threads + t) * batch
+                    inputs.append((f0[i % n], f1[i % n]))
                 if cuda:
                     stream.synchronize()
-            except BaseException as e:  # reported by the caller, not lost in the thread
-                errors.append(e)
+                barrier.wait()
+                for a, b in inputs:
+                    T.tvl1_flow(a, b, cfg)
+                if cuda:
+                    stream.synchronize()
+        except BaseException as e:  # reported by the caller, not lost in the thread
+            errors.append(e)
+            barrier.abort()  # (the others and the caller stop waiting)
 
     pool = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
     for p in pool:
@@ -87,7 +92,10 @@ def run_config(f0: torch.Tensor, f1: torch.Tensor, threads: int, batch: int, tot
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats(f0.device)
-    barrier.wait()
+    try:
+        barrier.wait()
+    except threading.BrokenBarrierError:
+        pass  # a thread failed: its error is raised below
     t0 = time.perf_counter()
     for p in pool:
         p.join()
@@ -130,6 +138,8 @@ def main() -> None:
                  "size": args.size, "variant": args.variant, "total": args.total, "runs": {}}
     with knobs_set(knobs):
         T.tvl1_flow(f0[:8], f1[:8], cfg)  # compile the kernels outside the timing
+        if device.type == "cuda":
+            torch.cuda.synchronize()  # (the frames and the warm-up, before other streams read them)
         for r in range(args.rounds):
             for threads, batch in configs:
                 key = f"{threads}x{batch}"
