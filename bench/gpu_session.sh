@@ -21,8 +21,9 @@ shift || true
 # state, rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), then end to end on
 # THUMOS-length videos with the default (e2e-long), with the fastest EXACT (float32) variant (e2e-long-best,
 # read from tvl1-variants' JSON; skipped when that is the default) and with that variant in TV-L1 batches
-# (windows) of 1,024 pairs on 6 workers (e2e-long-best-b1024-w6: the end-to-end run did ~38 M band steps/s
-# against 63 M for one stream of synthetic pairs, docs/tvl1.md). Limits sum to 570 s with the setup; the GPU
+# (windows) of 1,024 pairs on 4 workers (e2e-long-best-b1024-w4: as many pairs in flight as 8 x 512 on half
+# the streams; the end-to-end run did ~38 M band steps/s against 63 M for one stream of synthetic pairs,
+# docs/tvl1.md). Limits sum to 570 s with the setup; the GPU
 # tests (tests-fast, ~90 s) are the second call. Other steps: e2e-long-flat1, -f16flat, -f16flat_a16, -rows,
 # -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on
 # the H200 at batches of 512); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default
@@ -30,7 +31,7 @@ shift || true
 # flight, ~8.7 MB a pair); "-flowonly" extracts i3d_flow alone (TV-L1 without I3D RGB, CLIP and VGGish beside
 # it); tvl1-streams (TV-L1 alone: K threads on their own streams x batch size, testsrc2 pairs); tvl1-tail
 # (batches of 8 to 1024 pairs: the chain of band steps).
-STEPS=${*:-tvl1-variants e2e-long e2e-long-best e2e-long-best-b1024-w6}
+STEPS=${*:-tvl1-variants e2e-long e2e-long-best e2e-long-best-b1024-w4}
 mkdir -p "$OUT"
 LOG="$OUT/session.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -135,7 +136,7 @@ for s in $STEPS; do
             # on the H200 and left the list)
     tvl1-streams) step tvl1-streams 120 $PY bench/tvl1_streams.py --total 4096 --rounds 2 --json "$OUT/tvl1_streams.json" ;;
             # (does the pipeline's one stream per worker fill the GPU, or do bigger batches do better? testsrc2
-            # pairs, the end-to-end content; then e2e-long-...-b1024-w6 / -b2048-w3 run the pipeline with such batches)
+            # pairs, the end-to-end content; then e2e-long-...-b1024-w4 / -b2048-w2 run the pipeline with such batches)
     tvl1-tail) step tvl1-tail 120 $PY bench/profile_tvl1.py --no-profile --source both --pairs 1024 --sizes 8,64,512,1024 \
             --json "$OUT/tvl1_tail.json" --variants rows=backend:triton,sweep_layout:rows flat=backend:triton,sweep_layout:flat ;;
             # (batches of 8 and 64 leave the GPU nearly empty: their time is the slowest pairs' chain of band
@@ -149,13 +150,14 @@ for s in $STEPS; do
             case $v in ""|-fast|-rows|-r48|-f16flat|-flat|-flat1|-flat256|-flat1024|-f16|-best|-flat_a16|-f16flat_a16\
               |-fused_a16|-fused_a16_r48|-fused1_a16_r40) ;;
               *) echo "unknown step $s" >>"$LOG"; continue ;; esac
-            case $workers in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
-            case $batch in ''|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
+            case $workers in ''|0*|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac  # (no leading 0: octal)
+            case $batch in ''|0*|*[!0-9]*) echo "unknown step $s" >>"$LOG"; continue ;; esac
             if [ $((batch % 16)) -ne 0 ] || [ "$batch" -lt 16 ]; then echo "unknown step $s (-bN: N a multiple of 16)" >>"$LOG"; continue; fi
             # -long: eight videos of 155 s, THUMOS'14's median duration (mean 213 s), so ~8 windows each
             # and the pipeline's fill/drain a small share (at 30 s a video is 2 windows)
             case $s in *-long*) secs=155; limit=120 ;; esac
-            videos=$(( workers > 8 ? workers : 8 ))  # (extract_many runs at most one worker per video)
+            # at least 8 videos, a whole number per worker (so no worker runs its last video alone)
+            videos=$(( (8 + workers - 1) / workers * workers ))
             if [ "$v" = -best ]; then
               v=-$(best_variant); [ -z "$DRY" ] && echo "=== $s: fastest exact TV-L1 variant ${v#-}" >>"$LOG"
               same=${s%-best*}${s#*-best}  # the same step with the default layout

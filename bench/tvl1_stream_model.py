@@ -11,10 +11,11 @@ program per pair, a converged pair's program costs nothing); the GPU holds ``SMs
 a program runs (its iterations) x (band steps per iteration at its width) steps of one fixed duration.
 
 It prints the share of the slots' time spent iterating (``util``) for each THREADSxBATCH config, the same
-configs bench/tvl1_streams.py times on a GPU. The real band step slows down as the GPU fills (on the H200: ~2.3
-us at one stream of bikes pairs, util 0.12 here, ~4.9 us at one stream of synthetic pairs, util 0.47), so
-``util`` is an upper bound on how much fill a config can buy, not a prediction of pairs/s: where the measured
-gain of e.g. 6x512 over 1x512 is far below the model's, the band step's cost, not the fill, bounds the run.
+configs bench/tvl1_streams.py times on a GPU. The real band step slows down as the GPU fills (on the H200: ~2.6
+us at one stream of bikes pairs, util 0.14 here, ~5.8 us at one stream of synthetic pairs, util 0.55), and the
+slots are pooled over the SMs (a program never waits for room on one particular SM), so ``util`` is an upper
+bound on how much fill a config can buy, not a prediction of pairs/s: where the measured gain of e.g. 6x512 over
+1x512 is far below the model's, the band step's cost, not the fill, bounds the run.
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tv
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
-         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w3 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
+         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w2 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -35,7 +35,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "e2e-long-best-b1024-w6"]
+    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "e2e-long-best-b1024-w4"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
@@ -53,13 +53,17 @@ def test_unknown_steps_are_refused(tmp_path):
     subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-long-b100", "e2e-long-bx", "e2e-long-b0"],
                    cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
     assert (tmp_path / "session.log").read_text().count("unknown step") == 7
+    # no leading zeros (bash would read them as octal: -b09 aborts the session, -b020 is 16)
+    subprocess.run(["bash", "bench/gpu_session.sh", str(tmp_path), "e2e-long-b0512", "e2e-long-w08"],
+                   cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=True)
+    assert (tmp_path / "session.log").read_text().count("unknown step") == 9
 
 
 def test_batch_suffix_sets_windows_and_flow_batch(tmp_path):
-    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-b2048-w3", "e2e-long")}
-    cmd = rows["e2e-long-best-b2048-w3"]
+    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long-best-b2048-w2", "e2e-long")}
+    cmd = rows["e2e-long-best-b2048-w2"]
     assert cmd[cmd.index("--flow-batch") + 1] == "2048" and cmd[cmd.index("--window-snippets") + 1] == "128"
-    assert cmd[cmd.index("--video-workers") + 1] == "3"
+    assert cmd[cmd.index("--video-workers") + 1] == "2"
     cmd = rows["e2e-long"]
     assert cmd[cmd.index("--flow-batch") + 1] == "512" and cmd[cmd.index("--window-snippets") + 1] == "32"
     assert "--features" not in cmd  # all four
@@ -71,6 +75,13 @@ def test_flowonly_suffix_extracts_i3d_flow_alone(tmp_path):
         assert cmd[cmd.index("--features") + 1] == "i3d_flow"
     cmd = rows["e2e-long-best-flowonly-b1024-w6"]
     assert cmd[cmd.index("--flow-batch") + 1] == "1024" and cmd[cmd.index("--video-workers") + 1] == "6"
+    assert cmd[cmd.index("--e2e-videos") + 1] == "12"  # whole videos per worker, at least 8
+
+
+def test_video_count_is_a_multiple_of_the_workers(tmp_path):
+    rows = {name: cmd for name, _, cmd in _dry_run(tmp_path, "e2e-long", "e2e-long-w3", "e2e-long-w12", "e2e-long-w4")}
+    videos = {name: int(cmd[cmd.index("--e2e-videos") + 1]) for name, cmd in rows.items()}
+    assert videos == {"e2e-long": 8, "e2e-long-w3": 9, "e2e-long-w12": 12, "e2e-long-w4": 8}
 
 
 def test_tvl1_streams_runs_on_cpu(tmp_path):

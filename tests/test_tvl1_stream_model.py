@@ -39,3 +39,18 @@ def test_a_slow_pair_holds_its_stream_and_other_streams_fill_in():
 def test_recorded_counts_load():
     pairs = m.load_pairs(*m.SETS["synthetic"])
     assert len(pairs) == 64 and all(k[0] in (91, 114, 143, 179, 224) for p in pairs for k in p)
+
+
+def test_streams_summary_skips_the_warm_up_round_and_keeps_failures():
+    import tvl1_streams
+
+    runs = {"1x512": [{"pairs_per_s": 10.0, "peak_gb": 1.0}, {"pairs_per_s": 100.0, "peak_gb": 2.0}],
+            "8x512": [{"pairs_per_s": 50.0, "peak_gb": 3.0}, {"pairs_per_s": 300.0, "peak_gb": 4.0}],
+            "1x2048": [{"pairs": 2048, "error": "OutOfMemoryError()"}]}
+    s = tvl1_streams.summarize(runs, rounds=2)
+    assert s["1x512"] == {"pairs_per_s": 100.0, "vs_first": 1.0, "peak_gb": 2.0}
+    assert s["8x512"]["vs_first"] == 3.0
+    assert s["1x2048"] == {"error": "OutOfMemoryError()"}
+    assert tvl1_streams.summarize(runs, rounds=1)["8x512"]["pairs_per_s"] == 175.0  # one round: all of it
+    with pytest.raises(SystemExit):
+        tvl1_streams.parse_configs("4x")
