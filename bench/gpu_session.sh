@@ -119,7 +119,7 @@ for s in $STEPS; do
               step "tvl1-band$band" 60 $PY bench/bench_tvl1.py --device cuda --backend triton --sweep-band $band \
                 --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 0 --skip-opencv-speed \
                 --json "$OUT/tvl1_band$band.json"; done ;;
-    tvl1-variants) step tvl1-variants 140 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
+    tvl1-variants) step tvl1-variants 150 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
             --json "$OUT/tvl1_variants.json" --variants rows=backend:triton,sweep_layout:rows \
             flat=backend:triton,sweep_layout:flat flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 \
             f16flat=backend:triton,state_dtype:float16,sweep_layout:flat \

@@ -167,6 +167,8 @@ def main() -> None:
                         rate = round(timed(a[:n], b[:n], vcfg), 1)
                     out.setdefault(key, []).append(rate)  # one rate per round
                     print(r, key, rate, flush=True)
+                    if args.json:  # after every timing: a run killed at its time limit keeps what it measured
+                        args.json.write_text(json.dumps(out, indent=1, default=str))
     out["sweep_kernels"] = sweep_kernels_compiled()
     print(json.dumps(out, indent=1, default=str))
     if args.json:
