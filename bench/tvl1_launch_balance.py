@@ -22,6 +22,14 @@ synthetic``, the synthetic pairs bench/profile_tvl1.py times (so that its small-
 ``tvl1-tail`` of bench/gpu_session.sh, can be divided by the band steps counted here). Idle slots are filled by
 other streams' launches in the pipeline (several windows' TV-L1 run at once), so ``busy`` bounds what a
 single stream gets, not the pipeline.
+
+``--source e2e`` measures the work of the end-to-end benchmark itself: one of bench/bench_extract.py's videos
+(``--e2e-seconds``, default 155 s, made by its own ``make_video``) through the pipeline's decode and
+preprocessing, sampled as ``--spans`` spans of ``--pairs`` consecutive pairs spread evenly over the video
+(the clip's start alone is not typical of it). Multiplying its ``work_band_steps_per_pair`` (flat) by the
+end-to-end frames/s gives the band steps/s the pipeline ran (docs/tvl1.md):
+
+    python bench/tvl1_launch_balance.py --source e2e --spans 24 --pairs 8 --batches 8 --json OUT.json
 """
 from __future__ import annotations
 
@@ -78,6 +86,30 @@ def block_iterations(f0: np.ndarray, f1: np.ndarray) -> dict[Key, int]:
     return dict(counts)
 
 
+def e2e_frames(seconds: float) -> list[np.ndarray]:
+    """Gray 224 crops of one end-to-end benchmark video, decoded and preprocessed as the pipeline does."""
+    import tempfile
+
+    from bench_extract import make_video
+    from extractors.decode import FramePreprocessor, PreprocessSpec, iter_preprocessed, open_frames, probe_video
+
+    path = make_video(Path(tempfile.mkdtemp()) / "e2e.mp4", seconds, "320x180", 30)  # as bench_extract's e2e videos
+    probe = probe_video(path)
+    source = open_frames(path, probe, 25.0)
+    pre = FramePreprocessor(PreprocessSpec(want_rgb=False, want_gray=True, want_clip=False), lambda k: False)
+    try:
+        return [g for b in iter_preprocessed(source, pre, batch=16) for g in np.asarray(b["gray"])]
+    finally:
+        source.close()
+
+
+def spread_spans(n_frames: int, spans: int, pairs: int) -> list[int]:
+    """First frames of ``spans`` runs of ``pairs`` consecutive pairs, evenly spread over ``n_frames`` frames."""
+    if n_frames < pairs + 1:
+        raise ValueError(f"{n_frames} frames cannot hold a span of {pairs} pairs")
+    return sorted({int(x) for x in np.linspace(0, n_frames - pairs - 1, spans)})
+
+
 def launches_of(per_pair: list[dict[Key, int]], group: int) -> dict[tuple, list[int]]:
     """Launch key (the first ``group`` fields of a block key) -> each pair's iterations in that launch."""
     launches: dict[tuple, list[int]] = collections.defaultdict(lambda: [0] * len(per_pair))
@@ -132,8 +164,11 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=48, help="consecutive-frame pairs solved per clip (bikes.mp4 has 249)")
     ap.add_argument("--batches", default="8,48",
                     help="batch sizes to report; batch k holds pair k %% pairs, as bench/profile_tvl1.py builds its batches")
-    ap.add_argument("--source", default="both", choices=["testsrc2", "bikes", "synthetic", "both"],
-                    help="both: testsrc2 and bikes; synthetic: bench/profile_tvl1.py's synthetic pairs (not consecutive)")
+    ap.add_argument("--source", default="both", choices=["testsrc2", "bikes", "synthetic", "both", "e2e"],
+                    help="both: testsrc2 and bikes; synthetic: bench/profile_tvl1.py's synthetic pairs (not consecutive); "
+                         "e2e: --spans spans of --pairs pairs spread over one end-to-end benchmark video")
+    ap.add_argument("--spans", type=int, default=24, help="--source e2e: spans sampled over the video")
+    ap.add_argument("--e2e-seconds", type=float, default=155.0, help="--source e2e: video length (gpu_session's -long)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
@@ -144,6 +179,11 @@ def main() -> None:
     if args.source in ("bikes", "both"):
         sets["bikes.mp4"] = decode_gray_224(sample_video_dir() / "bikes.mp4", args.pairs + 1, 224)
     pairs = {name: list(zip(frames[:-1], frames[1:])) for name, frames in sets.items()}
+    starts: list[int] = []
+    if args.source == "e2e":
+        frames = e2e_frames(args.e2e_seconds)
+        starts = spread_spans(len(frames), args.spans, args.pairs)
+        pairs["e2e"] = [(frames[s + k], frames[s + k + 1]) for s in starts for k in range(args.pairs)]
     if args.source == "synthetic":  # the same pairs as profile_tvl1.pair_sets (real textures, smooth flow of 1-6 px)
         textures = decode_gray_224(sample_video_dir() / "bikes.mp4", 250, 224)[:64]
         pairs["synthetic"] = [(a, b) for a, b, _ in synthetic_pairs(textures, args.pairs, seed=1)]
@@ -162,6 +202,14 @@ def main() -> None:
                   f"vs {r['work_band_steps_per_pair']['rows']} (flat {r['work_band_steps_per_pair']['flat']}) per pair")
         # per pair: "width,warp,outer" -> iterations, so that other batchings can be worked out later
         res["per_pair"] = [{",".join(map(str, k)): n for k, n in sorted(b.items())} for b in per_pair]
+        if name == "e2e":  # each span's own work: how much the content varies along the video
+            res["span_starts"] = starts
+            res["span_work_band_steps_per_pair"] = [
+                summarize(per_pair[i * args.pairs : (i + 1) * args.pairs])["work_band_steps_per_pair"]["flat"]
+                for i in range(len(starts))]
+            w = summarize(per_pair)["work_band_steps_per_pair"]["flat"]
+            print(f"e2e: {len(per_pair)} pairs in {len(starts)} spans; flat band steps per pair {w} (spans "
+                  f"{min(res['span_work_band_steps_per_pair'])} to {max(res['span_work_band_steps_per_pair'])})")
         out["sets"][name] = res
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

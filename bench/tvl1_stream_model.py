@@ -34,7 +34,9 @@ from tvl1_streams import DEFAULT_CONFIGS, parse_configs  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results" / "cpu-2026-11-23"
 SETS = {"testsrc2": (RESULTS / "tvl1_launch_balance_testsrc2.json", "testsrc2"),
         "bikes": (RESULTS / "tvl1_launch_balance_bikes.json", "bikes.mp4"),
-        "synthetic": (RESULTS / "tvl1_launch_balance_synthetic.json", "synthetic")}
+        "synthetic": (RESULTS / "tvl1_launch_balance_synthetic.json", "synthetic"),
+        # the end-to-end videos' own pairs: 64 spans of 8 spread over 155 s (the testsrc2 set is the first 96 pairs)
+        "e2e": (RESULTS.parent / "cpu-2026-12-07" / "tvl1_launch_balance_e2e.json", "e2e")}
 BAND = 512  # pixels per band step (extractors.tvl1_triton.SWEEP_BAND_PIXELS)
 UNITS_PER_SM = 20  # a program at 5 per SM takes 4 units, at 4 per SM 5 units
 
@@ -101,7 +103,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS,
                     help="comma-separated THREADSxBATCH, as bench/tvl1_streams.py takes them")
-    ap.add_argument("--sets", default="testsrc2,bikes,synthetic", help=f"of {', '.join(SETS)}")
+    ap.add_argument("--sets", default="e2e,testsrc2,bikes,synthetic", help=f"of {', '.join(SETS)}")
     ap.add_argument("--sms", type=int, default=132, help="streaming multiprocessors (H100/H200 SXM: 132)")
     ap.add_argument("--padded", action="store_true", help="rows padded to 16: 5 programs per SM at every width")
     ap.add_argument("--batches", type=int, default=3, help="batches each stream runs")

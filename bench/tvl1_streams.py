@@ -6,19 +6,22 @@
 The pipeline runs each video's TV-L1 on its worker thread's own CUDA stream, one window per call
 (``flow_batch_pairs``: 512 pairs in configs/extract/gpu.yaml), and counts on the streams to fill the SMs that
 one batch's slowest pairs leave idle (a sweep launch lasts as long as its slowest pair: docs/tvl1.md, "the
-slowest pair's chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 solved ~1,065 testsrc2
-pairs/s, ~38 M flat band steps/s by bench/tvl1_launch_balance.py's count (36,149 per pair), against 63 M for
-one stream of synthetic pairs; 6 or 12 videos in flight instead of 8 did not help. This separates the
-explanations:
+slowest pair's chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 solved ~1,065 pairs/s of
+its testsrc2 videos, ~51 M flat band steps/s by bench/tvl1_launch_balance.py's count over the whole video
+(``--source e2e``: ~47,800 per pair), against 63 M for one stream of synthetic pairs; 6 or 12 videos in flight
+instead of 8 did not help. This separates the explanations:
 
 * ``TxB``: T threads, each on its own stream (as the pipeline's workers), each solving batches of B pairs;
   aggregate pairs/s over the same total work. If 8x512 runs well above 1x512, the streams overlap; if
   1x2048 beats 4x512, bigger TV-L1 batches (``window_snippets`` x 16 = ``flow_batch_pairs``) are the lever.
 
-Pairs are consecutive frames of generated testsrc2 (320x180 at 30 fps, read at 25 fps, short side 256,
-centre 224: the end-to-end benchmark's content, prepared as bench/study_tvl1_storage.py does) or bikes.mp4;
-batch k holds pair k mod ``--unique`` (a pair's work does not depend on its batch). Configs are timed in
-interleaved rounds. ``--device cpu`` (torch backend, tiny ``--size``) only checks that the script runs.
+Pairs come from one of the end-to-end benchmark's videos (``--source e2e``, the default: 155 s of testsrc2,
+made and decoded as bench/bench_extract.py and the pipeline do, taken as ``--unique``/8 spans of 8 consecutive
+pairs spread over the video, since its first seconds are cheaper than the rest: bench/tvl1_launch_balance.py
+``--source e2e``), from the first frames of a testsrc2 clip (``testsrc2``, as bench/study_tvl1_storage.py
+prepares them) or from bikes.mp4; batch k holds pair k mod ``--unique`` (a pair's work does not depend on its
+batch). Configs are timed in interleaved rounds. ``--device cpu`` (torch backend, tiny ``--size``) only checks
+that the script runs.
 """
 from __future__ import annotations
 
@@ -40,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_tvl1 import decode_gray_224, sample_video_dir  # noqa: E402
 from profile_tvl1 import knobs_set, parse_variant  # noqa: E402
 from study_tvl1_storage import testsrc_frames  # noqa: E402
+from tvl1_launch_balance import e2e_frames, spread_spans  # noqa: E402
 
 import extractors.tvl1 as T  # noqa: E402
 
@@ -128,13 +132,32 @@ def summarize(runs: dict[str, list[dict]], rounds: int) -> dict:
     return out
 
 
+def source_pairs(source: str, unique: int, size: int, seconds: float = 155.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """First and second frames of ``unique`` consecutive-frame pairs of ``source``, crops of ``size``."""
+    if source == "e2e":
+        frames = e2e_frames(seconds)
+        starts = spread_spans(len(frames), math.ceil(unique / 8), 8)
+        idx = [s + k for s in starts for k in range(8)][:unique]
+        o = (224 - size) // 2  # (a smaller --size: the centre of the 224 crop)
+        crop = [f[o : o + size, o : o + size] for f in frames]
+        return [crop[i] for i in idx], [crop[i + 1] for i in idx]
+    if source == "testsrc2":
+        frames = testsrc_frames(unique + 1, size)
+    else:
+        frames = decode_gray_224(sample_video_dir() / "bikes.mp4", unique + 1, size)
+    return frames[:-1], frames[1:]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=DEFAULT_CONFIGS,
                     help="comma-separated THREADSxBATCH: threads (own CUDA stream each) x pairs per tvl1_flow call")
     ap.add_argument("--total", type=int, default=4096, help="pairs per config (rounded up to whole batches)")
     ap.add_argument("--unique", type=int, default=512, help="distinct consecutive-frame pairs")
-    ap.add_argument("--source", default="testsrc2", choices=["testsrc2", "bikes"])
+    ap.add_argument("--source", default="e2e", choices=["e2e", "testsrc2", "bikes"],
+                    help="e2e: spans of 8 pairs spread over a 155 s end-to-end benchmark video; testsrc2: the first "
+                         "frames of a testsrc2 clip; bikes: bikes.mp4")
+    ap.add_argument("--e2e-seconds", type=float, default=155.0, help="--source e2e: video length (gpu_session's -long)")
     ap.add_argument("--variant", default="default=backend:auto",
                     help="the TV-L1 setting, bench/profile_tvl1.py's variant syntax (e.g. "
                          "flat_a16=backend:triton,sweep_align:16)")
@@ -148,12 +171,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: this measures GPU streams (use --device cpu --size 32 for a smoke test)")
-    if args.source == "testsrc2":
-        frames = testsrc_frames(args.unique + 1, args.size)
-    else:
-        frames = decode_gray_224(sample_video_dir() / "bikes.mp4", args.unique + 1, args.size)
-    frames_t = torch.from_numpy(np.stack(frames)).float().to(device)
-    f0, f1 = frames_t[:-1], frames_t[1:]
+    f0, f1 = (torch.from_numpy(np.stack(x)).float().to(device) for x in source_pairs(args.source, args.unique, args.size, args.e2e_seconds))
     name, cfg, knobs = parse_variant(args.variant)
     cuda = device.type == "cuda"
     streams = [torch.cuda.Stream(device) if cuda else None for _ in range(max(t for t, _ in configs))]

@@ -9,12 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tvl1-band2 extract extract-triton profile "
          "profile-triton e2e e2e-fast e2e-r48 e2e-f16 e2e-flat e2e-f16flat e2e-long e2e-long-fast e2e-long-r48 "
          "e2e-long-f16 e2e-long-flat e2e-long-f16flat e2e-flat1 e2e-long-flat1 e2e-long-best e2e-long-best-w12 "
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
-         "e2e-long-fused1_a16_r40-w10 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w2 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
+         "e2e-long-fused1_a16_r40-w10 e2e-long-best-b1024-w4 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w2 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
 SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
 
@@ -35,7 +37,7 @@ def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
 
 def test_default_steps_fit_one_device_call(tmp_path):
     rows = _dry_run(tmp_path)
-    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "e2e-long-best-b1024-w4"]
+    assert [r[0] for r in rows] == ["tvl1-variants", "e2e-long", "e2e-long-best", "e2e-long-f16flat_a16"]
     # Each step's timeout also allows 10 s to kill it (--kill-after=10).
     assert SETUP_S + sum(limit + 10 for _, limit, _ in rows) <= DEVICE_CALL_S, rows
 
@@ -88,7 +90,7 @@ def test_tvl1_streams_runs_on_cpu(tmp_path):
     """bench/tvl1_streams.py end to end on tiny frames (torch backend): threads, batches, JSON."""
     out = tmp_path / "streams.json"
     r = subprocess.run([sys.executable, "bench/tvl1_streams.py", "--device", "cpu", "--size", "32", "--unique", "4",
-                        "--configs", "1x2,2x3", "--total", "6", "--rounds", "1", "--variant", "t=backend:torch",
+                        "--source", "e2e", "--e2e-seconds", "3", "--configs", "1x2,2x3", "--total", "6", "--rounds", "1", "--variant", "t=backend:torch",
                         "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr[-2000:]
@@ -97,6 +99,19 @@ def test_tvl1_streams_runs_on_cpu(tmp_path):
     d = json.loads(out.read_text())
     assert d["runs"]["1x2"][0]["pairs"] == 6 and d["runs"]["2x3"][0]["pairs"] == 6  # whole batches >= --total
     assert d["summary"]["1x2"]["vs_first"] == 1.0 and d["summary"]["2x3"]["pairs_per_s"] > 0
+    assert d["source"] == "e2e" and d["unique_pairs"] == 4
+
+
+def test_e2e_spans_spread_over_the_whole_video():
+    sys.path.insert(0, str(ROOT / "bench"))
+    from tvl1_launch_balance import spread_spans
+
+    starts = spread_spans(3876, 24, 8)
+    assert len(starts) == 24 and starts[0] == 0 and starts[-1] == 3876 - 9  # the last span ends on the last frame
+    assert all(b - a >= 8 for a, b in zip(starts, starts[1:]))  # spans do not overlap
+    assert spread_spans(20, 5, 8) == [0, 2, 5, 8, 11]  # (a short video: overlapping spans, none repeated)
+    with pytest.raises(ValueError):
+        spread_spans(8, 1, 8)
 
 
 def test_every_step_uses_real_flags(tmp_path):
@@ -133,3 +148,19 @@ def test_every_step_uses_real_flags(tmp_path):
                 assert knobs["SWEEP_LAYOUT"] in ("rows", "flat", "fused"), spec
     finally:
         sys.path.remove(str(ROOT / "bench"))
+
+
+def test_launch_balance_counts_the_end_to_end_videos_pairs(tmp_path):
+    """bench/tvl1_launch_balance.py --source e2e (the band-step count docs/tvl1.md multiplies by frames/s)."""
+    out = tmp_path / "lb.json"
+    r = subprocess.run([sys.executable, "bench/tvl1_launch_balance.py", "--source", "e2e", "--e2e-seconds", "2",
+                        "--spans", "2", "--pairs", "2", "--batches", "4", "--json", str(out)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    d = json.loads(out.read_text())["sets"]["e2e"]
+    assert d["unique_pairs"] == 4 and d["span_starts"][0] == 0 and len(d["span_starts"]) == 2
+    steps = d["span_work_band_steps_per_pair"]
+    assert len(steps) == 2 and all(s > 0 for s in steps)
+    assert d["batches"]["4"]["work_band_steps_per_pair"]["flat"] == pytest.approx(sum(steps) / 2, abs=0.1)

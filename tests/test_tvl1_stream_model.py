@@ -39,6 +39,8 @@ def test_a_slow_pair_holds_its_stream_and_other_streams_fill_in():
 def test_recorded_counts_load():
     pairs = m.load_pairs(*m.SETS["synthetic"])
     assert len(pairs) == 64 and all(k[0] in (91, 114, 143, 179, 224) for p in pairs for k in p)
+    e2e = m.load_pairs(*m.SETS["e2e"])  # the end-to-end videos' pairs: 64 spans of 8
+    assert len(e2e) == 512 and all(k[0] in (91, 114, 143, 179, 224) for p in e2e for k in p)
 
 
 def test_streams_summary_skips_the_warm_up_round_and_keeps_failures():
