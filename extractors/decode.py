@@ -300,6 +300,11 @@ class DecordFrames:
     def __init__(self, path: str, probe: VideoProbe, fps: float, num_threads: int = 0) -> None:
         import decord  # imported here: optional at import time of this module
 
+        # decord's libav logs its errors to stderr without naming the file ("[h264 @ 0x...] Invalid NAL unit
+        # size"), interleaved across worker threads; a failure here is raised as a DecodeError naming the file
+        # instead (and the ffmpeg retry reports the decoder's own messages with it).
+        decord.logging.set_level(decord.logging.QUIET)
+
         if probe.rotation:
             raise DecodeError(path, f"rotation metadata ({probe.rotation} deg) is ignored by decord", self.backend)
         if probe.video_streams > 1:  # decord decodes the stream it finds "best", which may not be the probed one
@@ -345,6 +350,12 @@ class DecordFrames:
         self._vr = None
 
 
+# Lines of ffmpeg's stderr that are not reasons (progress, statistics, showinfo's frame details), and a
+# decoder's report of damaged input (h264/hevc/mpeg4/vpx/av1 wording).
+_NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo")
+_DAMAGE = re.compile(r"error while decoding|invalid nal unit|error splitting the input|concealing \d+|corrupt"
+                     r"|invalid data found when processing input|decode_slice_header error|missing reference",
+                     re.IGNORECASE)
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
 
 
@@ -381,6 +392,8 @@ class FfmpegFrames:
             raise DecodeError(self.path, f"cannot run ffmpeg: {e}", self.backend) from e
         infos: queue.Queue = queue.Queue()
         tail: list[str] = []
+        damage: list[str] = []  # the decoder's reports of damaged data (the first few, and their count below)
+        self._damage_reports = 0
 
         def read_stderr() -> None:
             for raw in proc.stderr:
@@ -388,9 +401,13 @@ class FfmpegFrames:
                 m = _SHOWINFO.search(line)
                 if m and "Parsed_showinfo" in line:
                     infos.put((m.group(3), int(m.group(4)), int(m.group(5))))
-                elif line.strip():
+                elif line.strip() and not _NOISE.search(line.strip()):  # (not progress, statistics or frame info)
                     tail.append(line.strip())
                     del tail[:-5]
+                    if _DAMAGE.search(line):
+                        self._damage_reports += 1
+                        if len(damage) < 3:
+                            damage.append(line.strip())
             infos.put(None)
 
         reader = threading.Thread(target=read_stderr, daemon=True)
@@ -399,6 +416,7 @@ class FfmpegFrames:
         last_pts = None
         deltas: list[float] = []
         size: tuple[int, int] | None = None
+        decoded = 0
         try:
             while True:
                 item = infos.get()
@@ -412,6 +430,7 @@ class FfmpegFrames:
                 if len(data) < w * h * 3:
                     break
                 frame = np.frombuffer(data, np.uint8).reshape(h, w, 3)
+                decoded += 1
                 self.width, self.height = w, h
                 pts = _float_or_none(pts_s)
                 if pts is None:  # no timestamp: assume the nominal frame rate
@@ -429,6 +448,8 @@ class FfmpegFrames:
                                   self.backend)
             self.duration = self._stream_end(last_pts - sah.first_pts, sah.first_pts, deltas)
             self._check_complete(self.duration, tail)
+            reader.join(timeout=5)  # (stderr fully read: every damage report counted)
+            self._check_undamaged(decoded, deltas, damage)
             yield from sah.finish(self.duration)
             self.num_frames = sah.next_k
         finally:
@@ -446,6 +467,29 @@ class FfmpegFrames:
             raise DecodeError(self.path, f"decoded only {decoded:.2f} s of the {declared:.2f} s the video stream "
                               f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
                               self.backend)
+
+    def _check_undamaged(self, decoded: int, deltas: list[float], damage: list[str]) -> None:
+        """Damaged data inside the file (not only at its end) must fail too: the decoder drops the frames it
+        cannot decode, and holding the previous frame over the hole would store a damaged video as a good one.
+        Fails when the decoder reported damage and more than ``max(2, 0.5%)`` of the frames are missing: by
+        the container's frame count, or (without one: Matroska, WebM) by the holes in the timestamps. Frames
+        the decoder repaired in place (concealed blocks) and count or timing differences without any damage
+        report (edit lists, variable frame rate) do not fail."""
+        if not damage:
+            return
+        nb = self.probe.nb_frames
+        if nb is not None:
+            missing, listed = nb - decoded, nb
+        else:
+            period = 1.0 / self.probe.avg_fps if self.probe.avg_fps else (float(np.median(deltas)) if deltas else 0.0)
+            missing = int(round(sum(d / period - 1 for d in deltas if d > 1.5 * period))) if period else 0
+            listed = decoded + missing
+        if missing > max(2, 0.005 * listed):
+            raise DecodeError(
+                self.path,
+                f"damaged data: {missing} of {listed} frames could not be decoded ({self._damage_reports} decoder "
+                f"errors, first: {damage[0]}); repair or re-encode the file",
+                self.backend)
 
     def _stream_end(self, rel_last: float, first_pts: float, deltas: list[float]) -> float:
         """When the last frame stops being shown (seconds after the first frame).

@@ -31,5 +31,11 @@ class DecodeError(VideoError):
         return (type(self), (self.video, self.reason, self.backend))
 
 
+class ExtractionCancelled(BaseException):
+    """Raised inside a video's extraction when its run is cancelled (``extract_many`` after Ctrl-C, or after
+    an error that is not one video's). A BaseException, as KeyboardInterrupt is, so that no handler turns it
+    into that video's failure; the video publishes nothing."""
+
+
 class ConfigError(ValueError):
     """An extraction setting is invalid (not tied to one video)."""

@@ -15,7 +15,7 @@ import threading
 import time
 import traceback
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,7 +41,7 @@ from extractors.decode import (
     open_frames,
     probe_video,
 )
-from extractors.errors import ConfigError, DecodeError, VideoError
+from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
 from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
@@ -330,10 +330,17 @@ def _i3d_rgb(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int) -
     return torch.cat(out).numpy()
 
 
-def _window_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors) -> torch.Tensor:
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise ExtractionCancelled()
+
+
+def _window_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors,
+                 cancel: threading.Event | None = None) -> torch.Tensor:
     """I3D flow input for every frame the window's snippets use: (n, 2, c, c) in [-1, 1].
 
     Frame j's flow goes to frame j+1; the last frame of a video has no successor and gets zero flow.
+    ``cancel`` is checked before every TV-L1 batch (the longest step of a window on a CPU).
     """
     cfg = models.config
     n = win.snippet_offsets(grid)[-1] + grid.snippet_frames
@@ -342,16 +349,17 @@ def _window_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors) -> tor
     c = gray.shape[-1]
     flow = torch.zeros((n, 2, c, c), dtype=torch.float32, device=models.device)
     for i in range(0, pairs, cfg.flow_batch_pairs):
+        _check_cancel(cancel)
         j = min(pairs, i + cfg.flow_batch_pairs)
         flow[i:j] = flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1), cfg.flow_bound)
     return flow
 
 
 def _i3d_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors, bs: int,
-              flow: torch.Tensor | None = None) -> np.ndarray:
+              flow: torch.Tensor | None = None, cancel: threading.Event | None = None) -> np.ndarray:
     net = models.model("i3d_flow")
     if flow is None:
-        flow = _window_flow(win, grid, models)
+        flow = _window_flow(win, grid, models, cancel)
     offsets = win.snippet_offsets(grid)
     out = []
     for i in range(0, len(offsets), bs):
@@ -372,8 +380,9 @@ def _clip(win: FrameWindow, models: Extractors) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the video pass
-def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, models: Extractors,
-                 backend: str, progress: ProgressFn | None, clock: StageClock) -> tuple[dict[str, np.ndarray], StreamEnd]:
+def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, models: Extractors, backend: str,
+                 progress: ProgressFn | None, clock: StageClock,
+                 cancel: threading.Event | None = None) -> tuple[dict[str, np.ndarray], StreamEnd]:
     grid = _grid_of(config)
     want = {f: f in todo for f in VISUAL_FEATURES}
     positions = (clip_sample_positions(grid.snippet_frames, config.clip.frames_per_snippet)
@@ -421,13 +430,14 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
                 item = next(it, None)
             if item is None:
                 break
+            _check_cancel(cancel)
             if isinstance(item, StreamEnd):
                 end = item
                 continue
             flow = None
             if want["i3d_flow"] and models.concurrent_flow:
                 with clock("tvl1", sync=True):  # finished on this stream before the networks' thread reads it
-                    flow = _window_flow(item, grid, models)
+                    flow = _window_flow(item, grid, models, cancel)
             def networks(win: FrameWindow = item, flow: torch.Tensor | None = flow, queued: float = time.perf_counter()):
                 clock.seconds["compute_wait"] += time.perf_counter() - queued  # another window had the networks
                 if want["i3d_rgb"]:
@@ -435,7 +445,7 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
                         outs["i3d_rgb"].append(_i3d_rgb(win, grid, models, config.batch_size))
                 if want["i3d_flow"]:
                     with clock("i3d_flow" if flow is not None else "tvl1+i3d_flow"):
-                        outs["i3d_flow"].append(_i3d_flow(win, grid, models, config.batch_size, flow))
+                        outs["i3d_flow"].append(_i3d_flow(win, grid, models, config.batch_size, flow, cancel))
                 if want["clip_vitb16"]:
                     with clock("clip_vitb16"):
                         outs["clip_vitb16"].append(_clip(win, models))
@@ -469,11 +479,13 @@ def extract_video(
     config: ExtractConfig,
     extractors: Extractors | None = None,
     progress: ProgressFn | None = None,
+    cancel: threading.Event | None = None,
 ) -> ExtractReport:
     """Compute the features ``store`` lacks for ``video_id`` (same extractor config) and publish them.
 
     Raises :class:`VideoError` for anything wrong with this video; configuration and weights
-    problems (not tied to one video) raise ConfigError / WeightsError.
+    problems (not tied to one video) raise ConfigError / WeightsError. Once ``cancel`` is set the
+    extraction stops at its next window or TV-L1 batch with :class:`ExtractionCancelled`, publishing nothing.
     """
     models = extractors or Extractors(config)
     try:
@@ -482,8 +494,8 @@ def extract_video(
             # from several threads (extract_many's workers, Prefect's task threads) overlap on the device.
             # (The device first: leaving a stream context on another GPU would touch the current one.)
             with torch.cuda.device(models.device), torch.cuda.stream(_worker_stream(models.device)):
-                return _extract_video(video_path, video_id, store, config, models, progress)
-        return _extract_video(video_path, video_id, store, config, models, progress)
+                return _extract_video(video_path, video_id, store, config, models, progress, cancel)
+        return _extract_video(video_path, video_id, store, config, models, progress, cancel)
     except VideoError as e:
         # A failure is kept (ExtractFailure, Prefect's task state): drop the finished frames its
         # traceback holds, or they would pin that video's GPU tensors (flow, batches) meanwhile.
@@ -500,7 +512,7 @@ def _release_frames(exc: BaseException) -> None:
 
 
 def _extract_video(video_path, video_id: str, store: FeatureStore, config: ExtractConfig, models: Extractors,
-                   progress: ProgressFn | None) -> ExtractReport:
+                   progress: ProgressFn | None, cancel: threading.Event | None = None) -> ExtractReport:
     t0 = time.perf_counter()
     path = str(video_path)
     check_store_grid(store, config)
@@ -526,12 +538,13 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
             wav = decode_audio(path, probe, config.audio_sample_rate) if "vggish" in todo else None
         stage = "decode"
         try:
-            feats, end = _visual_pass(path, probe, todo, config, models, config.decode_backend, progress, clock)
+            feats, end = _visual_pass(path, probe, todo, config, models, config.decode_backend, progress, clock,
+                                      cancel)
         except DecodeError as e:
             if config.decode_backend != "auto" or e.backend != "decord":
                 raise
             # decord opened the file but failed while reading it: redo the whole pass with ffmpeg.
-            feats, end = _visual_pass(path, probe, todo, config, models, "ffmpeg", progress, clock)
+            feats, end = _visual_pass(path, probe, todo, config, models, "ffmpeg", progress, clock, cancel)
         t = end.num_snippets
         if t == 0:
             raise VideoError(
@@ -550,6 +563,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
                 raise VideoError(path, name, f"produced {arr.shape[0]} rows for {t} snippets")
             if arr.dtype != bool and not np.all(np.isfinite(arr)):
                 raise VideoError(path, name, "produced non-finite values (NaN/Inf)")
+        _check_cancel(cancel)  # (a write under way when the run is cancelled completes: it is atomic)
         stage = "store"
         info = VideoInfo(
             source=str(Path(path).resolve()), source_fingerprint=fingerprint, fps=grid.fps,
@@ -604,7 +618,9 @@ def extract_many(
     the networks serve one window at a time (``Extractors.compute``) while TV-L1 runs for several
     windows at once (``Extractors.concurrent_flow``; on CUDA each thread has its own stream).
     Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
-    snippets) is not reported.
+    snippets) is not reported. Ctrl-C (or an error not tied to one video, raised from any worker) stops
+    the run at once: videos not yet started never start, running ones stop at their next window or TV-L1
+    batch and publish nothing, and the exception propagates without waiting for them.
     """
     check_store_grid(store, config)
     apply_torch_threads(config)
@@ -612,26 +628,47 @@ def extract_many(
     items = list(videos)
     callback_lock = threading.Lock()
     workers = min(config.video_workers, max(1, len(items)))
+    cancel = threading.Event()
 
-    def one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure:
+    def one(item: tuple[str, str | os.PathLike]) -> ExtractReport | ExtractFailure | None:
+        if cancel.is_set():
+            return None  # (the run is being abandoned: its caller gets the exception, not this list)
         vid, path = item
         if on_video_start:
             with callback_lock:
                 on_video_start(vid, str(path))
         try:
             res: ExtractReport | ExtractFailure = extract_video(
-                path, vid, store, config, models, progress if workers == 1 else None)
+                path, vid, store, config, models, progress if workers == 1 else None, cancel)
         except VideoError as e:
             res = ExtractFailure(vid, str(path), e)
+        except ExtractionCancelled:
+            return None
+        except BaseException:
+            cancel.set()  # (here, before this thread is handed the next video)
+            raise
         if on_video_done:
             with callback_lock:
                 on_video_done(res)
         return res
 
-    if workers == 1:
+    if workers == 1:  # (Ctrl-C arrives in this thread, inside the video)
         return [one(item) for item in items]
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract") as pool:
-        return list(pool.map(one, items))
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="extract")
+    futures = [pool.submit(one, item) for item in items]
+    try:
+        wait(futures, return_when=FIRST_EXCEPTION)  # (not in order: an error in any video's thread ends the run)
+        failed = next((f for f in futures if f.done() and not f.cancelled() and f.exception() is not None), None)
+        if failed is not None:
+            raise failed.exception()
+        results = [f.result() for f in futures]
+    except BaseException:
+        # Not `with pool:` -- leaving it waits for every running video to finish (minutes on a CPU).
+        cancel.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return results
 
 
 _STREAMS = threading.local()

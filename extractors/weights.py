@@ -246,16 +246,22 @@ def resolve_weights(
 
 
 def _check_i3d_is_kinetics(spec: WeightSpec, path: Path) -> None:
-    """pytorch-i3d publishes no hashes, so at least the head must be the Kinetics-400 one: its other
-    checkpoint, rgb_charades.pt (157 classes, fine-tuned on Charades), loads just as well and would give
-    features of another model. (A file that does not load is reported by the loader, with its keys.)"""
+    """pytorch-i3d publishes no hashes, so the file must at least load as the loader loads it (an
+    interrupted download does not: caught here, before any video, not once per video) and carry the
+    Kinetics-400 head: its other checkpoint, rgb_charades.pt (157 classes, fine-tuned on Charades), loads
+    just as well and would give features of another model. (Missing or unexpected keys are reported by
+    extractors.i3d.load_i3d, with the keys.)"""
     import torch
 
     try:  # mmap reads only the bias, but only the zip format (PyTorch >= 1.6) has it; the 2018 files are older
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
         bias = sd.get("logits.conv3d.bias") if isinstance(sd, dict) else None
-    except Exception:  # noqa: BLE001 -- not loadable here: extractors.i3d.load_i3d says why
-        return
+    except Exception as e:  # noqa: BLE001 -- whatever torch raises, the file is not usable
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise WeightsError(
+            f"weights file for {spec.key!r} at {path} does not load as a PyTorch state_dict ({type(e).__name__}: "
+            f"{reason}); an incomplete download? put {spec.published_url.rsplit('/', 1)[1]} from "
+            f"{spec.published_url} there") from e
     if bias is not None and getattr(bias, "ndim", 0) == 1 and bias.shape[0] != 400:
         raise WeightsError(
             f"wrong weights file for {spec.key!r} at {path}: its classifier has {bias.shape[0]} classes, the "

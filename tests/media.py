@@ -98,6 +98,17 @@ def make_truncated(path: str | Path, source: str | Path, keep: float = 0.3) -> P
     return Path(path)
 
 
+def make_damaged(path: str | Path, source: str | Path, at: float = 0.5, span: float = 0.2, seed: int = 0) -> Path:
+    """A real video with ``span`` of its bytes, from ``at`` of the way in, overwritten with random bytes
+    (a bad sector or a corrupted transfer: the index survives, the frames there do not)."""
+    data = bytearray(Path(source).read_bytes())
+    start = int(len(data) * at)
+    n = min(max(1, int(len(data) * span)), len(data) - start)
+    data[start : start + n] = np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
+    Path(path).write_bytes(bytes(data))
+    return Path(path)
+
+
 def make_empty(path: str | Path) -> Path:
     Path(path).write_bytes(b"")
     return Path(path)

@@ -62,8 +62,18 @@ def test_allow_random_only_when_missing(tmp_path):
         W.resolve_weights("vggish", tmp_path, allow_random=True)
 
 
+def _tiny_state_dict() -> bytes:
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({"logits.conv3d.bias": torch.zeros(400)}, buf)
+    return buf.getvalue()
+
+
 def test_unchecked_file_resolves_with_its_hash(tmp_path):
-    content = b"i3d weights stand-in"
+    content = _tiny_state_dict()  # (pytorch-i3d publishes no hash: a loadable state_dict is all that is checked)
     path = _put(tmp_path, "i3d_rgb", content)
     r = W.resolve_weights("i3d_rgb", tmp_path)
     assert r.path == path.resolve() and not r.random_init
@@ -92,6 +102,15 @@ def test_i3d_checkpoint_with_another_head_is_refused(tmp_path):
             W.resolve_weights("i3d_rgb", tmp_path)
     _put(tmp_path, "i3d_rgb", checkpoint(400))
     assert not W.resolve_weights("i3d_rgb", tmp_path).random_init
+    # an interrupted download fails here, once, before any video (not in each video's decode stage), even
+    # where random weights are allowed: a wrong file is never replaced by random weights
+    for zip_format in (True, False):
+        _put(tmp_path, "i3d_flow", checkpoint(400, zip_format)[:1000])
+        W.clear_hash_cache()
+        for allow in (False, True):
+            with pytest.raises(W.WeightsError, match=r"'i3d_flow' at .*flow_imagenet.pt does not load .*incomplete "
+                                                     r"download.*put flow_imagenet.pt from https://github.com/piergiaj"):
+                W.resolve_weights("i3d_flow", tmp_path, allow_random=allow)
 
 
 def test_wrong_hash_reports_both(tmp_path):
@@ -141,9 +160,11 @@ def test_hash_cache_by_path_size_mtime(tmp_path, monkeypatch):
 
 
 def test_weights_report(tmp_path):
-    _put(tmp_path, "i3d_rgb", b"x")
+    _put(tmp_path, "i3d_rgb", _tiny_state_dict())
+    _put(tmp_path, "i3d_flow", b"x")  # not a state_dict
     _put(tmp_path, "clip_vitb16", b"y")
     rows = {r["key"]: r for r in W.weights_report(tmp_path)}
     assert rows["i3d_rgb"]["status"] == "ok"
+    assert rows["i3d_flow"]["status"] == "bad" and "does not load" in rows["i3d_flow"]["error"]
     assert rows["clip_vitb16"]["status"] == "bad"
     assert rows["vggish"]["status"] == "missing"
