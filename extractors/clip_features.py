@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from extractors.arrays import as_tensor
 from extractors.decode import resize_center_crop
 
 CLIP_FEATURE_DIM = 512
@@ -208,14 +209,14 @@ class ClipExtractor:
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) -> uint8 (N, 3, S, S): open_clip's eval resize + centre crop."""
-        x = torch.as_tensor(frames)
+        x = as_tensor(frames)
         if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 (N, H, W, 3) RGB frames, got {x.dtype} {tuple(x.shape)}")
         return resize_center_crop(x.permute(0, 3, 1, 2), self.image_size, self.image_size, self.interpolation)
 
     def embed_crops(self, crops: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """uint8 (N, 3, S, S) crops -> float32 (N, D) image embeddings (not normalised), on CPU."""
-        x = torch.as_tensor(crops)
+        x = as_tensor(crops)
         outs = []
         with torch.inference_mode():
             for i in range(0, x.shape[0], batch_size):
@@ -231,18 +232,22 @@ class ClipExtractor:
 
     def snippet_features_from_crops(self, crops: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (T, k, 3, S, S) crops of the sampled frames -> float32 (T, D) pooled features."""
-        x = torch.as_tensor(crops)
+        x = as_tensor(crops)
         if x.ndim != 5:
             raise ValueError(f"expected (T, k, 3, S, S) crops, got {tuple(x.shape)}")
         t, k = x.shape[:2]
+        if t == 0 or k == 0:
+            return np.zeros((t, self.embed_dim), np.float32)
         emb = self.embed_crops(x.reshape(t * k, *x.shape[2:]))
         return pool_snippet_embeddings(emb.reshape(t, k, -1)).numpy()
 
     def snippet_features(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 RGB snippets (T, F, H, W, 3) -> float32 (T, D): sample, preprocess, embed, pool."""
-        x = torch.as_tensor(frames)
+        x = as_tensor(frames)
         if x.dtype != torch.uint8 or x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 (T, F, H, W, 3) RGB snippets, got {x.dtype} {tuple(x.shape)}")
+        if x.shape[0] == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
         pos = clip_sample_positions(x.shape[1], self.config.frames_per_snippet)
         sel = x[:, pos]  # (T, k, H, W, 3)
         t, k = sel.shape[:2]

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from extractors.arrays import as_tensor
 from extractors.checkpoint_keys import state_dict_mismatch
 
 I3D_FEATURE_DIM = 1024
@@ -193,7 +194,7 @@ class InceptionI3d(nn.Module):
         if x.device.type == "cpu":
             # oneDNN 3D convs are faster in NDHWC; the layout propagates through the net.
             x = x.contiguous(memory_format=torch.channels_last_3d)
-        with torch.inference_mode():
+        with torch.no_grad():  # (not inference_mode: its tensors refuse autograd and in-place use afterwards)
             return self.mixed_5c(x).mean(dim=(2, 3, 4))
 
 
@@ -205,7 +206,7 @@ def rgb_to_i3d_input(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     The flow stream's input is made by ``extractors.tvl1.flow_to_i3d_input`` (channels
     (x, y) first: permute (..., T, H, W, 2) flow to (B, 2, T, H, W)).
     """
-    x = torch.as_tensor(frames_uint8)
+    x = as_tensor(frames_uint8)
     if x.dtype != torch.uint8:
         raise TypeError(f"expected uint8 frames, got {x.dtype}")
     if x.ndim == 4:

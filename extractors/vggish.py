@@ -27,6 +27,7 @@ import torch
 import torchaudio.functional as AF
 from torch import nn
 
+from extractors.arrays import as_tensor
 from extractors.checkpoint_keys import state_dict_mismatch
 from extractors.vggish_frontend import (
     NUM_MEL_BINS,
@@ -254,14 +255,22 @@ def to_mono_16k(
 
     Multi-channel input is averaged, like vggish_input. It is channel-first (as torchaudio.load
     returns); a (S, channels) array (soundfile, scipy.io.wavfile) is recognised by having more rows
-    than columns. Resampling uses torchaudio's windowed sinc with resampy's ``kaiser_best`` filter
+    than columns. Integer PCM is scaled to [-1, 1) as scipy.io.wavfile's types are: int16 / 32768 (as
+    vggish_input.wavfile_to_examples), int32 / 2**31, uint8 (x - 128) / 128; other integer types are
+    refused. Resampling uses torchaudio's windowed sinc with resampy's ``kaiser_best`` filter
     (what the released code uses; torchaudio's default filter was 0.44 off resampy on unit-variance
     noise from 48 kHz, this one 2e-3), so non-16 kHz input is close to but not bit-identical with the
-    TF pipeline (documented in docs/weights.md).
+    TF pipeline (documented in docs/weights.md); the resampled length is resampy's,
+    ``int(S * 16000 / rate)`` (torchaudio rounds up: one more sample, sometimes one more patch).
     """
-    wav = torch.as_tensor(waveform)
-    if wav.dtype == torch.int16:
-        wav = wav.float() / 32768.0  # as vggish_input.wavfile_to_examples
+    wav = as_tensor(waveform)
+    if not wav.is_floating_point():
+        scale = _PCM_SCALE.get(wav.dtype)
+        if scale is None:
+            raise TypeError(f"integer audio of type {wav.dtype} is not PCM this knows how to scale (int16, int32, "
+                            "uint8); convert it to float in [-1, 1]")
+        offset = 128.0 if wav.dtype == torch.uint8 else 0.0
+        wav = (wav.to(torch.float64) - offset) / scale  # (float64: int32 counts exceed float32's mantissa)
     wav = wav.to(device=device, dtype=torch.float32)
     if wav.ndim == 2:
         if wav.shape[0] > wav.shape[1] and 0 < wav.shape[1] <= MAX_CHANNELS:  # (samples, channels)
@@ -271,8 +280,13 @@ def to_mono_16k(
         raise ValueError(f"expected (S,) or (channels, S) audio, got {tuple(wav.shape)}")
     sr = _int_rate(sample_rate)
     if sr != SAMPLE_RATE and wav.shape[0] > 0:
-        wav = AF.resample(wav, sr, SAMPLE_RATE, **KAISER_BEST)
+        n = int(wav.shape[0] * (float(SAMPLE_RATE) / sr))  # resampy's output length
+        wav = AF.resample(wav, sr, SAMPLE_RATE, **KAISER_BEST)[:n]
     return wav.contiguous()
+
+
+# Integer PCM sample types and their full scale (scipy.io.wavfile's: 16- and 32-bit signed, 8-bit unsigned).
+_PCM_SCALE = {torch.int16: 32768.0, torch.int32: 2.0**31, torch.uint8: 128.0}
 
 
 # ------------------------------------------------------------------ loading

@@ -111,3 +111,13 @@ def test_random_init_is_seeded(tiny):
     assert a.random_init and a.weights_sha256 is None
     crops = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     assert torch.equal(a.embed_crops(crops), b.embed_crops(crops))
+
+
+def test_zero_snippets_and_flipped_frames(tiny):
+    ext = ClipExtractor(None, "cpu", ClipConfig(model_name=tiny["name"], seed=7), allow_random=True)
+    assert ext.snippet_features(np.zeros((0, 16, 40, 48, 3), np.uint8)).shape == (0, ext.embed_dim)
+    assert ext.snippet_features_from_crops(np.zeros((0, 2, 3, 32, 32), np.uint8)).shape == (0, ext.embed_dim)
+    bgr = np.random.default_rng(0).integers(0, 256, (2, 16, 40, 48, 3), dtype=np.uint8)
+    # frames[..., ::-1] (OpenCV's BGR to RGB) has negative strides, which torch.as_tensor refuses
+    np.testing.assert_array_equal(ext.snippet_features(bgr[..., ::-1]),
+                                  ext.snippet_features(np.ascontiguousarray(bgr[..., ::-1])))

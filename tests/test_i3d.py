@@ -202,6 +202,18 @@ def test_input_conversions():
         rgb_to_i3d_input(frames.astype(np.float32))
     with pytest.raises(ValueError):
         rgb_to_i3d_input(np.zeros((16, 4, 5), np.uint8))
+    # negative strides (the BGR -> RGB flip), which torch.as_tensor refuses
+    bgr = frames[..., ::-1]
+    torch.testing.assert_close(rgb_to_i3d_input(bgr), rgb_to_i3d_input(np.ascontiguousarray(bgr)))
+
+
+def test_features_are_ordinary_tensors(rgb_model):
+    """A linear probe on the features trains, and they can be normalised in place (inference-mode tensors
+    refuse both)."""
+    f = rgb_model.features(torch.rand(2, 3, 8, 32, 32) * 2 - 1)
+    assert not f.requires_grad and not f.is_inference()
+    torch.nn.Linear(1024, 3)(f).sum().backward()
+    f /= f.norm(dim=1, keepdim=True)
 
 
 def test_random_init_is_seeded():

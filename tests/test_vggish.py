@@ -284,6 +284,27 @@ def test_input_conversions_resample_mono_int16():
         to_mono_16k(np.zeros(10), 22050.5)
 
 
+def test_integer_pcm_is_scaled_as_wav_readers_give_it():
+    x = np.array([0.5, -1.0, 0.25, 0.0])
+    for dtype, counts in ((np.int16, x * 32768), (np.int32, x * 2**31), (np.uint8, x * 128 + 128)):
+        np.testing.assert_allclose(to_mono_16k(counts.astype(dtype), 16000).numpy(), x, atol=1e-7, err_msg=str(dtype))
+    for dtype in (np.int64, np.uint16, bool):
+        with pytest.raises(TypeError, match="convert it to float"):
+            to_mono_16k(np.zeros(4, dtype), 16000)
+    # big-endian and reversed arrays (negative strides) convert like any other
+    np.testing.assert_allclose(to_mono_16k(x.astype(">f4")[::-1], 16000).numpy(), x[::-1], atol=1e-7)
+
+
+@pytest.mark.parametrize("n", [42995, 42996, 42997, 44100])
+def test_resampled_length_is_resampys(n):
+    """resampy keeps int(n * 16000 / rate) samples, torchaudio one more when that is not whole: at these
+    lengths of 44.1 kHz audio, one more whole patch than the released pipeline gives."""
+    import resampy
+
+    x = np.random.default_rng(n).standard_normal(n)
+    assert to_mono_16k(x, 44100).shape == resampy.resample(x, 44100, 16000, filter="kaiser_best").shape
+
+
 @pytest.mark.parametrize("rate", [48000, 44100, 22050])
 def test_resampling_matches_resampy_kaiser_best(rate):
     """vggish_input resamples with resampy's default filter, kaiser_best (a 50-zero-crossing table);
