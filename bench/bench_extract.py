@@ -249,7 +249,10 @@ def main() -> None:
         emit(result, args.out)
         return
     models = Extractors(cfg)
-    s = min(args.snippets, n_frames // 16 - 1)
+    s = min(args.snippets, n_frames // 16 - 1)  # (one snippet's frames kept back: the flow of its last frame)
+    if s < 1:
+        raise SystemExit(f"--seconds {args.seconds:g} gives {n_frames} frames: the per-extractor rows need at least "
+                         "32 (two snippets); use --seconds 2 or more")
     result["snippets_per_extractor"] = s
     nf = 16 * s
     # The networks' rows run at the precision the pipeline would use: --precision bf16/fp16 as given, auto as

@@ -7,7 +7,8 @@
 #                     |-f16flat_a16|-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-flowonly][-bN][-wN] train
 #          profile profile-triton
 #
-# Each step runs under its own time limit and writes OUT_DIR/<step>.json (the bench's results)
+# Each step runs under its own time limit and writes its bench's results to OUT_DIR (a JSON named after the
+# step: tvl1_variants.json, e2e-long.json, ...; the tests write none)
 # and OUT_DIR/session.log (everything printed). Needs the project's Python packages and
 # ffmpeg/ffprobe on PATH. A folder .gpu/ (never committed) may hold what an offline GPU machine
 # lacks: wheels in .gpu/whl/ (installed to /tmp/site) and ffbin.tar.xz (static ffmpeg + ffprobe);
@@ -20,7 +21,7 @@ shift || true
 # variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16
 # state, rows padded to 16 floats (exact and float16), the "fused" one-barrier kernel), then end to end on
 # THUMOS-length videos with the default (e2e-long), with the fastest EXACT (float32) variant (e2e-long-best,
-# read from tvl1-variants' JSON; skipped when that is the default) and with float16 state on rows padded to
+# read from tvl1-variants' JSON; skipped when that is the default and e2e-long ran) and with float16 state on rows padded to
 # 16 (e2e-long-f16flat_a16: its I3D-flow features stay within cosine 0.99995 of float32's, inside the issue's
 # 0.999 bar for reduced precision). The end-to-end run did ~48 M flat band steps/s (bench/tvl1_launch_balance.py
 # --source e2e: ~44,600 per pair of its videos) against 63 M for one stream of synthetic pairs, so the GPU is
