@@ -14,6 +14,7 @@ unique; problems raise :class:`ManifestError` listing every offending entry.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -29,6 +30,20 @@ VIDEO_EXTENSIONS = frozenset(
 
 class ManifestError(ValueError):
     """The video list itself is unusable (not one video's problem)."""
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` (this process's share of N: 0 <= I < N) -> (I, N)."""
+    index, sep, count = str(text).partition("/")
+    if sep and index.strip().isdigit() and count.strip().isdigit() and 0 <= int(index) < int(count):
+        return int(index), int(count)
+    raise ValueError(f"a shard is I/N with 0 <= I < N (e.g. 0/2 and 1/2 for two processes), got {text!r}")
+
+
+def in_shard(video_id: str, index: int, count: int) -> bool:
+    """Whether ``video_id`` is in shard ``index`` of ``count``. By a hash of the id, not by position, so that
+    processes started on different listings (a video arrived in between) still never share or skip one."""
+    return int.from_bytes(hashlib.sha256(video_id.encode("utf-8")).digest()[:8], "big") % count == index
 
 
 def discover_videos(source: str | os.PathLike, recursive: bool = False) -> list[tuple[str, Path]]:

@@ -506,3 +506,38 @@ def test_triton_tvl1_backend_in_the_pipeline(tmp_path):
     assert res["torch"]["ok"] == res["triton"]["ok"] == [True, True], res
     assert res["triton"]["concurrent"] and res["triton"]["backend_param"] == "triton", res
     assert res["v0"] < 1e-3 and res["v1"] < 1e-3, res  # float rounding only
+
+
+def test_shards_split_the_videos_between_processes(env, tmp_path, capsys):
+    """`--shard I/N`: N processes (one per GPU) on the same videos and store extract disjoint shares that
+    together cover every video, whatever order or listing each one was given."""
+    from clipae.cli import main
+    from extractors.manifest import in_shard, parse_shard
+
+    ids = [f"video_{i:03d}" for i in range(400)]
+    shares = [[v for v in ids if in_shard(v, i, 3)] for i in range(3)]
+    assert sorted(sum(shares, [])) == ids and all(90 < len(s) < 180 for s in shares)  # each id in one share
+    assert parse_shard(" 1/3") == (1, 3)
+    for bad in ("3/3", "-1/2", "1", "a/b", "0/0"):
+        with pytest.raises(ValueError, match="0 <= I < N"):
+            parse_shard(bad)
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for i in range(4):
+        make_video(vids / f"v{i}.mp4", seconds=0.7, size=(48, 32), fps=25 + i)  # (different bytes)
+    conf = tmp_path / "small.json"
+    conf.write_text(json.dumps({"resize_short": 36, "crop_size": 32}))
+    args = ["extract", "--videos", str(vids), "--store", str(tmp_path / "st"), "--features", "i3d_rgb",
+            "--weights-dir", str(env.wdir), "--device", "cpu", "--config", str(conf), "--no-progress",
+            "--allow-random-weights"]
+    mine = {}
+    for i in range(2):
+        assert main([*args, "--shard", f"{i}/2"]) == 0
+        mine[i] = {f"v{k}" for k in range(4) if in_shard(f"v{k}", i, 2)}
+        out, err = capsys.readouterr()
+        assert f"shard {i}/2: {len(mine[i])} of the 4 videos" in err and f"{len(mine[i])} videos: " in out, (out, err)
+    assert FeatureStore.open(tmp_path / "st").list_videos() == ["v0", "v1", "v2", "v3"]
+    with pytest.raises(SystemExit):
+        main([*args, "--shard", "2/2"])
+    assert "0 <= I < N" in capsys.readouterr().err

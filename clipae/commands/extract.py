@@ -50,8 +50,20 @@ def register(subparsers) -> None:
     p.add_argument("--config", default=None, metavar="FILE", help="YAML/JSON file of extraction settings")
     p.add_argument("--recursive", action="store_true", help="search the video directory recursively")
     p.add_argument("--name", default=None, help="dataset name when the store is created")
+    p.add_argument("--shard", default=None, metavar="I/N", type=_shard,
+                   help="extract only this process's share of the videos (by a hash of their ids), e.g. 0/2 and "
+                        "1/2 in two processes, one per GPU, on the same videos and store")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from extractors.manifest import parse_shard
+
+    try:
+        return parse_shard(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _build_config(args, store_grid) -> ExtractConfig:
@@ -76,13 +88,17 @@ def run(args) -> int:
     import time
     from pathlib import Path
 
-    from extractors.manifest import ManifestError, discover_videos
+    from extractors.manifest import ManifestError, discover_videos, in_shard
     from extractors.pipeline import Extractors
     from extractors.weights import WeightsError
     from storage import FeatureStore, SnippetGrid, StoreError
 
     try:
         videos = discover_videos(args.videos, recursive=args.recursive)
+        if args.shard:
+            listed = len(videos)
+            videos = [v for v in videos if in_shard(v[0], *args.shard)]
+            print(f"shard {args.shard[0]}/{args.shard[1]}: {len(videos)} of the {listed} videos", file=sys.stderr)
         existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
         config = _build_config(args, existing.grid if existing else None)
         # Weights first (every missing file in one message), before a new store is created.
