@@ -350,12 +350,13 @@ class DecordFrames:
         self._vr = None
 
 
-# Lines of ffmpeg's stderr that are not reasons (progress, statistics, showinfo's frame details), and a
-# decoder's report of damaged input (h264/hevc/mpeg4/vpx/av1 wording).
+# Lines of ffmpeg's stderr that are not reasons (progress, statistics, showinfo's frame details); the line
+# ffmpeg prints for each packet its decoder failed on, whose frame is dropped (ffmpeg <= 6: "Error while
+# decoding stream #0:0: ...", 7: "[vist#0:0/h264 @ 0x...] Decoding error: ..."; anchored, so that no file name
+# or tag can match); and a library's own message ("[h264 @ 0x...] Invalid NAL unit size"), for the reason.
 _NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo")
-_DAMAGE = re.compile(r"error while decoding|invalid nal unit|error splitting the input|concealing \d+|corrupt"
-                     r"|invalid data found when processing input|decode_slice_header error|missing reference",
-                     re.IGNORECASE)
+_DROPPED = re.compile(r"^Error while decoding stream #\d+:\d+|^\[vist#\S+ @ 0x[0-9a-f]+\] Decoding error")
+_LIBRARY = re.compile(r"^\[\w+ @ 0x[0-9a-f]+\] ")
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
 
 
@@ -392,8 +393,8 @@ class FfmpegFrames:
             raise DecodeError(self.path, f"cannot run ffmpeg: {e}", self.backend) from e
         infos: queue.Queue = queue.Queue()
         tail: list[str] = []
-        damage: list[str] = []  # the decoder's reports of damaged data (the first few, and their count below)
-        self._damage_reports = 0
+        details: list[str] = []  # the libraries' first messages (the reason of a failure)
+        self._dropped = 0  # packets the decoder failed on (their frames are missing)
 
         def read_stderr() -> None:
             for raw in proc.stderr:
@@ -404,10 +405,10 @@ class FfmpegFrames:
                 elif line.strip() and not _NOISE.search(line.strip()):  # (not progress, statistics or frame info)
                     tail.append(line.strip())
                     del tail[:-5]
-                    if _DAMAGE.search(line):
-                        self._damage_reports += 1
-                        if len(damage) < 3:
-                            damage.append(line.strip())
+                    if _DROPPED.match(line.strip()):
+                        self._dropped += 1
+                    elif _LIBRARY.match(line.strip()) and len(details) < 3:
+                        details.append(line.strip())
             infos.put(None)
 
         reader = threading.Thread(target=read_stderr, daemon=True)
@@ -448,8 +449,8 @@ class FfmpegFrames:
                                   self.backend)
             self.duration = self._stream_end(last_pts - sah.first_pts, sah.first_pts, deltas)
             self._check_complete(self.duration, tail)
-            reader.join(timeout=5)  # (stderr fully read: every damage report counted)
-            self._check_undamaged(decoded, deltas, damage)
+            reader.join(timeout=5)  # (stderr fully read: every dropped packet counted)
+            self._check_undamaged(decoded, details)
             yield from sah.finish(self.duration)
             self.num_frames = sah.next_k
         finally:
@@ -468,27 +469,20 @@ class FfmpegFrames:
                               f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
                               self.backend)
 
-    def _check_undamaged(self, decoded: int, deltas: list[float], damage: list[str]) -> None:
-        """Damaged data inside the file (not only at its end) must fail too: the decoder drops the frames it
-        cannot decode, and holding the previous frame over the hole would store a damaged video as a good one.
-        Fails when the decoder reported damage and more than ``max(2, 0.5%)`` of the frames are missing: by
-        the container's frame count, or (without one: Matroska, WebM) by the holes in the timestamps. Frames
-        the decoder repaired in place (concealed blocks) and count or timing differences without any damage
-        report (edit lists, variable frame rate) do not fail."""
-        if not damage:
-            return
-        nb = self.probe.nb_frames
-        if nb is not None:
-            missing, listed = nb - decoded, nb
-        else:
-            period = 1.0 / self.probe.avg_fps if self.probe.avg_fps else (float(np.median(deltas)) if deltas else 0.0)
-            missing = int(round(sum(d / period - 1 for d in deltas if d > 1.5 * period))) if period else 0
-            listed = decoded + missing
-        if missing > max(2, 0.005 * listed):
+    def _check_undamaged(self, decoded: int, details: list[str]) -> None:
+        """Damaged data inside the file (not only at its end) must fail too: ffmpeg drops the frames whose
+        packets its decoder fails on, and holding the previous frame over the hole would store a damaged
+        video as a good one. Fails when more than ``max(2, 0.5%)`` of the packets failed, counted from ffmpeg's
+        own per-packet error lines. Not counted: frames the decoder repaired in place (concealed blocks: the
+        frame is there) and frames a container lists but ffmpeg does not output by design (an MP4 edit list's
+        lead-in, the gaps of variable frame rate)."""
+        dropped = self._dropped
+        if dropped > max(2, 0.005 * (decoded + dropped)):
+            first = f"; first: {details[0]}" if details else ""
             raise DecodeError(
                 self.path,
-                f"damaged data: {missing} of {listed} frames could not be decoded ({self._damage_reports} decoder "
-                f"errors, first: {damage[0]}); repair or re-encode the file",
+                f"damaged data: {dropped} packets could not be decoded ({decoded} frames could{first}); repair or "
+                "re-encode the file",
                 self.backend)
 
     def _stream_end(self, rel_last: float, first_pts: float, deltas: list[float]) -> float:

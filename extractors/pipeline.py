@@ -440,6 +440,7 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
                     flow = _window_flow(item, grid, models, cancel)
             def networks(win: FrameWindow = item, flow: torch.Tensor | None = flow, queued: float = time.perf_counter()):
                 clock.seconds["compute_wait"] += time.perf_counter() - queued  # another window had the networks
+                _check_cancel(cancel)  # (queued behind other videos' windows when the run was cancelled)
                 if want["i3d_rgb"]:
                     with clock("i3d_rgb"):
                         outs["i3d_rgb"].append(_i3d_rgb(win, grid, models, config.batch_size))
@@ -450,6 +451,7 @@ def _visual_pass(path: str, probe, todo: list[str], config: ExtractConfig, model
                     with clock("clip_vitb16"):
                         outs["clip_vitb16"].append(_clip(win, models))
 
+            _check_cancel(cancel)
             models.compute(networks)
             done += item.num_snippets
             if progress:
@@ -556,6 +558,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
             stage = "vggish"
             with clock("vggish"):  # (includes waiting for the networks' thread)
                 lead = audio_lead_samples(probe, config.audio_sample_rate)
+                _check_cancel(cancel)
                 feats["vggish"], feats[AUDIO_MASK] = models.compute(
                     lambda: _audio_features(wav, t, grid, config, models, lead))
         for name, arr in feats.items():
@@ -647,6 +650,8 @@ def extract_many(
         except BaseException:
             cancel.set()  # (here, before this thread is handed the next video)
             raise
+        if cancel.is_set():  # the run was abandoned meanwhile: whatever this video hit then is not its failure
+            return None
         if on_video_done:
             with callback_lock:
                 on_video_done(res)

@@ -189,13 +189,15 @@ def test_interrupt_stops_every_worker_at_once(env, tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "probe_video", probe)
     cfg = env.cfg.with_(video_workers=2, window_snippets=1)
     started: list[str] = []
+    done: list = []
     store = FeatureStore.create(tmp_path / "s")
     with pytest.raises(KeyboardInterrupt):
         extract_many([(k, paths[k]) for k in ("long", "first", "q1", "q2")], store, cfg, env.models,
-                     on_video_start=lambda vid, path: started.append(vid))
+                     on_video_start=lambda vid, path: started.append(vid), on_video_done=done.append)
     deadline = time.monotonic() + 120  # the abandoned worker notices the cancellation at its next window
     while any(t.name.startswith("extract") for t in threading.enumerate()) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(t.name.startswith("extract") for t in threading.enumerate())
     assert sorted(started) == ["first", "long"]  # q1 and q2 never started
     assert store.list_videos() == []  # "long" stopped before publishing anything
+    assert done == []  # and is not reported (as a failure or otherwise) after the run raised

@@ -82,6 +82,23 @@ def test_truncated_stream_fails_instead_of_storing_a_prefix(tmp_path):
     assert len(_frames(full, "ffmpeg")[1]) == 100
 
 
+def test_edit_list_cut_is_not_taken_for_damage(tmp_path):
+    """A stream-copy cut (`-ss 3 -c copy`): the MP4 lists 250 frames, ffmpeg outputs the 175 after the edit
+    list's lead-in. With the damage check counting frames against the container's count this failed as
+    "damaged data" (decoder messages present), and a file name with "corrupt" in it counted as a decoder
+    message. Only packets the decoder fails on count."""
+    src = tmp_path / "src.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", "-t", "10", "-c:v", "libx264", "-g", "100",
+            "-pix_fmt", "yuv420p", str(src))
+    (tmp_path / "corrupt_recovered").mkdir()
+    cut = tmp_path / "corrupt_recovered" / "clip.mp4"
+    _ffmpeg("-ss", "3", "-i", str(src), "-c", "copy", str(cut))
+    probe = probe_video(cut)
+    assert probe.nb_frames == 250  # (the whole GOP before the cut point is in the file)
+    frames = _frames(cut, "ffmpeg")[1]
+    assert len(frames) == 175
+
+
 @pytest.mark.parametrize("default", [0, 1])
 def test_several_video_streams_both_backends_decode_the_probed_one(tmp_path, default):
     """decord decodes the stream it finds best (here the larger) whatever the file marks default, while the
