@@ -613,6 +613,7 @@ def extract_many(
     on_video_start: Callable[[str, str], None] | None = None,
     on_video_done: Callable[[ExtractReport | ExtractFailure], None] | None = None,
     progress: ProgressFn | None = None,
+    video_progress: Callable[[str], ProgressFn | None] | None = None,
 ) -> list[ExtractReport | ExtractFailure]:
     """Extract ``(video_id, path)`` pairs; a failing video becomes an ExtractFailure. Results keep input order.
 
@@ -621,7 +622,9 @@ def extract_many(
     the networks serve one window at a time (``Extractors.compute``) while TV-L1 runs for several
     windows at once (``Extractors.concurrent_flow``; on CUDA each thread has its own stream).
     Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
-    snippets) is not reported. Ctrl-C (or an error not tied to one video, raised from any worker) stops
+    snippets, for one video at a time) is not reported; ``video_progress(video_id)``, called as a video
+    starts, gives that video's own progress function (or None), for any number of workers: those are
+    called from the videos' threads, concurrently. Ctrl-C (or an error not tied to one video, raised from any worker) stops
     the run at once: videos not yet started never start, running ones stop at their next window or TV-L1
     batch and publish nothing, and the exception propagates without waiting for them.
     """
@@ -640,9 +643,9 @@ def extract_many(
         if on_video_start:
             with callback_lock:
                 on_video_start(vid, str(path))
+        prog = video_progress(vid) if video_progress else progress if workers == 1 else None
         try:
-            res: ExtractReport | ExtractFailure = extract_video(
-                path, vid, store, config, models, progress if workers == 1 else None, cancel)
+            res: ExtractReport | ExtractFailure = extract_video(path, vid, store, config, models, prog, cancel)
         except VideoError as e:
             res = ExtractFailure(vid, str(path), e)
         except ExtractionCancelled:

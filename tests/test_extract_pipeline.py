@@ -188,6 +188,44 @@ def test_progress_knows_the_total_before_the_first_window(env, tmp_path):
     assert calls[0] == (0, 4) and calls[-1] == (4, 4), calls
 
 
+def test_per_video_progress_with_several_workers(env, tmp_path, capsys):
+    """``video_progress``: each video in flight reports its own snippets, whatever the number of workers
+    (``progress`` is for one video at a time); the CLI draws one bar per video in flight."""
+    import threading
+
+    from clipae.cli import main
+
+    b = make_video(tmp_path / "b.mp4", seconds=1.4, size=(80, 60))  # 35 frames -> 2 snippets
+    calls: dict[str, list] = {}
+    threads: dict[str, set] = {}
+
+    def video_progress(vid):
+        def step(done, total):
+            calls.setdefault(vid, []).append((done, total))
+            threads.setdefault(vid, set()).add(threading.current_thread().name)
+        return step
+
+    cfg = replace(env.cfg, features=("i3d_rgb",), video_workers=2, window_snippets=1)
+    res = extract_many([("a", env.video), ("b", b)], FeatureStore.create(tmp_path / "s"), cfg, env.models,
+                       video_progress=video_progress)
+    assert all(r.ok for r in res)
+    assert calls["a"][0] == (0, 4) and calls["a"][-1] == (4, 4) and len(calls["a"]) == 5  # one per window
+    assert calls["b"][0] == (0, 2) and calls["b"][-1] == (2, 2)
+    assert all(name.startswith("extract") for t in threads.values() for name in t)  # the videos' own threads
+
+    vids = tmp_path / "videos"
+    vids.mkdir()
+    for name in ("a", "b"):
+        (vids / f"{name}.mp4").write_bytes((env.video if name == "a" else b).read_bytes())
+    conf = tmp_path / "small.json"
+    conf.write_text(json.dumps({"resize_short": 36, "crop_size": 32, "window_snippets": 1}))
+    assert main(["extract", "--videos", str(vids), "--store", str(tmp_path / "cli"), "--features", "i3d_rgb",
+                 "--weights-dir", str(env.wdir), "--device", "cpu", "--config", str(conf), "--allow-random-weights",
+                 "--video-workers", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "videos: 100%" in err and "a: " in err and "b: " in err and "snippet" in err, err
+
+
 def test_audio_starting_late_is_masked_until_it_starts(env, tmp_path):
     """The silence decode_audio puts before a late audio stream (here 1.5 s) is not audio."""
     import subprocess

@@ -122,35 +122,50 @@ def run(args) -> int:
 
 
 def _run_with_progress(videos, store, config, models, progress: bool):
+    """An overall bar, and one bar per video in flight (up to ``video_workers`` at once, each on its own line)."""
+    import threading
+
     from tqdm import tqdm
 
     from extractors.pipeline import extract_many
 
     overall = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, position=0)
-    current = {"bar": None}
+    bars: dict[str, tuple[tqdm, int]] = {}
+    free = list(range(1, max(1, config.video_workers) + 1))  # screen lines below the overall bar
+    lock = threading.Lock()
 
     def start(vid, path):
-        if config.video_workers == 1:  # several videos at once: the overall bar only
-            current["bar"] = tqdm(desc=vid[:30], unit="snippet", leave=False, disable=not progress, position=1)
+        with lock:
+            line = free.pop(0) if free else len(bars) + 1
+            bars[vid] = (tqdm(desc=vid[:30], unit="snippet", leave=False, disable=not progress, position=line), line)
 
-    def step(done, total):
-        bar = current["bar"]
-        if bar is not None:
-            if total and bar.total != max(total, done):
-                bar.total = max(total, done)
-            bar.n = done
-            bar.refresh()
+    def progress_of(vid):
+        def step(done, total):
+            bar = bars.get(vid, (None, 0))[0]
+            if bar is not None:
+                if total and bar.total != max(total, done):
+                    bar.total = max(total, done)
+                bar.n = done
+                bar.refresh()
+        return step
 
     def done(res):
-        if current["bar"] is not None:
-            current["bar"].close()
+        with lock:
+            bar, line = bars.pop(res.video_id, (None, 0))
+            if bar is not None:
+                bar.close()
+                free.append(line)
+                free.sort()
         overall.update(1)
         if not res.ok:
             tqdm.write(f"FAILED {res.video_id}: {res.error}", file=sys.stderr)
 
     try:
-        return extract_many(videos, store, config, models, on_video_start=start, on_video_done=done, progress=step)
+        return extract_many(videos, store, config, models, on_video_start=start, on_video_done=done,
+                            video_progress=progress_of)
     finally:
+        for bar, _ in list(bars.values()):
+            bar.close()
         overall.close()
 
 
