@@ -218,7 +218,7 @@ class ClipExtractor:
         """uint8 (N, 3, S, S) crops -> float32 (N, D) image embeddings (not normalised), on CPU."""
         x = as_tensor(crops)
         outs = []
-        with torch.inference_mode():
+        with torch.no_grad():  # (not inference_mode: callers may use the embeddings in autograd or in place)
             for i in range(0, x.shape[0], batch_size):
                 b = x[i : i + batch_size].to(self.device, non_blocking=True).float()
                 b = b * self._scale + self._shift

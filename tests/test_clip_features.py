@@ -121,3 +121,6 @@ def test_zero_snippets_and_flipped_frames(tiny):
     # frames[..., ::-1] (OpenCV's BGR to RGB) has negative strides, which torch.as_tensor refuses
     np.testing.assert_array_equal(ext.snippet_features(bgr[..., ::-1]),
                                   ext.snippet_features(np.ascontiguousarray(bgr[..., ::-1])))
+    emb = ext.embed_crops(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
+    assert not emb.is_inference()  # ordinary tensors: usable in autograd and in place
+    emb /= emb.norm(dim=1, keepdim=True)
