@@ -23,8 +23,8 @@ shift || true
 # THUMOS-length videos with the default (e2e-long), with the fastest EXACT (float32) variant (e2e-long-best,
 # read from tvl1-variants' JSON; skipped when that is the default and e2e-long ran) and with float16 state on rows padded to
 # 16 (e2e-long-f16flat_a16: its I3D-flow features stay within cosine 0.99995 of float32's, inside the issue's
-# 0.999 bar for reduced precision). The end-to-end run did ~48 M flat band steps/s (bench/tvl1_launch_balance.py
-# --source e2e: ~44,600 per pair of its videos) against 63 M for one stream of synthetic pairs, so the GPU is
+# 0.999 bar for reduced precision). The end-to-end run did ~47 M flat band steps/s (bench/tvl1_launch_balance.py
+# --source e2e: 44,022 per pair of its videos) against 63 M for one stream of synthetic pairs, so the GPU is
 # near the sweep's rate and the cost of a band step is the lever, not fill (docs/tvl1.md). Limits sum to 570 s
 # with the setup; the GPU
 # tests (tests-fast, ~90 s) are the second call. Other steps: e2e-long-flat1, -f16flat, -flat_a16, -rows,

@@ -7,8 +7,8 @@ The pipeline runs each video's TV-L1 on its worker thread's own CUDA stream, one
 (``flow_batch_pairs``: 512 pairs in configs/extract/gpu.yaml), and counts on the streams to fill the SMs that
 one batch's slowest pairs leave idle (a sweep launch lasts as long as its slowest pair: docs/tvl1.md, "the
 slowest pair's chain"). End to end on the H200 (BENCHMARKS.md, 2026-12-04) TV-L1 solved ~1,065 pairs/s of
-its testsrc2 videos, ~51 M flat band steps/s by bench/tvl1_launch_balance.py's count over the whole video
-(``--source e2e``: ~47,800 per pair), against 63 M for one stream of synthetic pairs; 6 or 12 videos in flight
+its testsrc2 videos, ~47 M flat band steps/s by bench/tvl1_launch_balance.py's count over the whole video
+(``--source e2e``: 44,022 per pair), against 63 M for one stream of synthetic pairs; 6 or 12 videos in flight
 instead of 8 did not help. This separates the explanations:
 
 * ``TxB``: T threads, each on its own stream (as the pipeline's workers), each solving batches of B pairs;

@@ -624,9 +624,9 @@ def extract_many(
     Callbacks are then called from the worker threads, one at a time, and ``progress`` (per-video
     snippets, for one video at a time) is not reported; ``video_progress(video_id)``, called as a video
     starts, gives that video's own progress function (or None), for any number of workers: those are
-    called from the videos' threads, concurrently. Ctrl-C (or an error not tied to one video, raised from any worker) stops
-    the run at once: videos not yet started never start, running ones stop at their next window or TV-L1
-    batch and publish nothing, and the exception propagates without waiting for them.
+    called from the videos' threads, concurrently. Ctrl-C (or an error not tied to one video, raised from
+    any worker) stops the run at once: videos not yet started never start, running ones stop at their next
+    window or TV-L1 batch and publish nothing, and the exception propagates without waiting for them.
     """
     check_store_grid(store, config)
     apply_torch_threads(config)
