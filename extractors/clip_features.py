@@ -7,7 +7,10 @@ downloaded. ``open_clip.create_model(..., pretrained=<path>)`` reads files with
 is read here (TorchScript via ``torch.jit.load``, no pickle) and loaded strictly into the
 image tower of an open_clip model built from its own config. OpenAI trained with
 QuickGELU, which open_clip's plain ``ViT-B-16`` config does not use, so ``quick_gelu``
-defaults to True (what open_clip's ``openai`` tag does).
+defaults to True (what open_clip's ``openai`` tag does). A state dict cannot tell which
+activation it was trained with: non-OpenAI ViT-B-16 weights (LAION, DataComp; trained with
+GELU) load strictly but need ``ClipConfig(quick_gelu=False)``. (The pipeline only accepts
+OpenAI's file, by its hash.)
 
 Snippet feature (our choice; CLIP-AE only says "CLIP based on ViT-B"): the image
 embeddings of ``frames_per_snippet`` frames at the centres of equal sub-blocks of the

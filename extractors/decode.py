@@ -563,7 +563,10 @@ def resize_center_crop(frames: torch.Tensor, short: int, crop: int, mode: str) -
 
 
 def rgb_to_gray(rgb: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) RGB -> float32 (N, H, W) in [0, 255] (ITU-R BT.601 luma, as OpenCV)."""
+    """uint8 (N, H, W, 3) RGB -> float32 (N, H, W) in [0, 255]: ITU-R BT.601 luma (OpenCV's weights).
+
+    Not rounded to 8 bits as ``cv2.cvtColor`` would (docs/tvl1.md, "Grey input").
+    """
     w = torch.tensor([0.299, 0.587, 0.114], dtype=torch.float32)
     return rgb.float() @ w
 

@@ -124,3 +124,26 @@ def test_zero_snippets_and_flipped_frames(tiny):
     emb = ext.embed_crops(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8))
     assert not emb.is_inference()  # ordinary tensors: usable in autograd and in place
     emb /= emb.norm(dim=1, keepdim=True)
+
+
+def test_quick_gelu_is_the_default_and_can_be_turned_off(tmp_path):
+    """OpenAI's weights need QuickGELU (the default); GELU-trained state dicts (LAION) need quick_gelu=False."""
+    import json
+
+    import open_clip
+    from open_clip.model import QuickGELU
+
+    import tests.media as media
+
+    name = "clipae-tiny-test-gelu"
+    if name not in open_clip.list_models():
+        cfg = {k: v for k, v in media._TINY_CLIP_CFG.items() if k != "quick_gelu"}  # like open_clip's ViT-B-16
+        (tmp_path / f"{name}.json").write_text(json.dumps(cfg))
+        open_clip.add_model_config(tmp_path / f"{name}.json")
+
+    def n_quick(config):
+        visual, _ = build_clip_visual(config, None)
+        return sum(isinstance(m, QuickGELU) for m in visual.modules())
+
+    assert n_quick(ClipConfig(model_name=name)) > 0
+    assert n_quick(ClipConfig(model_name=name, quick_gelu=False)) == 0
