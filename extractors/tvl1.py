@@ -497,7 +497,7 @@ def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config |
         return u
 
 
-def flow_to_i3d_input(flow: torch.Tensor, bound: float = I3D_FLOW_BOUND) -> torch.Tensor:
+def flow_to_i3d_input(flow, bound: float = I3D_FLOW_BOUND) -> torch.Tensor:
     """Clip flow (pixels) to [-bound, bound] and scale to [-1, 1], the I3D flow-stream input.
 
     Equivalent to the usual "clip to [-20, 20], map to [0, 255] uint8 JPEG, map back to
@@ -505,4 +505,9 @@ def flow_to_i3d_input(flow: torch.Tensor, bound: float = I3D_FLOW_BOUND) -> torc
     """
     if bound <= 0:
         raise ValueError(f"flow_to_i3d_input: bound must be > 0, got {bound}")
-    return flow.clamp(-bound, bound) / bound
+    from extractors.arrays import as_tensor  # (numpy in, like the other entry points)
+
+    x = as_tensor(flow)
+    if not x.is_floating_point():
+        raise TypeError(f"flow_to_i3d_input: expected float flow in pixels, got {x.dtype}")
+    return x.clamp(-bound, bound) / bound

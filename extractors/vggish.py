@@ -29,6 +29,7 @@ from torch import nn
 
 from extractors.arrays import as_tensor
 from extractors.checkpoint_keys import state_dict_mismatch
+from extractors.weights import torch_load_reason
 from extractors.vggish_frontend import (
     NUM_MEL_BINS,
     PATCH_FRAMES,
@@ -58,6 +59,16 @@ def patch_center_seconds(k: int | np.ndarray) -> float | np.ndarray:
     reproduces :meth:`VGGish.embed` exactly.
     """
     return (np.asarray(k) * PATCH_HOP_SAMPLES + PATCH_SAMPLES // 2) / SAMPLE_RATE
+
+
+def _check_patches(x: torch.Tensor) -> torch.Tensor:
+    """(N, 1, 96, 64) float log-mel patches (a (N, 96, 64) stack gets its channel axis)."""
+    if x.ndim not in (3, 4) or (x.ndim == 4 and x.shape[1] != 1) or tuple(x.shape[-2:]) != (PATCH_FRAMES, NUM_MEL_BINS):
+        raise ValueError(f"expected (N, 1, {PATCH_FRAMES}, {NUM_MEL_BINS}) or (N, {PATCH_FRAMES}, {NUM_MEL_BINS}) "
+                         f"log-mel patches, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"expected float log-mel patches, got {x.dtype}: embed() / embed_centered() take the waveform")
+    return x.unsqueeze(1) if x.ndim == 3 else x
 
 
 def _make_features() -> nn.Sequential:
@@ -94,9 +105,9 @@ class VGGish(nn.Module):
     # ------------------------------------------------------------ network
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(N, 1, 96, 64) or (N, 96, 64) log-mel patches -> (N, 128) raw embeddings."""
-        if patches.ndim == 3:
-            patches = patches.unsqueeze(1)
-        x = self.features(patches)  # (N, 512, 6, 4)
+        x = _check_patches(as_tensor(patches))
+        w = self.embeddings[0].weight
+        x = self.features(x.to(device=w.device, dtype=w.dtype))  # (N, 512, 6, 4)
         # TF flattens NHWC: (N, 6, 4, 512) order, which fc1's weight layout expects.
         x = x.permute(0, 2, 3, 1).reshape(x.shape[0], -1)
         return self.embeddings(x)
@@ -107,10 +118,13 @@ class VGGish(nn.Module):
 
     def set_pca(self, eigen_vectors: torch.Tensor, means: torch.Tensor) -> None:
         """Install the released PCA parameters (eigen vectors (128, 128), means (128,))."""
-        ev = torch.as_tensor(eigen_vectors, dtype=torch.float32)
-        mu = torch.as_tensor(means, dtype=torch.float32).reshape(-1)
-        if ev.shape != (EMBEDDING_DIM, EMBEDDING_DIM) or mu.shape != (EMBEDDING_DIM,):
-            raise VGGishCheckpointError(f"bad PCA shapes: eigen vectors {tuple(ev.shape)}, means {tuple(mu.shape)}")
+        ev = as_tensor(eigen_vectors).to(torch.float32)
+        mu = as_tensor(means).to(torch.float32)
+        # means may be stored as a column (128, 1), as the TF release reshapes them; report the shapes given
+        if ev.shape != (EMBEDDING_DIM, EMBEDDING_DIM) or mu.squeeze().shape != (EMBEDDING_DIM,):
+            raise VGGishCheckpointError(f"bad PCA shapes: eigen vectors {tuple(ev.shape)}, means {tuple(mu.shape)}; "
+                                        f"expected ({EMBEDDING_DIM}, {EMBEDDING_DIM}) and ({EMBEDDING_DIM},)")
+        mu = mu.reshape(-1)
         dev = self.embeddings[0].weight.device
         self.pca_eigen_vectors = ev.to(dev)
         self.pca_means = mu.to(dev)
@@ -124,7 +138,7 @@ class VGGish(nn.Module):
         """
         if not self.has_pca:
             raise RuntimeError("postprocess needs the PCA parameters: pass pca_path to load_vggish")
-        pca = (embeddings - self.pca_means) @ self.pca_eigen_vectors.T
+        pca = (as_tensor(embeddings).to(self.pca_means) - self.pca_means) @ self.pca_eigen_vectors.T
         clipped = pca.clamp(QUANTIZE_MIN_VAL, QUANTIZE_MAX_VAL)
         return torch.floor((clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL)))
 
@@ -318,7 +332,7 @@ def _load_dict(path: str | os.PathLike, what: str) -> dict:
             f"{path}: no such file ({what}); torchvggish's vggish-10086976.pth and vggish_pca_params-970ea276.pth "
             "are published at https://github.com/harritaylor/torchvggish/releases/tag/v0.1 (docs/weights.md)") from None
     except Exception as e:
-        raise VGGishCheckpointError(f"{path} is not a loadable {what}: {e}") from e
+        raise VGGishCheckpointError(f"{path} is not a loadable {what} ({torch_load_reason(e)})") from e
     if not isinstance(obj, dict):
         raise VGGishCheckpointError(f"{path} is not a {what} (got {type(obj).__name__})")
     return obj

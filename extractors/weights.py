@@ -18,6 +18,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import threading
 import zipfile
 from dataclasses import dataclass
@@ -245,28 +246,68 @@ def resolve_weights(
     return ResolvedWeights(key, path, digest, False)
 
 
-def _check_i3d_is_kinetics(spec: WeightSpec, path: Path) -> None:
-    """pytorch-i3d publishes no hashes, so the file must at least load as the loader loads it (an
-    interrupted download does not: caught here, before any video, not once per video) and carry the
-    Kinetics-400 head: its other checkpoint, rgb_charades.pt (157 classes, fine-tuned on Charades), loads
-    just as well and would give features of another model. (Missing or unexpected keys are reported by
-    extractors.i3d.load_i3d, with the keys.)"""
-    import torch
+def _replace_hint(spec: WeightSpec) -> str:
+    return f"put {spec.published_url.rsplit('/', 1)[1]} from {spec.published_url} there"
 
-    try:  # mmap reads only the bias, but only the zip format (PyTorch >= 1.6) has it; the 2018 files are older
-        sd = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-        bias = sd.get("logits.conv3d.bias") if isinstance(sd, dict) else None
-    except Exception as e:  # noqa: BLE001 -- whatever torch raises, the file is not usable
-        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise WeightsError(
-            f"weights file for {spec.key!r} at {path} does not load as a PyTorch state_dict ({type(e).__name__}: "
-            f"{reason}); an incomplete download? put {spec.published_url.rsplit('/', 1)[1]} from "
-            f"{spec.published_url} there") from e
+
+def _check_i3d_is_kinetics(spec: WeightSpec, path: Path) -> None:
+    """pytorch-i3d publishes no hashes, so the file is checked as the loader will read it, once, before any
+    video (a file that fails here would otherwise fail every video separately): it must load (an interrupted
+    download does not), carry the Kinetics-400 head (its other checkpoint, rgb_charades.pt, 157 classes
+    fine-tuned on Charades, loads just as well and would give features of another model), and have exactly
+    the keys and shapes of extractors.i3d's network for its stream (not another conversion, not the other
+    stream's file)."""
+    sd = _load_i3d_file(spec, path)
+    bias = sd.get("logits.conv3d.bias") if isinstance(sd, dict) else None
     if bias is not None and getattr(bias, "ndim", 0) == 1 and bias.shape[0] != 400:
+        charades = " (157: the Charades-finetuned rgb_charades.pt)" if bias.shape[0] == 157 else ""
         raise WeightsError(
             f"wrong weights file for {spec.key!r} at {path}: its classifier has {bias.shape[0]} classes, the "
-            f"published Kinetics-400 checkpoint 400{' (157: the Charades-finetuned rgb_charades.pt)' if bias.shape[0] == 157 else ''}; "
-            f"put {spec.published_url.rsplit('/', 1)[1]} from {spec.published_url} there")
+            f"published Kinetics-400 checkpoint 400{charades}; {_replace_hint(spec)}")
+    _check_i3d_keys(spec, path, sd)
+
+
+def _load_i3d_file(spec: WeightSpec, path: Path) -> object:
+    import torch
+
+    # mmap reads only what is looked at (keys, shapes), but only the zip format (PyTorch >= 1.6) has it; the
+    # published 2018 files are older
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # noqa: BLE001 -- whatever torch raises, the file is not usable
+        raise WeightsError(
+            f"weights file for {spec.key!r} at {path} does not load as a PyTorch state_dict "
+            f"({torch_load_reason(e)}); an incomplete download? {_replace_hint(spec)}") from e
+
+
+def _check_i3d_keys(spec: WeightSpec, path: Path, sd: object) -> None:
+    """Keys and shapes against the network's (extractors.i3d's table, from a meta-device build: ~10 ms)."""
+    from extractors.i3d import I3DCheckpointError, check_i3d_state_dict
+
+    try:
+        check_i3d_state_dict(sd, 3 if spec.key == "i3d_rgb" else 2, path)
+    except I3DCheckpointError as e:
+        raise WeightsError(
+            f"wrong weights file for {spec.key!r}: {e}\n"
+            f"  put the file at: {path}\n  published at:    {spec.published_url}") from e
+
+
+# torch.load's refusals (weights_only=True) go on to advise re-running with weights_only=False ("arbitrary
+# code execution") or allowlisting globals: advice never to pass on about a file that failed to load.
+_TORCH_ADVICE = re.compile(
+    r"weights_only|trust|safe_globals|file an issue|documentation|can still be loaded|Alternatively", re.I)
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def torch_load_reason(e: BaseException, limit: int = 200) -> str:
+    """One line, ``Type: cause``, for an exception of torch.load / torch.jit.load: torch's advice removed."""
+    kept = []
+    for line in _ANSI.sub("", str(e)).splitlines():
+        line = re.sub(r"^\(\d\)\s*", "", line.strip()).replace("WeightsUnpickler error:", "")
+        kept += [s for s in re.split(r"(?<=\.)\s+", line.strip()) if s and not _TORCH_ADVICE.search(s)]
+    cause = " ".join(kept)
+    cause = cause if len(cause) <= limit else cause[: limit - 3] + "..."
+    return f"{type(e).__name__}: {cause}" if cause else type(e).__name__
 
 
 def resolve_all(

