@@ -19,18 +19,20 @@ import hashlib
 import json
 import os
 import shutil
+import struct
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import numcodecs
 import numpy as np
 import zarr
 from zarr.storage import LocalStore
 
 from storage.atomic import exchange, exchange_supported, file_lock, link_or_copy_tree
-from storage.codecs import DEFAULT_CODEC, CodecSpec, identity_decode, chunk_decoder, decode_chunk
+from storage.codecs import DEFAULT_CODEC, CodecSpec, chunk_decoder, identity_decode
 from storage.grid import SnippetGrid
 from storage.schema import (
     AUDIO_MASK,
@@ -51,8 +53,39 @@ DEFAULT_CHUNK_SNIPPETS = 4096
 
 
 def _read_json(path: Path) -> dict:
+    """A metadata file as a JSON object. A missing one stays FileNotFoundError (callers tell a concurrent
+    replacement from damage); a damaged one is a StoreError naming the file and what is wrong with it."""
     with open(path, "rb") as f:
-        return json.loads(f.read())
+        data = f.read()
+    try:
+        out = json.loads(data)
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+        raise StoreError(f"metadata file {path}: not valid JSON ({len(data)} bytes; {e})") from None
+    if not isinstance(out, dict):
+        raise StoreError(f"metadata file {path}: holds a JSON {type(out).__name__}, not an object")
+    return out
+
+
+class _Damage(StoreError):
+    """A damaged file in the store; ``detail`` says what and where without the repair advice (for verify)."""
+
+    def __init__(self, message: str, detail: str):
+        super().__init__(message)
+        self.detail = detail
+
+
+def _repair_hint(store: Path, video_dir: Path) -> str:
+    return (f"the store is damaged (`clipae store verify {store}` lists every problem); to repair, delete "
+            f"{video_dir} and run `clipae extract` again to recompute the video")
+
+
+def _blosc_sizes(raw: bytes) -> tuple[int, int] | None:
+    """(decoded bytes, compressed bytes) from a blosc chunk's 16-byte header; None if it has none.
+    Blosc trusts its header: a truncated chunk otherwise decodes into garbage without an error."""
+    if len(raw) < 16:
+        return None
+    nbytes, _blocksize, cbytes = struct.unpack_from("<III", raw, 4)
+    return nbytes, cbytes
 
 
 class FeatureStore:
@@ -173,10 +206,26 @@ class FeatureStore:
 
     def _video_meta(self, video_id: str) -> dict:
         validate_video_id(video_id)
+        vdir = self._videos / video_id
         try:
-            return _read_json(self._videos / video_id / "zarr.json")["attributes"][VIDEO_ATTR]
+            meta = _read_json(vdir / "zarr.json").get("attributes", {}).get(VIDEO_ATTR)
         except FileNotFoundError:
+            if vdir.is_dir():  # (published directories always hold their zarr.json)
+                detail = f"unreadable metadata file {vdir / 'zarr.json'}: missing"
+                raise _Damage(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
             raise StoreError(f"video {video_id!r}: not in store {self.path}") from None
+        except StoreError as e:
+            raise _Damage(f"video {video_id!r}: {e}; {_repair_hint(self.path, vdir)}", f"unreadable {e}") from None
+        if not isinstance(meta, dict) or not isinstance(meta.get("features"), dict):
+            detail = f"unreadable metadata file {vdir / 'zarr.json'}: no valid {VIDEO_ATTR!r} attributes"
+            raise _Damage(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail)
+        return meta
+
+    def missing_arrays(self, video_id: str) -> set[str]:
+        """The features (and ``audio_mask``) the video's metadata lists whose array is gone from disk (no
+        ``zarr.json``): damage that a re-extraction of those features repairs. One ``stat`` per array."""
+        vdir = self._videos / video_id
+        return {name for name in self.features_of(video_id) if not (vdir / name / "zarr.json").is_file()}
 
     def video_meta(self, video_id: str) -> dict:
         """The raw per-video attributes (info, features with hashes and provenance, fingerprint)."""
@@ -216,14 +265,29 @@ class FeatureStore:
             wanted = self._resolve_features(video_id, meta, features)
             try:
                 out = {name: self._read_array(video_id, name) for name in wanted}
-            except FileNotFoundError:
+            except (FileNotFoundError, StoreError) as e:
+                # A writer replacing the video mid-read looks like a missing or odd-sized file: retry then.
+                # With the version unchanged, the files really are gone or damaged.
+                if self._same_version(video_id, meta):
+                    raise self._damage_error(video_id, e) from None
                 continue
-            try:
-                if self._video_meta(video_id)["version"] == meta["version"]:
-                    return meta, out
-            except StoreError:
-                continue
+            if self._same_version(video_id, meta):
+                return meta, out
         raise StoreError(f"video {video_id!r}: kept changing while being read (5 attempts)")
+
+    def _same_version(self, video_id: str, meta: dict) -> bool:
+        try:
+            return self._video_meta(video_id)["version"] == meta["version"]
+        except StoreError:  # (gone or being replaced right now)
+            return False
+
+    def _damage_error(self, video_id: str, e: Exception) -> StoreError:
+        if isinstance(e, StoreError):
+            return e
+        missing = Path(e.filename) if getattr(e, "filename", None) else self._videos / video_id
+        what = f"array {missing.parent.name!r}" if missing.name == "zarr.json" else "a file"
+        return StoreError(f"video {video_id!r}: {what} listed in its metadata is missing ({missing}); the store "
+                          "is damaged: run `clipae extract` on this video again, which recomputes missing arrays")
 
     def _resolve_features(self, video_id: str, meta: dict, features: Iterable[str] | None) -> list[str]:
         present = set(meta["features"]) | ({AUDIO_MASK} if meta.get("audio_mask") else set())
@@ -257,20 +321,49 @@ class FeatureStore:
         for i, start in enumerate(range(0, t, chunk_shape[0])):
             stop = min(start + chunk_shape[0], t)
             exact = stop - start == chunk_shape[0]
+            dest = out[start:stop] if exact else np.empty(chunk_shape, dtype)  # (a tail chunk is stored whole)
             try:
-                with open(adir / "c" / f"{i}{rest}", "rb") as f:
-                    if decoder is identity_decode and exact:
-                        f.readinto(memoryview(out[start:stop]).cast("B"))  # zero-copy, like np.load
-                        continue
-                    raw = f.read()
-            except FileNotFoundError:
+                self._read_chunk(adir / "c" / f"{i}{rest}", decoder, dest, video_id, name)
+            except FileNotFoundError:  # zarr leaves chunks of fill values unwritten
                 out[start:stop] = ameta.get("fill_value") or 0
                 continue
-            if exact:
-                decoder(raw, out[start:stop])  # decompress straight into the result
-            else:
-                out[start:stop] = decode_chunk(raw, decoder, chunk_shape, dtype)[: stop - start]
+            if not exact:
+                out[start:stop] = dest[: stop - start]
         return out
+
+    def _read_chunk(self, path: Path, decoder, dest: np.ndarray, video_id: str, name: str) -> None:
+        """Decode one chunk file into ``dest`` (decompressing straight into it), refusing a file whose size
+        does not fit the chunk: ``np.empty`` would otherwise hand back uninitialised memory as features."""
+        def damaged(problem: str) -> StoreError:
+            detail = f"chunk file {path}: {problem}"
+            return _Damage(f"video {video_id!r}: array {name!r} {detail}; "
+                           f"{_repair_hint(self.path, self._videos / video_id)}", detail)
+
+        want = dest.nbytes
+        with open(path, "rb") as f:
+            if decoder is identity_decode:
+                size = os.fstat(f.fileno()).st_size
+                if size != want or f.readinto(memoryview(dest).cast("B")) != want:  # zero-copy, like np.load
+                    raise damaged(f"wrong size: {size} bytes, expected {want}")
+                return
+            raw = f.read()
+        blosc = isinstance(getattr(decoder, "__self__", None), numcodecs.Blosc)
+        if blosc:  # its header gives both sizes: check them, then decompress straight into the result
+            sizes = _blosc_sizes(raw)
+            if sizes is None or sizes[1] != len(raw):
+                raise damaged(f"wrong size: {len(raw)} bytes, its blosc header says "
+                              f"{sizes[1] if sizes else 'nothing (too short for one)'}")
+            if sizes[0] != want:
+                raise damaged(f"wrong size: decodes to {sizes[0]} bytes, expected {want}")
+        try:
+            # zstd fills a bigger buffer without complaint: decode to its own buffer and check the size
+            decoded = memoryview(decoder(raw, dest) if blosc else decoder(raw)).cast("B")
+        except Exception as e:  # noqa: BLE001 -- codec libraries raise RuntimeError/ValueError on bad bytes
+            raise damaged(f"cannot be decoded: {type(e).__name__}: {e}") from None
+        if decoded.nbytes != want:
+            raise damaged(f"wrong size: decodes to {decoded.nbytes} bytes, expected {want}")
+        if not blosc:
+            memoryview(dest).cast("B")[:] = decoded
 
     def iter_videos(
         self,
@@ -304,7 +397,7 @@ class FeatureStore:
         ids = self.list_videos()
 
         def fp(vid: str) -> str:
-            return _read_json(self._videos / vid / "zarr.json")["attributes"][VIDEO_ATTR]["fingerprint"]
+            return self._video_meta(vid)["fingerprint"]  # (a damaged video's StoreError names it and its file)
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             for vid, f in zip(ids, pool.map(fp, ids)):
@@ -316,8 +409,13 @@ class FeatureStore:
         counts: dict[str, int] = {}
         configs: dict[str, set[str]] = {}
         random_init: dict[str, int] = {}
+        damaged: dict[str, str] = {}
         for vid in ids:
-            meta = self._video_meta(vid)
+            try:
+                meta = self._video_meta(vid)
+            except StoreError as e:  # reported, not fatal: one bad file should not hide the rest of the store
+                damaged[vid] = str(e)
+                continue
             for fname, fmeta in meta["features"].items():
                 counts[fname] = counts.get(fname, 0) + 1
                 if fmeta["provenance"].get("random_init"):
@@ -334,34 +432,100 @@ class FeatureStore:
             # >1 for a feature: its videos were made differently (see feature_configs / mixed_configs_message)
             "configs_per_feature": {f: len(keys) for f, keys in configs.items()},
             "codec": self.codec.to_dict(),
-            "fingerprint": self.fingerprint(),
+            # video -> why its metadata cannot be read; such videos are left out of the counts above
+            "damaged_videos": damaged,
+            "fingerprint": None if damaged else self.fingerprint(),  # (none for a store with unreadable videos)
         }
 
     def feature_configs(self) -> dict[str, dict[str, list[str]]]:
         """feature -> {``FeatureProvenance.config_key()`` -> video ids}: more than one key for a feature means
         its videos were made in different ways (other weights, random init, other preprocessing), which a
-        model trained on the store would mix without knowing."""
+        model trained on the store would mix without knowing. Videos whose metadata cannot be read are left
+        out (:meth:`summary` lists them as ``damaged_videos``)."""
         out: dict[str, dict[str, list[str]]] = {}
         for vid in self.list_videos():
-            for name, p in self.provenance(vid).items():
+            try:
+                prov = self.provenance(vid)
+            except StoreError:
+                continue
+            for name, p in prov.items():
                 out.setdefault(name, {}).setdefault(p.config_key(), []).append(vid)
         return out
 
     def verify(self, video_id: str) -> list[str]:
         """Re-read one video and check it against its attributes: every feature and the audio mask against
         the sha256 recorded when it was written, the time coordinate against the grid. Returns the names
-        of what does not match (empty: intact)."""
-        meta, arrays = self.load_with_meta(video_id, [*self._resolve_features(video_id, self._video_meta(video_id), None),
-                                                      TIME_ARRAY])
-        bad = [name for name, fmeta in meta["features"].items()
-               if hashlib.sha256(arrays[name].tobytes()).hexdigest() != fmeta["sha256"]]
-        if meta.get("audio_mask") and hashlib.sha256(arrays[AUDIO_MASK].tobytes()).hexdigest() != meta["audio_mask"]:
-            bad.append(AUDIO_MASK)
-        t = int(meta["num_snippets"])
-        times = np.array([self.grid.snippet_center_seconds(i) for i in range(t)], dtype=np.float64)
-        if arrays[TIME_ARRAY].shape != times.shape or not np.array_equal(arrays[TIME_ARRAY], times):
-            bad.append(TIME_ARRAY)
-        return bad
+        of what does not match (empty: intact); :meth:`verify_report` says what is wrong with each."""
+        return list(self.verify_report(video_id))
+
+    def verify_report(self, video_id: str) -> dict[str, str]:
+        """Like :meth:`verify`: what does not match -> what is wrong with it (a missing array or chunk file,
+        a chunk of the wrong size, a content hash mismatch, an off time coordinate, unreadable metadata)."""
+        for _attempt in range(5):
+            try:
+                meta = self._video_meta(video_id)
+            except _Damage as e:
+                return {"metadata": e.detail}
+            expected = {name: fmeta.get("sha256") for name, fmeta in meta["features"].items()}
+            if meta.get("audio_mask"):
+                expected[AUDIO_MASK] = meta["audio_mask"]
+            problems = {}
+            for name, sha in expected.items():
+                problem = self._check_array(video_id, name, sha)
+                if problem:
+                    problems[name] = problem
+            problem = self._check_time(video_id, int(meta["num_snippets"]))
+            if problem:
+                problems[TIME_ARRAY] = problem
+            if self._same_version(video_id, meta):  # (else a writer replaced it meanwhile: check the new one)
+                return problems
+        raise StoreError(f"video {video_id!r}: kept changing while being verified (5 attempts)")
+
+    def _check_array(self, video_id: str, name: str, sha256: str | None) -> str | None:
+        try:
+            arr = self._read_array(video_id, name)
+        except FileNotFoundError as e:
+            return f"array missing: {e.filename or self._videos / video_id / name}"
+        except StoreError as e:  # (a damaged chunk file or array metadata; the message names it)
+            return getattr(e, "detail", str(e))
+        got = hashlib.sha256(arr.tobytes()).hexdigest()
+        if got == sha256:
+            return None
+        detail = f"content hash mismatch: recorded sha256 {str(sha256)[:12]}..., computed {got[:12]}..."
+        absent = self._absent_chunks(self._videos / video_id / name)
+        if absent:  # (zarr reads a missing chunk file as zeros: the likely cause)
+            detail += f"; chunk file{'s' if len(absent) > 1 else ''} missing (read as zeros): " + ", ".join(
+                str(p) for p in absent[:3]) + (f" and {len(absent) - 3} more" if len(absent) > 3 else "")
+        return detail
+
+    @staticmethod
+    def _absent_chunks(adir: Path) -> list[Path]:
+        try:
+            ameta = _read_json(adir / "zarr.json")
+            shape = ameta["shape"]
+            step = ameta["chunk_grid"]["configuration"]["chunk_shape"][0]
+        except (OSError, StoreError, KeyError, TypeError, IndexError):
+            return []
+        rest = "/0" * (len(shape) - 1)
+        paths = [adir / "c" / f"{i}{rest}" for i in range(-(-int(shape[0]) // int(step)))]
+        return [p for p in paths if not p.exists()]
+
+    def _check_time(self, video_id: str, t: int) -> str | None:
+        try:
+            got = self._read_array(video_id, TIME_ARRAY)
+        except FileNotFoundError as e:
+            return f"array missing: {e.filename or self._videos / video_id / TIME_ARRAY}"
+        except StoreError as e:
+            return getattr(e, "detail", str(e))
+        want = np.array([self.grid.snippet_center_seconds(i) for i in range(t)], dtype=np.float64)
+        if got.shape != want.shape:
+            return f"time coordinate off: {got.shape[0] if got.ndim else got.shape} snippet times, expected {t}"
+        off = np.flatnonzero(got != want)
+        if off.size:
+            i = int(off[0])
+            return (f"time coordinate off at {off.size} of {t} snippets: snippet {i} is at {float(got[i])!r} s, "
+                    f"the grid says {float(want[i])!r} s")
+        return None
 
     # ----------------------------------------------------------------- writing
     def write_video(
@@ -389,6 +553,13 @@ class FeatureStore:
             kept = set() if old is None else (set(old["features"]) | ({AUDIO_MASK} if old.get("audio_mask") else set()))
             expected_t = old["num_snippets"] if kept - set(features) else None
             arrays = validate_features(video_id, features, self.feature_dims, expected_t)
+            lost = sorted((kept - set(arrays)) & self.missing_arrays(video_id)) if old is not None else []
+            if lost:  # (keeping them would publish metadata for arrays that are not there)
+                raise StoreError(
+                    f"video {video_id!r}: stored feature(s) {lost} have no array on disk ({current / lost[0]}); "
+                    "the store is damaged: recompute them in the same write (`clipae extract` with them in "
+                    "--features) or rewrite the whole video (replace_all)"
+                )
             for name in arrays:
                 if name != AUDIO_MASK and name not in provenance:
                     raise StoreError(f"video {video_id!r}: no provenance given for feature {name!r}")

@@ -428,6 +428,7 @@ def test_cli_extract_skips_complete_and_fails_on_bad_videos(env, tmp_path, capsy
     assert main([*args, "--allow-random-weights"]) == 0
     out, err = capsys.readouterr()
     assert "1 already complete" in out and "warning" not in err
+    assert "randomly initialised" not in err  # nothing was computed with them this time
 
     # one video file as --videos; made with other I3D settings than ok1: the store now mixes two ways
     make_video(tmp_path / "ok2.mp4", seconds=1.2)  # (other content: the same bytes would be the same video)
@@ -579,3 +580,28 @@ def test_shards_split_the_videos_between_processes(env, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*args, "--shard", "2/2"])
     assert "0 <= I < N" in capsys.readouterr().err
+
+
+def test_a_deleted_feature_array_is_recomputed_and_the_video_verifies(env, tmp_path):
+    """The metadata still lists i3d_rgb, but its array is gone: not "already complete", redo that feature."""
+    store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    before = store.load("a")
+    shutil.rmtree(store.path / "videos" / "a" / "i3d_rgb")
+    r = extract_video(env.video, "a", store, env.cfg, env.models)
+    assert not r.skipped and r.computed == ["i3d_rgb"] and sorted(r.reused) == ["clip_vitb16", "i3d_flow", "vggish"]
+    assert store.missing_arrays("a") == set() and store.verify("a") == []
+    after = store.load("a")
+    for name in ("i3d_rgb", "i3d_flow", "clip_vitb16", "vggish", "audio_mask"):
+        assert np.array_equal(before[name], after[name]), name  # (i3d_rgb: deterministic on the CPU)
+
+
+def test_a_missing_array_outside_the_run_features_fails_the_video_by_name(env, tmp_path):
+    """Extracting only vggish cannot repair a lost i3d_flow: the write refuses rather than publish its metadata."""
+    store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    shutil.rmtree(store.path / "videos" / "a" / "i3d_flow")
+    shutil.rmtree(store.path / "videos" / "a" / "audio_mask")  # (makes vggish to-do, so the run writes)
+    cfg = replace(env.cfg, features=("vggish",))
+    [res] = extract_many([("a", env.video)], store, cfg, Extractors(cfg))
+    assert not res.ok and res.stage == "store"
+    assert "video 'a'" in str(res.error) and "['i3d_flow'] have no array on disk" in str(res.error)
+    assert store.missing_arrays("a") == {"i3d_flow", "audio_mask"}  # (nothing was published)

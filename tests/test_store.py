@@ -228,12 +228,17 @@ def test_verify_finds_corruption_in_features_audio_mask_and_time(tmp_path, capsy
     assert sorted(s.verify("a")) == ["audio_mask", "time"] and s.verify("b") == ["i3d_rgb"]
     assert cli(["store", "verify", str(s.path)]) == 1
     out = capsys.readouterr().out
-    assert {"MISMATCH a/audio_mask", "MISMATCH a/time", "MISMATCH b/i3d_rgb"} <= set(out.splitlines())
+    lines = {line.split(": ", 1)[0]: line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("MISMATCH")}
+    assert set(lines) == {"MISMATCH a/audio_mask", "MISMATCH a/time", "MISMATCH b/i3d_rgb"}
+    recorded = s.video_meta("b")["features"]["i3d_rgb"]["sha256"][:12]
+    assert lines["MISMATCH b/i3d_rgb"].startswith(f"content hash mismatch: recorded sha256 {recorded}..., computed ")
+    assert lines["MISMATCH a/time"].startswith("time coordinate off at 1 of 12 snippets: snippet 1 is at ")
     assert "verified 2 videos, 3 mismatches" in out
     assert cli(["store", "verify", "--json", str(s.path)]) == 1
     report = json.loads(capsys.readouterr().out)
     assert report["videos"] == 2 and sorted((m["video"], m["item"]) for m in report["mismatches"]) == [
         ("a", "audio_mask"), ("a", "time"), ("b", "i3d_rgb")]
+    assert all(m["detail"] == lines[f"MISMATCH {m['video']}/{m['item']}"] for m in report["mismatches"])
 
 
 def test_create_refuses_a_file_or_a_directory_holding_other_files(tmp_path):
@@ -258,3 +263,119 @@ def test_create_accepts_hidden_files_lost_found_and_a_concurrent_creators_store(
     # a concurrent creator published first: open_or_create opens its store instead of failing
     first = FeatureStore.create(tmp_path / "race")
     assert FeatureStore.open_or_create(tmp_path / "race").path == first.path
+
+
+# ----------------------------------------------------------------- damaged stores: errors that name the file
+def _damaged_store(tmp_path, codec="none", t=25):
+    s = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS, codec=CodecSpec(codec), chunk_snippets=10)
+    f = feats(t)  # chunks of 10 snippets: 0/0 and 1/0 exact, 2/0 the tail
+    s.write_video("vid", f, info("vid"), provs(f))
+    return s, f
+
+
+@pytest.mark.parametrize("codec", ["none", "blosc-lz4", "zstd"])
+@pytest.mark.parametrize("chunk", ["0/0", "2/0"])  # an exact chunk and the tail chunk
+@pytest.mark.parametrize("damage", ["halved", "extra bytes"])
+def test_truncated_or_overlong_chunk_file_is_an_error_naming_it(tmp_path, codec, chunk, damage):
+    """The fast reader filled np.empty with readinto/decompress unchecked: half a chunk file gave garbage."""
+    s, f = _damaged_store(tmp_path, codec)
+    path = s.path / "videos" / "vid" / "i3d_rgb" / "c" / chunk
+    raw = path.read_bytes()
+    path.write_bytes(raw[: len(raw) // 2] if damage == "halved" else raw + b"\0" * 8)
+    with pytest.raises(StoreError) as e:
+        FeatureStore.open(s.path).load("vid")
+    msg = str(e.value)
+    assert "video 'vid'" in msg and "'i3d_rgb'" in msg and str(path) in msg and "clipae store verify" in msg, msg
+    if codec == "none":
+        assert f"wrong size: {len(path.read_bytes())} bytes, expected {len(raw)}" in msg
+    assert s.load("vid", ["i3d_flow"])["i3d_flow"].shape == (25, 16)  # the other arrays still read
+    assert s.verify_report("vid") == {"i3d_rgb": msg.split("'i3d_rgb' ", 1)[1].split("; ")[0]}
+
+
+def test_zstd_chunk_that_decodes_to_too_few_bytes_is_an_error(tmp_path):
+    """A valid zstd frame of the wrong size decodes into a bigger buffer without complaint."""
+    import numcodecs
+
+    s, f = _damaged_store(tmp_path, "zstd")
+    path = s.path / "videos" / "vid" / "i3d_rgb" / "c" / "0" / "0"
+    path.write_bytes(numcodecs.Zstd().encode(f["i3d_rgb"][:5]))
+    with pytest.raises(StoreError, match=r"wrong size: decodes to 320 bytes, expected 640"):
+        s.load("vid")
+
+
+def test_deleted_feature_array_is_reported_missing_not_as_concurrent_change(tmp_path, capsys):
+    import shutil
+
+    from clipae.cli import main as cli
+
+    s, f = _damaged_store(tmp_path)
+    assert s.missing_arrays("vid") == set()
+    shutil.rmtree(s.path / "videos" / "vid" / "i3d_rgb")
+    assert s.missing_arrays("vid") == {"i3d_rgb"}
+    with pytest.raises(StoreError) as e:
+        s.load("vid")
+    msg = str(e.value)
+    assert "kept changing" not in msg and "'i3d_rgb'" in msg and "missing" in msg, msg
+    assert str(s.path / "videos" / "vid" / "i3d_rgb" / "zarr.json") in msg and "clipae extract" in msg
+    np.testing.assert_array_equal(s.load("vid", ["i3d_flow"])["i3d_flow"], f["i3d_flow"])
+    assert cli(["store", "verify", str(s.path)]) == 1
+    assert f"MISMATCH vid/i3d_rgb: array missing: {s.path / 'videos' / 'vid' / 'i3d_rgb' / 'zarr.json'}" in (
+        capsys.readouterr().out.splitlines())
+
+
+def test_writing_some_features_refuses_to_keep_a_missing_array_and_rewriting_it_repairs(tmp_path):
+    """A merge hard-links the kept arrays: one that is gone must not be published as kept."""
+    import shutil
+
+    s, f = _damaged_store(tmp_path)
+    shutil.rmtree(s.path / "videos" / "vid" / "i3d_flow")
+    g = {"clip_vitb16": np.ones((25, 8), np.float32)}
+    with pytest.raises(StoreError, match=r"video 'vid': stored feature\(s\) \['i3d_flow'\] have no array on disk"):
+        s.write_video("vid", g, None, provs(g))
+    s.write_video("vid", {"i3d_flow": f["i3d_flow"]}, None, provs(["i3d_flow"]))  # what re-extraction does
+    assert s.missing_arrays("vid") == set() and s.verify("vid") == []
+    np.testing.assert_array_equal(s.load("vid")["i3d_rgb"], f["i3d_rgb"])
+
+
+@pytest.mark.parametrize("content", [b"{broken", b"[1, 2]", b'{"attributes": {}}', None])
+def test_corrupt_video_metadata_names_the_video_and_file(tmp_path, capsys, content):
+    from clipae.cli import main as cli
+
+    s, f = _damaged_store(tmp_path)
+    s.write_video("good", f, info("good"), provs(f))
+    meta = s.path / "videos" / "vid" / "zarr.json"
+    if content is None:
+        meta.unlink()
+    else:
+        meta.write_bytes(content)
+    with pytest.raises(StoreError) as e:
+        s.load("vid")
+    assert "video 'vid'" in str(e.value) and str(meta) in str(e.value), str(e.value)
+    # ls and info list the damaged video and go on with the rest (exit 1); verify says what is wrong
+    assert cli(["store", "ls", str(s.path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("good\tT=25\t") and out[1].startswith("vid\tDAMAGED\tvideo 'vid': ")
+    assert str(meta) in out[1]
+    assert cli(["store", "ls", "--json", str(s.path)]) == 1
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["T"] == 25 and rows[1]["video"] == "vid" and str(meta) in rows[1]["damaged"]
+    assert cli(["store", "info", "--json", str(s.path)]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["videos"] == 2 and summary["videos_per_feature"]["i3d_rgb"] == 1 and summary["fingerprint"] is None
+    assert list(summary["damaged_videos"]) == ["vid"]
+    assert cli(["store", "verify", "--json", str(s.path)]) == 1
+    [m] = json.loads(capsys.readouterr().out)["mismatches"]
+    assert (m["video"], m["item"]) == ("vid", "metadata") and m["detail"].startswith(f"unreadable metadata file {meta}")
+
+
+def test_verify_names_a_missing_chunk_file(tmp_path, capsys):
+    from clipae.cli import main as cli
+
+    s, f = _damaged_store(tmp_path)
+    chunk = s.path / "videos" / "vid" / "i3d_rgb" / "c" / "1" / "0"
+    chunk.unlink()  # zarr reads it as zeros: only the hash tells, and the missing file is the likely cause
+    [detail] = s.verify_report("vid").values()
+    assert detail.startswith("content hash mismatch: recorded sha256 ")
+    assert f"missing (read as zeros): {chunk}" in detail
+    assert cli(["store", "verify", str(s.path)]) == 1
+    assert f"MISMATCH vid/i3d_rgb: {detail}" in capsys.readouterr().out.splitlines()

@@ -103,10 +103,6 @@ def run(args) -> int:
         config = _build_config(args, existing.grid if existing else None)
         # Weights first (every missing file in one message), before a new store is created.
         models = Extractors(config)
-        if models.random_init_features:
-            print(f"note: randomly initialised networks for {', '.join(models.random_init_features)} "
-                  "(--allow-random-weights; no weights file found): these are not pretrained features, and the "
-                  "store records them as random_init", file=sys.stderr)
         if existing is not None:
             existing.recover()  # what killed runs left (a video caught between two renames comes back)
         store = existing or FeatureStore.open_or_create(
@@ -118,6 +114,12 @@ def run(args) -> int:
     except (ConfigError, ManifestError, WeightsError, StoreError) as e:
         print(f"clipae extract: error: {e}", file=sys.stderr)
         return 2
+    # (after the run: a run that only skips complete videos computed nothing with them)
+    made = sorted({f for r in results for f in getattr(r, "computed", ())} & set(models.random_init_features))
+    if made:
+        print(f"note: randomly initialised networks for {', '.join(made)} "
+              "(--allow-random-weights; no weights file found): these are not pretrained features, and the "
+              "store records them as random_init", file=sys.stderr)
     return _print_summary(results, store, wall, config.features)
 
 

@@ -1,61 +1,105 @@
-"""`clipae store info|ls|verify PATH`: inspect a feature store."""
+"""`clipae store info|ls|verify PATH`: inspect a feature store.
+
+A video whose metadata cannot be read is reported as damaged (with its file and the problem) and the
+rest of the store is still listed; the command then exits with status 1.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 import sys
 
+HELP = {
+    "info": "summary and fingerprint; videos with unreadable metadata are listed as damaged_videos (exit 1)",
+    "ls": "list videos with T and features; a video with unreadable metadata is listed as DAMAGED (exit 1)",
+    "verify": "re-hash every feature and audio mask against its recorded sha256, check the time coordinate; "
+              "each problem line says what is wrong (missing array or chunk file, wrong size, hash mismatch, "
+              "time coordinate, unreadable metadata) and where (exit 1 on any)",
+}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("store", help="inspect a feature store", description=__doc__)
     s = p.add_subparsers(dest="store_command", required=True)
-    for name, helptext in (("info", "summary and fingerprint"), ("ls", "list videos with T and features"),
-                           ("verify", "re-hash every feature and audio mask against its recorded sha256, check the time coordinate")):
-        q = s.add_parser(name, help=helptext)
+    for name, helptext in HELP.items():
+        q = s.add_parser(name, help=helptext, description=helptext)
         q.add_argument("path")
         q.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from storage import FeatureStore, StoreError, mixed_configs_message
+    from storage import FeatureStore, StoreError
 
     try:
         store = FeatureStore.open(args.path)
-        if args.store_command == "info":
-            summary = store.summary()
-            print(json.dumps(summary, indent=2) if args.json else "\n".join(f"{k}: {v}" for k, v in summary.items()))
-            mixed = (mixed_configs_message(store.feature_configs())  # (re-read only when there is a mix to name)
-                     if not args.json and max(summary["configs_per_feature"].values(), default=1) > 1 else None)
-            if mixed:  # (JSON readers have configs_per_feature)
-                print("warning: features made in different ways across videos:\n  " + mixed.replace("\n", "\n  "),
-                      file=sys.stderr)
-            return 0
-        if args.store_command == "ls":
-            rows = [(v, store.num_snippets(v), sorted(store.features_of(v))) for v in store.list_videos()]
-            if args.json:
-                print(json.dumps([{"video": v, "T": t, "features": f} for v, t, f in rows]))
-            else:
-                for v, t, f in rows:
-                    print(f"{v}\tT={t}\t{','.join(f)}")
-            return 0
-        mismatches = []
-        store.recover()  # finish what killed writers left first: verify the store as readers will see it
-        ids = store.list_videos()
-        for vid in ids:  # features and audio mask against their recorded sha256, the time coordinate against the grid
-            try:
-                wrong = store.verify(vid)
-            except Exception as e:  # noqa: BLE001 -- an unreadable chunk (bad codec data) is a finding, not a crash
-                wrong = [f"unreadable: {e}"]
-            for name in wrong:
-                mismatches.append({"video": vid, "item": name})
-                if not args.json:
-                    print(f"MISMATCH {vid}/{name}")
-        if args.json:
-            print(json.dumps({"videos": len(ids), "mismatches": mismatches}))
-        else:
-            print(f"verified {len(ids)} videos, {len(mismatches)} mismatches")
-        return 1 if mismatches else 0
+        return {"info": _info, "ls": _ls, "verify": _verify}[args.store_command](store, args.json)
     except StoreError as e:
         print(f"clipae store: error: {e}", file=sys.stderr)
         return 2
+
+
+def _warn_damaged(damaged: dict[str, str]) -> None:
+    for vid, why in damaged.items():
+        print(f"clipae store: damaged video {vid}: {why}", file=sys.stderr)
+
+
+def _info(store, as_json: bool) -> int:
+    from storage import mixed_configs_message
+
+    summary = store.summary()
+    print(json.dumps(summary, indent=2) if as_json else "\n".join(f"{k}: {v}" for k, v in summary.items()
+                                                                  if k != "damaged_videos"))
+    mixed = (mixed_configs_message(store.feature_configs())  # (re-read only when there is a mix to name)
+             if not as_json and max(summary["configs_per_feature"].values(), default=1) > 1 else None)
+    if mixed:  # (JSON readers have configs_per_feature)
+        print("warning: features made in different ways across videos:\n  " + mixed.replace("\n", "\n  "),
+              file=sys.stderr)
+    _warn_damaged(summary["damaged_videos"])
+    return 1 if summary["damaged_videos"] else 0
+
+
+def _ls(store, as_json: bool) -> int:
+    from storage import StoreError
+
+    rows, damaged = [], {}
+    for v in store.list_videos():
+        try:
+            rows.append({"video": v, "T": store.num_snippets(v), "features": sorted(store.features_of(v))})
+        except StoreError as e:  # listed, not fatal: the other videos are still worth seeing
+            damaged[v] = str(e)
+            rows.append({"video": v, "T": None, "features": [], "damaged": str(e)})
+    if as_json:
+        print(json.dumps(rows))
+    else:
+        for r in rows:
+            print(f"{r['video']}\tDAMAGED\t{r['damaged']}" if "damaged" in r
+                  else f"{r['video']}\tT={r['T']}\t{','.join(r['features'])}")
+        if damaged:
+            print(f"clipae store: {len(damaged)} damaged video(s); `clipae store verify` checks every array",
+                  file=sys.stderr)
+    return 1 if damaged else 0
+
+
+def _verify(store, as_json: bool) -> int:
+    mismatches = []
+    store.recover()  # finish what killed writers left first: verify the store as readers will see it
+    ids = store.list_videos()
+    for vid in ids:  # features and audio mask against their recorded sha256, the time coordinate against the grid
+        try:
+            wrong = store.verify_report(vid)
+        except Exception as e:  # noqa: BLE001 -- anything unreadable is a finding, not a crash
+            wrong = {"unreadable": f"{type(e).__name__}: {e}"}
+        for item, detail in wrong.items():
+            mismatches.append({"video": vid, "item": item, "detail": detail})
+            if not as_json:
+                print(f"MISMATCH {vid}/{item}: {detail}")
+    if as_json:
+        print(json.dumps({"videos": len(ids), "mismatches": mismatches}))
+    else:
+        print(f"verified {len(ids)} videos, {len(mismatches)} mismatches")
+        if mismatches:
+            print("to repair: `clipae extract` recomputes missing arrays by itself; for other damage delete the "
+                  f"video's directory ({store.path / 'videos'}/VIDEO) first, then run `clipae extract` on it",
+                  file=sys.stderr)
+    return 1 if mismatches else 0
