@@ -525,8 +525,11 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         fingerprint = file_fingerprint(path)
     except OSError as e:
         raise VideoError(path, "probe", f"cannot read the file: {e.strerror or e}") from e
-    todo, reused, replace_all = plan_video(store, video_id, fingerprint, models)
-    replaced_source = store.video_info(video_id).source if replace_all else None
+    try:  # (damaged stored metadata is this video's failure, not the run's)
+        todo, reused, replace_all = plan_video(store, video_id, fingerprint, models)
+        replaced_source = store.video_info(video_id).source if replace_all else None
+    except StoreError as e:
+        raise VideoError(path, "store", str(e)) from e
     if not todo:
         return ExtractReport(video_id, path, [], reused, seconds=time.perf_counter() - t0)
     stage = "probe"
@@ -535,6 +538,9 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         probe = probe_video(path)
         if not probe.has_video:
             raise VideoError(path, "probe", "no video stream (audio-only or not a video file)")
+        stage = "networks"  # (loaded once, by the first video; a failure here is not the decoder's)
+        for f in todo:
+            models.model(f)
         stage = "audio"
         with clock("audio_decode"):
             wav = decode_audio(path, probe, config.audio_sample_rate) if "vggish" in todo else None

@@ -605,3 +605,15 @@ def test_a_missing_array_outside_the_run_features_fails_the_video_by_name(env, t
     assert not res.ok and res.stage == "store"
     assert "video 'a'" in str(res.error) and "['i3d_flow'] have no array on disk" in str(res.error)
     assert store.missing_arrays("a") == {"i3d_flow", "audio_mask"}  # (nothing was published)
+
+
+def test_damaged_video_metadata_fails_that_video_alone(env, tmp_path):
+    """A corrupt per-video zarr.json is that video's failure (stage "store", naming the file), not the run's."""
+    store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    (store.path / "videos" / "a" / "zarr.json").write_text("{broken")
+    cfg = replace(env.cfg, features=("vggish",))
+    res = extract_many([("a", env.video), ("b", env.video)], store, cfg, Extractors(cfg))
+    by_id = {r.video_id: r for r in res}
+    assert not by_id["a"].ok and by_id["a"].stage == "store"
+    assert "zarr.json" in str(by_id["a"].error) and "not valid JSON" in str(by_id["a"].error)
+    assert by_id["b"].ok and "vggish" in store.features_of("b")
