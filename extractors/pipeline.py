@@ -47,7 +47,7 @@ from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_bac
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
 from extractors.weights import resolve_all
 from extractors.windows import BackgroundIterator, FrameWindow, SnippetWindower, StreamEnd
-from storage import AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, StoreError, VideoInfo
+from storage import AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, StoreDamageError, StoreError, VideoInfo
 
 VISUAL_FEATURES = ("i3d_rgb", "i3d_flow", "clip_vitb16")
 _FINGERPRINT_BYTES = 1 << 20
@@ -75,6 +75,8 @@ class ExtractReport:
     # The source the store held for this id when it was replaced (its file changed, or the id now names
     # another file): everything stored for the id was redone. None otherwise.
     replaced_source: str | None = None
+    # What was damaged in the stored entry (unreadable metadata) when it was rewritten from the source.
+    repaired_damage: str | None = None
 
     ok = True
 
@@ -525,10 +527,13 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         fingerprint = file_fingerprint(path)
     except OSError as e:
         raise VideoError(path, "probe", f"cannot read the file: {e.strerror or e}") from e
-    try:  # (damaged stored metadata is this video's failure, not the run's)
+    repaired = None
+    try:
         todo, reused, replace_all = plan_video(store, video_id, fingerprint, models)
         replaced_source = store.video_info(video_id).source if replace_all else None
-    except StoreError as e:
+    except StoreDamageError as e:  # unreadable stored metadata: nothing of it can be trusted; redo from the source
+        todo, reused, replace_all, replaced_source, repaired = list(models.config.features), [], True, None, e.detail
+    except StoreError as e:  # (this video's failure, not the run's)
         raise VideoError(path, "store", str(e)) from e
     if not todo:
         return ExtractReport(video_id, path, [], reused, seconds=time.perf_counter() - t0)
@@ -600,7 +605,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         video_id, path, todo, reused, num_frames=end.num_frames, num_snippets=t, decode_backend=end.backend,
         has_audio=probe.has_audio, seconds=time.perf_counter() - t0,
         precision={f: models.precision_name(f) for f in todo}, stage_seconds=clock.rounded(),
-        replaced_source=replaced_source,
+        replaced_source=replaced_source, repaired_damage=repaired,
     )  # fmt: skip
 
 

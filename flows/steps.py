@@ -135,18 +135,27 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
     models = get_extractors(config) if config is not None else None
     plan = ExtractionPlan()
     wanted = set(features)
+    from storage import StoreDamageError
+
     for vid, path in videos:
         fp = source_fingerprint(path)
-        if not store.has_video(vid):
-            plan.todo.append(PlannedVideo(vid, path, "new", fp))
-        elif store.video_info(vid).source_fingerprint != fp:
-            plan.todo.append(PlannedVideo(vid, path, "changed", fp))
-        elif not wanted <= store.features_of(vid):
-            plan.todo.append(PlannedVideo(vid, path, "missing-features", fp))
-        elif models is not None and plan_video(store, vid, fp, models)[0]:
-            plan.todo.append(PlannedVideo(vid, path, "stale-features", fp))
-        else:
+        try:
+            if not store.has_video(vid):
+                reason = "new"
+            elif store.video_info(vid).source_fingerprint != fp:
+                reason = "changed"
+            elif not wanted <= store.features_of(vid) - store.missing_arrays(vid):
+                reason = "missing-features"
+            elif models is not None and plan_video(store, vid, fp, models)[0]:
+                reason = "stale-features"
+            else:
+                reason = None
+        except StoreDamageError:  # unreadable stored metadata: the extractor redoes the video from its source
+            reason = "damaged"
+        if reason is None:
             plan.complete.append(vid)
+        else:
+            plan.todo.append(PlannedVideo(vid, path, reason, fp))
     return plan
 
 
@@ -171,9 +180,21 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 def check_store(store, dataset, features: list[str], min_train_videos: int) -> StoreCheck:
     """Every dataset video present in the store must hold the requested features; enough must exist to train."""
+    from storage import StoreDamageError
+
     present = set(store.list_videos())
     wanted = set(features)
-    incomplete = sorted(v for v in present if not wanted <= store.features_of(v))
+    used = present & (set(dataset.videos(dataset.train_subset)) | set(dataset.videos(dataset.test_subset)))
+    incomplete, damaged = [], []
+    for v in sorted(used):  # (only the videos this run reads: damage elsewhere in the store is not its concern)
+        try:
+            if not wanted <= store.features_of(v) - store.missing_arrays(v):
+                incomplete.append(v)
+        except StoreDamageError as e:
+            damaged.append(f"{v}: {e.detail}")
+    if damaged:  # (every one at once, before any training)
+        raise RuntimeError(f"{len(damaged)} videos of {dataset.name!r} are damaged in the store (run the extraction "
+                           "again to redo them from their sources):\n  " + "\n  ".join(damaged))
     train = sorted(v for v in dataset.videos(dataset.train_subset) if v in present and v not in incomplete)
     test = sorted(v for v in dataset.videos(dataset.test_subset) if v in present and v not in incomplete)
     if len(train) < min_train_videos:

@@ -61,6 +61,8 @@ def run_ablation(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, rows: l
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise ValueError(f"unknown ablation row(s) {unknown}; known: {sorted(ROWS)}")
+    if hasattr(store, "load"):
+        _check_store_videos(cfg, names, store, dataset, train_videos is None, test_videos is None)
     per_seed: dict[str, list[AblationRow]] = {n: [] for n in names}
     for seed in seeds:
         seed_out = out if len(seeds) == 1 else out / f"seed{seed}"
@@ -73,6 +75,18 @@ def run_ablation(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, rows: l
         results.append(AblationRow(name, {}, ev.tiou, ev.mAP, ev.average_mAP, 0.0, {"reference": True}))
     write_table(results, out, cfg, seeds, [r for n in names for r in per_seed[n]])
     return results
+
+
+def _check_store_videos(cfg: ClipAEConfig, names: list[str], store, dataset, train: bool, test: bool) -> None:
+    """Read every video the rows will read, once, before the first row trains: a damaged test video otherwise
+    surfaces in the first row's prediction, after its whole training schedule."""
+    from models.data import load_videos
+    from models.network import required_features
+
+    feats = sorted({f for n in names for f in required_features(cfg.replace(switches=ROWS[n].__dict__))})
+    for subset, wanted in ((dataset.train_subset, train), (dataset.test_subset, test)):
+        if wanted:
+            load_videos(store, dataset, subset, feats)  # (raises naming the video and file; the data is dropped)
 
 
 def _run_row(cfg: ClipAEConfig, name: str, store, dataset, out: Path, train_videos, test_videos,

@@ -93,10 +93,23 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
     reader = store.iter_videos(features, vids) if hasattr(store, "iter_videos") else ((v, store.load(v, features)) for v in vids)
     out = []
     for vid, feats in reader:
+        _check_finite(store, vid, feats)
         ann = dataset.annotations(vid)
         labels = sorted({class_index[s.label] for s in ann.segments if s.label in class_index})
         out.append(VideoFeatures(vid, dict(feats), float(ann.duration), labels))
     return out
+
+
+def _check_finite(store, vid: str, feats: dict) -> None:
+    """The store refuses NaN/Inf when it writes, so a non-finite value read back is damage (random bytes in an
+    uncompressed chunk of the right size pass the store's size checks): name it here rather than let it surface
+    as a NaN loss or an error deep inside the model."""
+    for name, a in feats.items():
+        a = np.asarray(a)
+        if a.dtype.kind == "f" and not np.isfinite(a).all():
+            raise ValueError(f"store {getattr(store, 'path', '')}: video {vid!r}, feature {name!r} holds non-finite "
+                             "values, which the store never writes: its files are damaged (`clipae store verify` "
+                             "names them; delete the video and extract it again)")
 
 
 def check_features_made_one_way(store, video_ids: list[str], features: Iterable[str]) -> list[str]:

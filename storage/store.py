@@ -66,8 +66,9 @@ def _read_json(path: Path) -> dict:
     return out
 
 
-class _Damage(StoreError):
-    """A damaged file in the store; ``detail`` says what and where without the repair advice (for verify)."""
+class StoreDamageError(StoreError):
+    """A damaged file in the store (not a concurrent writer's doing: the video's version did not change);
+    ``detail`` says what and where without the repair advice (for verify). Re-extracting the video repairs it."""
 
     def __init__(self, message: str, detail: str):
         super().__init__(message)
@@ -86,6 +87,21 @@ def _blosc_sizes(raw: bytes) -> tuple[int, int] | None:
         return None
     nbytes, _blocksize, cbytes = struct.unpack_from("<III", raw, 4)
     return nbytes, cbytes
+
+
+def _meta_problem(meta) -> str | None:
+    """What is missing from a video's attributes as ``write_video`` publishes them (valid JSON can still lack
+    them: a hand edit, another tool), or None. Checked on every read so that no caller meets a bare KeyError."""
+    if not isinstance(meta, dict):
+        return f"no valid {VIDEO_ATTR!r} attributes"
+    for key, kind in (("features", dict), ("info", dict), ("num_snippets", int), ("version", str),
+                      ("fingerprint", str)):
+        if not isinstance(meta.get(key), kind):
+            return f"{VIDEO_ATTR!r} attributes lack a valid {key!r}"
+    for name, f in meta["features"].items():
+        if not (isinstance(f, dict) and isinstance(f.get("provenance"), dict) and isinstance(f.get("sha256"), str)):
+            return f"feature {name!r} lacks its sha256 or provenance"
+    return None
 
 
 class FeatureStore:
@@ -212,13 +228,14 @@ class FeatureStore:
         except FileNotFoundError:
             if vdir.is_dir():  # (published directories always hold their zarr.json)
                 detail = f"unreadable metadata file {vdir / 'zarr.json'}: missing"
-                raise _Damage(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
+                raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
             raise StoreError(f"video {video_id!r}: not in store {self.path}") from None
         except StoreError as e:
-            raise _Damage(f"video {video_id!r}: {e}; {_repair_hint(self.path, vdir)}", f"unreadable {e}") from None
-        if not isinstance(meta, dict) or not isinstance(meta.get("features"), dict):
-            detail = f"unreadable metadata file {vdir / 'zarr.json'}: no valid {VIDEO_ATTR!r} attributes"
-            raise _Damage(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail)
+            raise StoreDamageError(f"video {video_id!r}: {e}; {_repair_hint(self.path, vdir)}", f"unreadable {e}") from None
+        problem = _meta_problem(meta)
+        if problem:
+            detail = f"unreadable metadata file {vdir / 'zarr.json'}: {problem}"
+            raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail)
         return meta
 
     def missing_arrays(self, video_id: str) -> set[str]:
@@ -265,6 +282,7 @@ class FeatureStore:
             wanted = self._resolve_features(video_id, meta, features)
             try:
                 out = {name: self._read_array(video_id, name) for name in wanted}
+                self._check_shapes(video_id, meta, out)
             except (FileNotFoundError, StoreError) as e:
                 # A writer replacing the video mid-read looks like a missing or odd-sized file: retry then.
                 # With the version unchanged, the files really are gone or damaged.
@@ -274,6 +292,17 @@ class FeatureStore:
             if self._same_version(video_id, meta):
                 return meta, out
         raise StoreError(f"video {video_id!r}: kept changing while being read (5 attempts)")
+
+    def _check_shapes(self, video_id: str, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Every array must have the video's T rows and its feature's width: features of different lengths
+        would otherwise train silently (an array's own zarr.json is read for its shape, not the video's)."""
+        t = meta["num_snippets"]
+        for name, a in arrays.items():
+            want = (t,) if name in (AUDIO_MASK, TIME_ARRAY) else (t, self.feature_dims.get(name, a.shape[-1]))
+            if a.shape != want:
+                detail = f"array {name!r} has shape {a.shape}, the video's metadata says {want}"
+                raise StoreDamageError(f"video {video_id!r}: {detail}; "
+                                       f"{_repair_hint(self.path, self._videos / video_id)}", detail)
 
     def _same_version(self, video_id: str, meta: dict) -> bool:
         try:
@@ -286,8 +315,9 @@ class FeatureStore:
             return e
         missing = Path(e.filename) if getattr(e, "filename", None) else self._videos / video_id
         what = f"array {missing.parent.name!r}" if missing.name == "zarr.json" else "a file"
-        return StoreError(f"video {video_id!r}: {what} listed in its metadata is missing ({missing}); the store "
-                          "is damaged: run `clipae extract` on this video again, which recomputes missing arrays")
+        detail = f"{what} listed in its metadata is missing ({missing})"
+        return StoreDamageError(f"video {video_id!r}: {detail}; the store is damaged: run `clipae extract` on this "
+                                "video again, which recomputes missing arrays", detail)
 
     def _resolve_features(self, video_id: str, meta: dict, features: Iterable[str] | None) -> list[str]:
         present = set(meta["features"]) | ({AUDIO_MASK} if meta.get("audio_mask") else set())
@@ -336,7 +366,7 @@ class FeatureStore:
         does not fit the chunk: ``np.empty`` would otherwise hand back uninitialised memory as features."""
         def damaged(problem: str) -> StoreError:
             detail = f"chunk file {path}: {problem}"
-            return _Damage(f"video {video_id!r}: array {name!r} {detail}; "
+            return StoreDamageError(f"video {video_id!r}: array {name!r} {detail}; "
                            f"{_repair_hint(self.path, self._videos / video_id)}", detail)
 
         want = dest.nbytes
@@ -391,13 +421,21 @@ class FeatureStore:
                 yield vid, fut.result()
 
     def fingerprint(self) -> str:
-        """A content hash of every published video's features and provenance, for runs to record."""
+        """A content hash of every published video's features and provenance, for runs to record.
+
+        A video whose metadata is damaged contributes a marker (the hash of its metadata file's bytes) rather
+        than failing the whole fingerprint: damage to a video a run does not read must not stop the run.
+        Damage inside arrays is not seen here (the recorded hashes are): ``verify`` finds it."""
         h = hashlib.sha256()
         h.update(json.dumps({"grid": self._meta["grid"], "features": self.feature_dims}, sort_keys=True).encode())
         ids = self.list_videos()
 
         def fp(vid: str) -> str:
-            return self._video_meta(vid)["fingerprint"]  # (a damaged video's StoreError names it and its file)
+            try:
+                return self._video_meta(vid)["fingerprint"]
+            except StoreDamageError:  # (not the run's concern unless it reads the video: then load() raises)
+                raw = self._videos / vid / "zarr.json"
+                return "damaged:" + (hashlib.sha256(raw.read_bytes()).hexdigest() if raw.is_file() else "missing")
 
         with ThreadPoolExecutor(max_workers=8) as pool:
             for vid, f in zip(ids, pool.map(fp, ids)):
@@ -464,7 +502,7 @@ class FeatureStore:
         for _attempt in range(5):
             try:
                 meta = self._video_meta(video_id)
-            except _Damage as e:
+            except StoreDamageError as e:
                 return {"metadata": e.detail}
             expected = {name: fmeta.get("sha256") for name, fmeta in meta["features"].items()}
             if meta.get("audio_mask"):

@@ -607,13 +607,17 @@ def test_a_missing_array_outside_the_run_features_fails_the_video_by_name(env, t
     assert store.missing_arrays("a") == {"i3d_flow", "audio_mask"}  # (nothing was published)
 
 
-def test_damaged_video_metadata_fails_that_video_alone(env, tmp_path):
-    """A corrupt per-video zarr.json is that video's failure (stage "store", naming the file), not the run's."""
+def test_damaged_video_metadata_is_extracted_again_from_the_source(env, tmp_path):
+    """A corrupt per-video zarr.json: nothing stored for the video can be trusted, so it is redone from its
+    source (replace_all), not reported as complete nor left for the user to delete; the other video is unaffected."""
     store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    before = store.load("a", ["vggish", "audio_mask"])
     (store.path / "videos" / "a" / "zarr.json").write_text("{broken")
     cfg = replace(env.cfg, features=("vggish",))
     res = extract_many([("a", env.video), ("b", env.video)], store, cfg, Extractors(cfg))
     by_id = {r.video_id: r for r in res}
-    assert not by_id["a"].ok and by_id["a"].stage == "store"
-    assert "zarr.json" in str(by_id["a"].error) and "not valid JSON" in str(by_id["a"].error)
-    assert by_id["b"].ok and "vggish" in store.features_of("b")
+    assert by_id["a"].ok and by_id["a"].computed == ["vggish"] and "not valid JSON" in by_id["a"].repaired_damage
+    assert by_id["b"].ok and by_id["b"].repaired_damage is None
+    assert store.features_of("a") == {"vggish", "audio_mask"} and store.verify("a") == []
+    after = store.load("a", ["vggish", "audio_mask"])
+    assert all(np.array_equal(before[k], after[k]) for k in before)

@@ -257,3 +257,31 @@ def test_cli_train_and_predict_refuse_features_made_in_different_ways(tmp_path):
     with pytest.raises(ValueError, match=r"(?s)made in different ways.*i3d_rgb: made 2 different ways"):
         load_videos(store, ds, "train", ["i3d_rgb"])
     assert len(load_videos(store, ds, "train", ["vggish"])) == 2
+
+
+def test_damaged_videos_are_planned_for_extraction_and_only_the_runs_videos_are_checked(tmp_path):
+    """One video's corrupt metadata stopped plan-extraction (and so every scheduled re-extraction) and, anywhere
+    in the store, check-store. Now planning redoes it from its source ("damaged"), and check-store looks only at
+    the dataset's videos, listing every damaged one at once."""
+    from types import SimpleNamespace
+
+    from flows.steps import check_store, plan_extraction
+    from storage import FeatureStore, SnippetGrid
+    from tests.store_helpers import SMALL_DIMS, feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
+    for vid in ("t1", "t2", "x1", "orphan"):
+        f = feats(10)
+        store.write_video(vid, f, info(vid), provs(f))
+    src = tmp_path / "v.mp4"
+    src.write_bytes(b"source bytes")
+    (store.path / "videos" / "orphan" / "zarr.json").write_text("{broken")
+    plan = plan_extraction(store, [("orphan", str(src)), ("t1", str(src))], ["i3d_rgb"])
+    assert [(p.video_id, p.reason) for p in plan.todo if p.video_id == "orphan"] == [("orphan", "damaged")]
+    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test",
+                         videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1"])
+    assert check_store(store, ds, ["i3d_rgb"], min_train_videos=2).train_videos == ["t1", "t2"]
+    for vid in ("t2", "x1"):
+        (store.path / "videos" / vid / "zarr.json").write_text("[]")
+    with pytest.raises(RuntimeError, match=r"(?s)2 videos of 'd' are damaged.*t2: .*zarr\.json.*x1: "):
+        check_store(store, ds, ["i3d_rgb"], min_train_videos=2)

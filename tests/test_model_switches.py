@@ -198,3 +198,61 @@ def test_cluster_features_follow_config_and_switches():
         cluster_feature_names(cfg.replace(train={"cluster_features": ["resnet"]}))
     with pytest.raises(ValueError, match="at least one"):
         cluster_feature_names(cfg.replace(switches={"clip": False}, train={"cluster_features": ["clip_vitb16"]}))
+
+
+def test_damaged_values_and_damage_elsewhere_in_the_store(tmp_path, capsys):
+    """Random bytes of the right size in an uncompressed chunk pass the store's size checks: training names the
+    video and feature (was a RuntimeError deep in the model). A video the run does not read, with corrupt
+    metadata, does not stop training (was a failure after the whole schedule, from the store fingerprint)."""
+    import numpy as np
+
+    from clipae.cli import main
+    from models.synthetic import SyntheticSpec, synthetic_videos, write_synthetic_store
+    from storage import FeatureStore
+
+    ds, _, _ = tiny_problem()
+    spec = SyntheticSpec(dims=dict(TINY_DIMS))
+    vids = ds.videos(ds.train_subset)[:6] + ds.videos(ds.test_subset)[:3]
+    write_synthetic_store(tmp_path / "store", ds, synthetic_videos(ds, spec, video_ids=vids), spec)
+    store = FeatureStore.open(tmp_path / "store")
+    import shutil
+
+    shutil.copytree(store.path / "videos" / vids[0], store.path / "videos" / "not_in_the_dataset")
+    (store.path / "videos" / "not_in_the_dataset" / "zarr.json").write_text("{broken")
+    cfg_path = tmp_path / "tiny.yaml"
+    import yaml
+
+    cfg_path.write_text(yaml.safe_dump(tiny_config(weak_epochs=1).to_dict()))
+    args = ["train", "--store", str(store.path), "--dataset", "thumos14", "--mode", "weak", "--config", str(cfg_path)]
+    assert main([*args, "--out", str(tmp_path / "run1")]) == 0
+    fp = json.loads((tmp_path / "run1" / "inputs.json").read_text())["store_fingerprint"]
+    assert fp == store.fingerprint() and len(fp) == 64
+
+    chunk = store.path / "videos" / vids[1] / "i3d_rgb" / "c" / "0" / "0"
+    nan = np.full(chunk.stat().st_size // 4, np.nan, np.float32)
+    chunk.write_bytes(nan.tobytes())
+    assert main([*args, "--out", str(tmp_path / "run2")]) != 0
+    err = capsys.readouterr().err
+    assert vids[1] in err and "'i3d_rgb'" in err and "non-finite" in err, err
+
+
+def test_ablation_reads_every_video_before_the_first_row_trains(tmp_path):
+    """A damaged test video stopped the ablation only in the first row's prediction, after its training."""
+    import numpy as np
+
+    from models.ablation import run_ablation
+    from models.synthetic import SyntheticSpec, synthetic_videos, write_synthetic_store
+    from storage import FeatureStore
+
+    ds, _, _ = tiny_problem()
+    spec = SyntheticSpec(dims=dict(TINY_DIMS))
+    vids = ds.videos(ds.train_subset)[:6] + ds.videos(ds.test_subset)[:3]
+    write_synthetic_store(tmp_path / "store", ds, synthetic_videos(ds, spec, video_ids=vids), spec)
+    store = FeatureStore.open(tmp_path / "store")
+    chunk = store.path / "videos" / vids[-1] / "i3d_flow" / "c" / "0" / "0"
+    chunk.write_bytes(chunk.read_bytes()[: chunk.stat().st_size // 2])  # a truncated test-video chunk
+    cfg = tiny_config(weak_epochs=1).replace(train={"mode": "weak"})
+    with pytest.raises(Exception, match=vids[-1]):
+        run_ablation(cfg, store, ds, tmp_path / "abl", rows=["baseline"])
+    assert not (tmp_path / "abl" / "baseline").exists()  # (nothing trained)
+    assert np.isfinite(store.load(vids[0])["i3d_rgb"]).all()

@@ -129,3 +129,18 @@ def test_unsafe_run_ids_are_rejected(tmp_path):
     for bad in ("", "../x", ".hidden"):
         with pytest.raises(ValueError):
             RunRecordWriter(bad, tmp_path)
+
+
+def test_list_shows_status_and_show_says_why_a_run_failed(tmp_path, capsys):
+    from clipae.cli import main
+
+    _publish(tmp_path, "good-1", {"0.50": 0.3})
+    _publish(tmp_path, "bad-2", {"0.50": 0.0}, status="failed",
+             error="StoreDamageError: video 'v1': array 'i3d_rgb' chunk file /s/videos/v1/i3d_rgb/c/0/0: wrong size")
+    assert main(["runs", "--runs-dir", str(tmp_path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "status" in out.splitlines()[0]
+    assert any("bad-2" in line and "failed" in line for line in out.splitlines())
+    assert any("good-1" in line and "completed" in line for line in out.splitlines())
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "bad-2"]) == 0
+    assert "error      StoreDamageError: video 'v1'" in capsys.readouterr().out

@@ -188,6 +188,8 @@ def _print_summary(results, store, wall_seconds: float, features=None) -> int:
     for r in results:
         if r.ok and r.replaced_source:
             print(f"  {r.video_id}: replaced everything stored for it: its source changed (was {r.replaced_source})")
+        if r.ok and getattr(r, "repaired_damage", None):
+            print(f"  {r.video_id}: its stored entry was damaged ({r.repaired_damage}): extracted again from the source")
     mixed = mixed_configs_message(store.feature_configs(), features)
     if mixed:  # e.g. other TV-L1 settings or weights than earlier runs: a model would mix them unknowingly
         print("warning: features in this store were made in different ways; run this command on the other "

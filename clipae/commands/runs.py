@@ -34,12 +34,13 @@ def _list(args: argparse.Namespace) -> int:
     if not records:
         print(f"no run records under {args.runs_dir or default_runs_dir()}")
         return 0
-    print(f"{'date':<10}  {'run id':<36}  {'flow':<18}  {'dataset':<14}  {'avg mAP':>7}  {'store':<12}  revision")
+    print(f"{'date':<10}  {'run id':<36}  {'flow':<18}  {'dataset':<14}  {'status':<9}  {'avg mAP':>7}  {'store':<12}  "
+          "revision")
     for r in records:
         d = r.data
         print(
             f"{r.date:<10}  {r.run_id:<36}  {d.get('flow', '-'):<18}  {d.get('dataset', '-'):<14}  "
-            f"{_fmt_map(r.average_map):>7}  {str(d.get('store_fingerprint', '-'))[:12]:<12}  "
+            f"{str(d.get('status', '-'))[:9]:<9}  {_fmt_map(r.average_map):>7}  {str(d.get('store_fingerprint', '-'))[:12]:<12}  "
             f"{str(d.get('code_revision', '-'))[:12]}" + ("  (random-init features)" if d.get("random_init_features") else "")
         )
     return 0
@@ -54,6 +55,8 @@ def _show(args: argparse.Namespace) -> int:
     print(f"run        {r.run_id}  ({r.path})")
     for key in ("flow", "dataset", "status", "started", "published", "code_revision", "store_fingerprint"):
         print(f"{key:<10} {d.get(key, '-')}")
+    if d.get("error"):  # (why a failed run failed)
+        print(f"error      {d['error']}")
     timings = d.get("timings_s") or {}
     if timings:
         print("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))

@@ -21,18 +21,18 @@ def _run(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(args)
     store, ds = open_inputs(args.store, args.dataset)
+    inputs = _inputs(store, ds, cfg)  # (before training: a store it cannot describe fails now, not after the schedule)
     res = train(cfg, store, ds, args.out, resume=args.resume)
-    _write_inputs(res.out_dir, store, ds, cfg)
+    _write_inputs(res.out_dir, inputs)
     print(f"trained {res.mode} ({cfg.switches.describe()}): {res.epochs_completed} epochs in {res.seconds:.0f} s -> {res.checkpoint}")
     for ch in res.cluster_history:
         print(f"  round {ch['round']}: inertia {ch['inertia']:.2f} changed {ch['changed']} purity {ch['purity']}")
     return 0
 
 
-def _write_inputs(out_dir, store, ds, cfg) -> None:
-    """What the model was trained on, beside its checkpoint: the store (path, fingerprint) and its features'
-    provenance summary, so a run directory says whether its features were real or random-init."""
-    import json
+def _inputs(store, ds, cfg) -> dict:
+    """What the model is trained on: the store (path, fingerprint) and its features' provenance summary, so a
+    run directory says whether its features were real or random-init."""
     from pathlib import Path
 
     from models.data import feature_configs
@@ -43,7 +43,14 @@ def _write_inputs(out_dir, store, ds, cfg) -> None:
     vids = [v for v in ds.videos(ds.train_subset) if v in present]
     random_init: set[str] = set()
     feature_configs(store, vids, names, random_init)
-    inputs = {"store": str(store.path), "store_fingerprint": store.fingerprint(), "dataset": ds.name,
-              "subset": ds.train_subset, "videos": len(vids), "features": names,
-              "random_init_features": sorted(random_init)}
+    return {"store": str(Path(store.path).resolve()), "store_fingerprint": store.fingerprint(), "dataset": ds.name,
+            "subset": ds.train_subset, "videos": len(vids), "features": names,
+            "random_init_features": sorted(random_init)}
+
+
+def _write_inputs(out_dir, inputs: dict) -> None:
+    """``inputs.json`` beside the checkpoint."""
+    import json
+    from pathlib import Path
+
     (Path(out_dir) / "inputs.json").write_text(json.dumps(inputs, indent=2) + "\n")
