@@ -188,20 +188,40 @@ def _first_packet_is_key(path: str | Path, index: int) -> bool | None:
 MID_GOP_PACKETS = 600
 
 
-def _first_decoded_frame_time(path: str | Path, index: int) -> float | None:
+def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, timeout: float = 120.0) -> float | None:
     """Presentation time of the first frame ffmpeg's decoder outputs for stream ``index`` (None if none within
-    ``MID_GOP_PACKETS`` packets). Decodes, so it is asked only when the stream does not start on a keyframe."""
-    cmd = ["ffprobe", "-v", "error", "-select_streams", str(index), "-read_intervals", f"%+#{MID_GOP_PACKETS}",
-           "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "json", ffmpeg_input(path)]
+    ``MID_GOP_PACKETS`` packets): the earliest of the first ``frames`` frames out (decode order is not display
+    order). Decodes, so it is asked only when the stream does not start on a keyframe, and it stops as soon as
+    those frames are out (0.1 s on a 4K stream, against 9 s for decoding all 600 packets)."""
+    cmd = ["ffprobe", "-v", "quiet", "-select_streams", str(index), "-read_intervals", f"%+#{MID_GOP_PACKETS}",
+           "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "csv=p=0", ffmpeg_input(path)]
     try:
-        out = subprocess.run(cmd, capture_output=True, timeout=120)
-        frames = json.loads(out.stdout or b"{}").get("frames") or []
-    except (OSError, subprocess.TimeoutExpired, ValueError):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    except OSError:
         return None
-    times = [_float_or_none(f.get("pts_time")) for f in frames[:64]]
-    times = [t for t in times if t is not None] or [
-        t for t in (_float_or_none(f.get("best_effort_timestamp_time")) for f in frames[:64]) if t is not None]
-    return min(times) if times else None  # (the earliest of the first frames: decode order is not display order)
+    timer = threading.Timer(timeout, proc.kill)
+    timer.daemon = True
+    timer.start()
+    times: list[float] = []
+    try:
+        for n, raw in enumerate(proc.stdout):
+            cells = [_float_or_none(c) for c in raw.decode(errors="replace").strip().split(",")]
+            t = next((c for c in cells if c is not None), None)  # pts_time, else best_effort_timestamp_time
+            if t is not None:
+                times.append(t)
+            if n + 1 >= frames:
+                break
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    if not times:
+        _log.warning("%s: stream %d starts mid-GOP and no frame's time could be read; audio is aligned to the "
+                     "stream's start time instead (late by up to one GOP)", path, index)
+        return None
+    return min(times)
 
 
 def _first_frame_time(path: str | Path, v: dict) -> float | None:
@@ -425,7 +445,7 @@ class DecordFrames:
 _NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo"
                     # the input/output description at -loglevel info: headers and "key : value" metadata lines
                     r"|^(Input|Output) #\d|^(Metadata|Side data|Stream mapping|Chapters?):|^Duration: |^Stream #"
-                    r"|^Press \[q\]|^[A-Za-z_][\w-]*\s*: ")
+                    r"|^Press \[q\]|^[A-Za-z_][\w.-]*\s*: |^Guessed Channel Layout")
 _DROPPED = re.compile(r"^Error while decoding stream #\d+:\d+|^\[vist#\S+ @ 0x[0-9a-f]+\] Decoding error")
 _LIBRARY = re.compile(r"^\[\w+ @ 0x[0-9a-f]+\] ")
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
@@ -473,7 +493,9 @@ class FfmpegFrames:
                 m = _SHOWINFO.search(line)
                 if m and "Parsed_showinfo" in line:
                     infos.put((m.group(3), int(m.group(4)), int(m.group(5))))
-                elif line.strip() and not _NOISE.search(line.strip()):  # (not progress, statistics or frame info)
+                # (not progress, statistics or frame info; nor the indented lines of the input/output description:
+                # metadata of any key, programs, chapters, streams)
+                elif line.strip() and not line[:1].isspace() and not _NOISE.search(line.strip()):
                     tail.append(line.strip())
                     del tail[:-5]
                     if _DROPPED.match(line.strip()):

@@ -289,7 +289,10 @@ def plan_video(store: FeatureStore, video_id: str, fingerprint: str, models: Ext
         return feats, [], False
     if store.video_info(video_id).source_fingerprint != fingerprint:
         return feats, [], True  # the source changed: nothing stored for it is valid
-    have = store.features_of(video_id) - store.missing_arrays(video_id)  # (a deleted array is redone)
+    missing = store.missing_arrays(video_id)
+    if "time" in missing:  # (rewritten by every write: redo this run's features, which rewrites it)
+        return feats, [], False
+    have = store.features_of(video_id) - missing  # (a deleted array is redone)
     prov = store.provenance(video_id)
     todo, reused = [], []
     for f in feats:

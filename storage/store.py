@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import struct
+import time
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -224,25 +225,48 @@ class FeatureStore:
         validate_video_id(video_id)
         vdir = self._videos / video_id
         try:
-            meta = _read_json(vdir / "zarr.json").get("attributes", {}).get(VIDEO_ATTR)
-        except FileNotFoundError:
-            if vdir.is_dir():  # (published directories always hold their zarr.json)
-                detail = f"unreadable metadata file {vdir / 'zarr.json'}: missing"
-                raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
-            raise StoreError(f"video {video_id!r}: not in store {self.path}") from None
-        except StoreError as e:
+            doc = self._read_video_json(vdir)
+        except FileNotFoundError:  # (the directory stayed, without its zarr.json: see _read_video_json)
+            detail = f"unreadable metadata file {vdir / 'zarr.json'}: missing"
+            raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
+        except StoreError as e:  # (not valid JSON, not an object)
             raise StoreDamageError(f"video {video_id!r}: {e}; {_repair_hint(self.path, vdir)}", f"unreadable {e}") from None
+        if doc is None:
+            raise StoreError(f"video {video_id!r}: not in store {self.path}")
+        attrs = doc.get("attributes")
+        meta = attrs.get(VIDEO_ATTR) if isinstance(attrs, dict) else None
         problem = _meta_problem(meta)
         if problem:
             detail = f"unreadable metadata file {vdir / 'zarr.json'}: {problem}"
             raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail)
         return meta
 
+    @staticmethod
+    def _read_video_json(vdir: Path) -> dict | None:
+        """A video's zarr.json; None when its directory is absent (not in the store, or between the two renames
+        of a replacement); FileNotFoundError only when the directory stays without it (damage).
+
+        Where rename-exchange is not available, a replacement renames the old directory away and then the new
+        one in: a reader between the two finds no file, and the directory back a moment later. So a missing
+        file is read again (a few times, briefly) before it counts as missing: a video being replaced must
+        never be called damaged (extraction rewrites damaged videos)."""
+        for delay in (0.0, 0.001, 0.01, 0.05, None):
+            try:
+                return _read_json(vdir / "zarr.json")
+            except FileNotFoundError:
+                if not vdir.is_dir():
+                    return None
+                if delay is None:
+                    raise
+                time.sleep(delay)
+        return None  # (unreachable)
+
     def missing_arrays(self, video_id: str) -> set[str]:
         """The features (and ``audio_mask``) the video's metadata lists whose array is gone from disk (no
         ``zarr.json``): damage that a re-extraction of those features repairs. One ``stat`` per array."""
         vdir = self._videos / video_id
-        return {name for name in self.features_of(video_id) if not (vdir / name / "zarr.json").is_file()}
+        names = self.features_of(video_id) | {TIME_ARRAY}  # (every write rewrites time: a video missing it is redone)
+        return {name for name in names if not (vdir / name / "zarr.json").is_file()}
 
     def video_meta(self, video_id: str) -> dict:
         """The raw per-video attributes (info, features with hashes and provenance, fingerprint)."""
@@ -335,12 +359,20 @@ class FeatureStore:
 
     def _read_array(self, video_id: str, name: str) -> np.ndarray:
         adir = self._videos / video_id / name
-        ameta = _read_json(adir / "zarr.json")
-        decoder = chunk_decoder(ameta.get("codecs", []))
-        cke = ameta.get("chunk_key_encoding", {})
-        simple_keys = cke.get("name") == "default" and cke.get("configuration", {}).get("separator", "/") == "/"
-        shape = tuple(ameta["shape"])
-        chunk_shape = tuple(ameta["chunk_grid"]["configuration"]["chunk_shape"])
+        try:
+            ameta = _read_json(adir / "zarr.json")
+            decoder = chunk_decoder(ameta.get("codecs", []))
+            cke = ameta.get("chunk_key_encoding", {})
+            simple_keys = cke.get("name") == "default" and cke.get("configuration", {}).get("separator", "/") == "/"
+            shape = tuple(ameta["shape"])
+            chunk_shape = tuple(ameta["chunk_grid"]["configuration"]["chunk_shape"])
+            np.dtype(ameta["data_type"])
+        except FileNotFoundError:
+            raise
+        except (StoreError, KeyError, TypeError, ValueError, AttributeError) as e:
+            detail = f"array {name!r}: unreadable metadata file {adir / 'zarr.json'} ({type(e).__name__}: {e})"
+            raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, self._videos / video_id)}",
+                                   detail) from None
         if decoder is None or not simple_keys or chunk_shape[1:] != shape[1:]:
             return zarr.open_array(LocalStore(adir), mode="r")[...]
         # Fast path for our own layout: chunks span every axis but time; decode chunk files directly.
@@ -451,8 +483,10 @@ class FeatureStore:
         for vid in ids:
             try:
                 meta = self._video_meta(vid)
-            except StoreError as e:  # reported, not fatal: one bad file should not hide the rest of the store
+            except StoreDamageError as e:  # reported, not fatal: one bad file should not hide the rest of the store
                 damaged[vid] = str(e)
+                continue
+            except StoreError:  # (deleted since it was listed)
                 continue
             for fname, fmeta in meta["features"].items():
                 counts[fname] = counts.get(fname, 0) + 1
@@ -593,10 +627,11 @@ class FeatureStore:
             arrays = validate_features(video_id, features, self.feature_dims, expected_t)
             lost = sorted((kept - set(arrays)) & self.missing_arrays(video_id)) if old is not None else []
             if lost:  # (keeping them would publish metadata for arrays that are not there)
+                redo = sorted({"vggish" if n == AUDIO_MASK else n for n in lost})  # (the mask comes with vggish)
                 raise StoreError(
                     f"video {video_id!r}: stored feature(s) {lost} have no array on disk ({current / lost[0]}); "
-                    "the store is damaged: recompute them in the same write (`clipae extract` with them in "
-                    "--features) or rewrite the whole video (replace_all)"
+                    f"the store is damaged: recompute them in the same write (`clipae extract` with "
+                    f"{','.join(redo)} in --features) or rewrite the whole video (replace_all)"
                 )
             for name in arrays:
                 if name != AUDIO_MASK and name not in provenance:

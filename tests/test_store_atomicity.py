@@ -160,3 +160,50 @@ def test_store_wide_recovery_after_killed_writers(tmp_path):
     assert store.list_videos() == ["clip.v2", "v"] and assert_consistent(store, "clip.v2") == 40
     assert not any((staging / "tmp").iterdir()) and not any((staging / "trash").iterdir())
     assert store.recover() == []
+
+
+def test_a_video_being_replaced_is_never_called_damaged_without_rename_exchange(tmp_path):
+    """Without rename-exchange a replacement renames the old directory away, then the new one in: a reader in
+    that gap found no zarr.json, then the directory, and called a healthy video damaged ("delete it"; and
+    extraction rewrites damaged videos). Such a reader now reads again before deciding."""
+    from storage import StoreDamageError
+    from tests.store_helpers import feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    f = feats(8)
+    store.write_video("v", f, info("v"), provs(f))
+    writer = FeatureStore.open(store.path)
+    writer._exchange_ok = False  # (the fallback path: two renames)
+    done = threading.Event()
+    damage: list[str] = []
+    reads = 0
+
+    def read_loop():
+        nonlocal reads
+        reader = FeatureStore.open(store.path)
+        while not done.is_set():
+            for op in (lambda: reader.load("v"), lambda: reader.verify_report("v"), reader.summary):
+                try:
+                    out = op()
+                except StoreDamageError as e:
+                    damage.append(str(e))
+                except Exception:  # noqa: BLE001 -- "not in store" for an instant is fine; damage is not
+                    continue
+                if isinstance(out, dict) and out.get("damaged_videos"):
+                    damage.append(str(out["damaged_videos"]))
+                elif isinstance(out, dict) and out and all(isinstance(v, str) for v in out.values()):
+                    damage.append(str(out))  # (verify_report: item -> problem)
+                reads += 1
+
+    threads = [threading.Thread(target=read_loop) for _ in range(3)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(150):
+            g = feats(8, seed=i)
+            writer.write_video("v", g, info("v"), provs(g))
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert reads > 0 and not damage, damage[:3]

@@ -60,15 +60,17 @@ def _info(store, as_json: bool) -> int:
 
 
 def _ls(store, as_json: bool) -> int:
-    from storage import StoreError
+    from storage import StoreDamageError, StoreError
 
     rows, damaged = [], {}
     for v in store.list_videos():
         try:
             rows.append({"video": v, "T": store.num_snippets(v), "features": sorted(store.features_of(v))})
-        except StoreError as e:  # listed, not fatal: the other videos are still worth seeing
+        except StoreDamageError as e:  # listed, not fatal: the other videos are still worth seeing
             damaged[v] = str(e)
             rows.append({"video": v, "T": None, "features": [], "damaged": str(e)})
+        except StoreError:  # (deleted since it was listed)
+            continue
     if as_json:
         print(json.dumps(rows))
     else:
