@@ -428,7 +428,7 @@ def test_cli_extract_skips_complete_and_fails_on_bad_videos(env, tmp_path, capsy
     assert main([*args, "--allow-random-weights"]) == 0
     out, err = capsys.readouterr()
     assert "1 already complete" in out and "warning" not in err
-    assert "randomly initialised" not in err  # nothing was computed with them this time
+    assert "note: randomly initialised networks" not in err  # nothing was computed with them this time
 
     # one video file as --videos; made with other I3D settings than ok1: the store now mixes two ways
     make_video(tmp_path / "ok2.mp4", seconds=1.2)  # (other content: the same bytes would be the same video)
@@ -621,3 +621,13 @@ def test_damaged_video_metadata_is_extracted_again_from_the_source(env, tmp_path
     assert store.features_of("a") == {"vggish", "audio_mask"} and store.verify("a") == []
     after = store.load("a", ["vggish", "audio_mask"])
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+def test_a_deleted_time_array_is_rewritten(env, tmp_path):
+    """Every write rewrites the time coordinate; a video missing it was "complete" and never repaired."""
+    store = FeatureStore.open(shutil.copytree(env.store.path, tmp_path / "s"))
+    shutil.rmtree(store.path / "videos" / "a" / "time")
+    assert store.missing_arrays("a") == {"time"}
+    cfg = replace(env.cfg, features=("vggish",))
+    r = extract_video(env.video, "a", store, cfg, Extractors(cfg))
+    assert r.computed == ["vggish"] and store.missing_arrays("a") == set() and store.verify("a") == []

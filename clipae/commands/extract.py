@@ -103,6 +103,9 @@ def run(args) -> int:
         config = _build_config(args, existing.grid if existing else None)
         # Weights first (every missing file in one message), before a new store is created.
         models = Extractors(config)
+        if models.random_init_features:  # (said up front: a long run should not reveal it only at its end)
+            print(f"note: no weights file for {', '.join(models.random_init_features)}: with --allow-random-weights, "
+                  "what this run extracts of them comes from randomly initialised networks", file=sys.stderr)
         if existing is not None:
             existing.recover()  # what killed runs left (a video caught between two renames comes back)
         store = existing or FeatureStore.open_or_create(
