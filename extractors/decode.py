@@ -446,7 +446,7 @@ _NOISE = re.compile(r"^(frame|size)=\s*\S+|^video:\S+ audio:|Parsed_showinfo"
                     # the input/output description at -loglevel info: headers and "key : value" metadata lines
                     r"|^(Input|Output) #\d|^(Metadata|Side data|Stream mapping|Chapters?):|^Duration: |^Stream #"
                     r"|^Press \[q\]|^[A-Za-z_][\w.-]*\s*: |^Guessed Channel Layout")
-_DROPPED = re.compile(r"^Error while decoding stream #\d+:\d+|^\[vist#\S+ @ 0x[0-9a-f]+\] Decoding error")
+_DROPPED = re.compile(r"^Error while decoding stream #\d+:\d+|^\[[va]ist#\S+ @ 0x[0-9a-f]+\] Decoding error")
 _LIBRARY = re.compile(r"^\[\w+ @ 0x[0-9a-f]+\] ")
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
 
@@ -828,6 +828,25 @@ def _first_audio_frame_time(path) -> float | None:
     return None
 
 
+#: Audio packets per second assumed when judging how many failed: an upper bound for the usual codecs (AAC at
+#: 48 kHz 47, MP3 38, AC-3 31, Opus 50), so the failed share is never overstated.
+AUDIO_PACKETS_PER_SECOND = 50.0
+
+
+def _check_audio_undamaged(path, stderr: str, seconds: float) -> None:
+    """Damaged audio data must fail like damaged video (``FfmpegFrames._check_undamaged``): the decoder drops
+    the packets it fails on, and the gap filling would store their time as silence, audio the network never
+    heard. Fails when more than ``max(2, 0.5%)`` of the packets failed (ffmpeg's per-packet error lines; the
+    count of packets estimated from the length at ``AUDIO_PACKETS_PER_SECOND``)."""
+    lines = [ln.strip() for ln in stderr.splitlines()]
+    dropped = sum(1 for ln in lines if _DROPPED.match(ln))
+    if dropped > max(2, 0.005 * seconds * AUDIO_PACKETS_PER_SECOND):
+        first = next((ln for ln in lines if _LIBRARY.match(ln)), None)
+        raise VideoError(str(path), "audio", f"damaged audio data: {dropped} packets could not be decoded (of about "
+                         f"{seconds * AUDIO_PACKETS_PER_SECOND:.0f}{'; first: ' + first if first else ''}); repair or "
+                         "re-encode the file")
+
+
 def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) -> np.ndarray | None:
     """Mono float32 waveform at ``sample_rate``, sample 0 at the first video frame; None without audio.
 
@@ -870,6 +889,7 @@ def decode_audio(path: str | Path, probe: VideoProbe, sample_rate: int = 16000) 
     if returncode != 0 and wav.size == 0:
         msg = stderr.strip().splitlines()
         raise VideoError(str(path), "audio", f"cannot decode the audio stream ({msg[-1] if msg else 'ffmpeg error'})")
+    _check_audio_undamaged(path, stderr, wav.size / sample_rate)
     wav = np.nan_to_num(wav, nan=0.0, posinf=0.0, neginf=0.0)
     start = _first_audio_frame_time(path)
     start = start if start is not None else (probe.audio_start or 0.0)

@@ -49,8 +49,9 @@ def _bad_file(kind: str, d) -> tuple:
         src = make_video(d / "full.mp4", seconds=1.0)
         return make_truncated(d / "truncated.mp4", src, keep=0.5), "probe", "not a readable media file"
     if kind == "damaged":  # an intact index, garbage in the middle of the frames: not stored as a good video
-        src = make_video(d / "whole.mp4", seconds=4.0, size=(160, 120), codec=[
+        src = make_video(d / "whole.mp4", seconds=4.0, size=(160, 120), audio=False, codec=[
             "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-movflags", "+faststart"])
+        # (no audio: damaged audio fails first, at stage "audio": test_odd_inputs)
         return make_damaged(d / "damaged.mp4", src, at=0.5, span=0.2), "decode", "damaged"
     if kind == "audio_only":
         return make_audio_only(d / "audio_only.m4a"), "probe", "no video stream"

@@ -304,3 +304,31 @@ def test_mpegts_cut_mid_gop_keeps_audio_in_sync(tmp_path, keep_from):
     assert len(flashes) >= 2 and len(beeps) >= 2, (flashes, beeps)
     for b in beeps:
         assert np.min(np.abs(flashes - b)) < 0.03, (flashes, beeps)
+
+
+def test_damaged_audio_data_fails_the_video(tmp_path):
+    """Bytes damaged in the audio stream only (the video is clean): 67 of 275 AAC packets failed to decode and
+    were stored as silence, as a good video. Now the video fails at stage "audio", like damaged video data."""
+    import random
+
+    from extractors.decode import decode_audio
+    from extractors.errors import VideoError
+
+    aac = tmp_path / "a.aac"
+    _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000", "-t", "6", "-c:a", "aac", "-b:a", "128k",
+            str(aac))
+    data = bytearray(aac.read_bytes())
+    rng = random.Random(2)
+    for i in range(int(len(data) * 0.3), int(len(data) * 0.6)):
+        if rng.random() < 0.01:
+            data[i] = rng.randrange(256)
+    bad = tmp_path / "a_bad.aac"
+    bad.write_bytes(bytes(data))
+    clean, damaged = tmp_path / "clean.mp4", tmp_path / "damaged.mp4"
+    for src, out in ((aac, clean), (bad, damaged)):
+        _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25", "-i", str(src), "-t", "6", "-c:v", "libx264",
+                "-preset", "ultrafast", "-c:a", "copy", "-shortest", str(out))
+    assert decode_audio(clean, probe_video(clean)).size > 5 * 16000
+    with pytest.raises(VideoError, match=r"damaged audio data: \d+ packets could not be decoded") as e:
+        decode_audio(damaged, probe_video(damaged))
+    assert e.value.stage == "audio"
