@@ -184,8 +184,9 @@ def _first_packet_is_key(path: str | Path, index: int) -> bool | None:
     return ("K" in str(packets[0].get("flags", ""))) if packets else None
 
 
-#: Packets read to find the first decodable frame of a stream that starts mid-GOP: a 24 s GOP at 25 fps.
-MID_GOP_PACKETS = 600
+#: Packets read to find the first decodable frame of a stream that starts mid-GOP: a 60 s GOP at 50 fps (the
+#: read stops once 16 frames are out).
+MID_GOP_PACKETS = 3000
 
 
 def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, timeout: float = 120.0) -> float | None:
@@ -240,12 +241,19 @@ def _first_frame_time(path: str | Path, v: dict) -> float | None:
     return max(start, first)
 
 
+def _timestamps_only_container(probe: VideoProbe) -> bool:
+    """MPEG-TS/PS: no stored duration, only what ffprobe estimates from the timestamps in the file."""
+    return bool(set(str(probe.container or "").split(",")) & {"mpegts", "mpeg", "mpegvideo"})
+
+
 def _declared_length(v: dict, container: str) -> float | None:
     """``VideoProbe.declared_length`` of the video stream ``v``."""
     if "avi" in container.split(","):
-        nb, rate = v.get("nb_frames"), _rate(v.get("r_frame_rate")) or _rate(v.get("avg_frame_rate"))
-        if nb and str(nb).isdigit() and int(nb) > 0 and rate:
-            return int(nb) / rate
+        # frames counted in the header's rate, whose tick is the time base (not r_frame_rate: H.264 copied into
+        # AVI is written at twice the rate with filler ticks, 500 "frames" of 1/50 s for 250 real ones)
+        nb, tb = v.get("nb_frames"), _rate(v.get("time_base"))
+        if nb and str(nb).isdigit() and int(nb) > 0 and tb:
+            return int(nb) * tb
     return _stream_seconds(v)
 
 
@@ -488,10 +496,12 @@ class FfmpegFrames:
         self._dropped = 0  # packets the decoder failed on (their frames are missing)
 
         def read_stderr() -> None:
+            seen_frame = False  # errors before the first frame: the packets ahead of a mid-GOP start's keyframe
             for raw in proc.stderr:
                 line = raw.decode(errors="replace")
                 m = _SHOWINFO.search(line)
                 if m and "Parsed_showinfo" in line:
+                    seen_frame = True
                     infos.put((m.group(3), int(m.group(4)), int(m.group(5))))
                 # (not progress, statistics or frame info; nor the indented lines of the input/output description:
                 # metadata of any key, programs, chapters, streams)
@@ -499,7 +509,7 @@ class FfmpegFrames:
                     tail.append(line.strip())
                     del tail[:-5]
                     if _DROPPED.match(line.strip()):
-                        self._dropped += 1
+                        self._dropped += seen_frame  # (a lead-in of 10 s counted 224 "damaged" packets)
                     elif _LIBRARY.match(line.strip()) and len(details) < 3:
                         details.append(line.strip())
             infos.put(None)
@@ -541,7 +551,7 @@ class FfmpegFrames:
                 raise DecodeError(self.path, f"ffmpeg exited with {proc.returncode}: {'; '.join(tail[-2:])}",
                                   self.backend)
             self.duration = self._stream_end(last_pts - sah.first_pts, sah.first_pts, deltas)
-            self._check_complete(self.duration, tail)
+            self.duration = self._check_complete(self.duration, tail)
             reader.join(timeout=5)  # (stderr fully read: every dropped packet counted)
             self._check_undamaged(decoded, details)
             yield from sah.finish(self.duration)
@@ -550,20 +560,56 @@ class FfmpegFrames:
             self.close()
             reader.join(timeout=5)
 
-    def _check_complete(self, decoded: float, tail: list[str]) -> None:
+    def _check_complete(self, decoded: float, tail: list[str]) -> float:
         """A truncated or damaged file must fail, not be stored as a shorter video: compare the decoded length
         with what the video stream declares (``VideoProbe.declared_length``; the container's duration only
-        without an audio stream, which may outlast the video), less an undecodable mid-GOP start."""
-        declared = self.probe.declared_length
-        if declared is None and not self.probe.has_audio:
-            declared = self.probe.duration
+        without an audio stream, which may outlast the video), less an undecodable mid-GOP start. Returns the
+        length to use: the decoded one, or, when the last frame is shown for longer than one frame period (a
+        screen recording or slideshow ending on a still: its packet's duration says so; Matroska, which stores no
+        such duration: read to the end with no message from ffmpeg), the end of that packet.
+        MPEG-TS/PS declare nothing to check against (their duration is estimated from the timestamps in the
+        file, which a truncated file ends early too and a joined recording's discontinuity makes absurd)."""
         p = self.probe
+        if _timestamps_only_container(p):
+            return decoded
+        declared = p.declared_length
+        if declared is None and not p.has_audio:
+            declared = p.duration
         if declared is not None and p.first_frame_time is not None and p.video_start is not None:
             declared -= max(0.0, p.first_frame_time - p.video_start)
-        if declared is not None and decoded < declared - max(1.0, 0.05 * declared):
-            raise DecodeError(self.path, f"decoded only {decoded:.2f} s of the {declared:.2f} s the video stream "
-                              f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
-                              self.backend)
+        if declared is None or decoded >= declared - max(1.0, 0.05 * declared):
+            return decoded
+        held = self._held_last_frame_end(declared)
+        if held is not None and held > decoded and held >= declared - max(1.0, 0.05 * declared):
+            return held
+        if "matroska" in str(p.container or "").split(",") and not tail:
+            # Matroska keeps no duration per frame (a held last frame looks like any other), but a truncated file
+            # makes ffmpeg complain ("File ended prematurely"): read to its end without a word, the file is whole
+            return declared
+        raise DecodeError(self.path, f"decoded only {decoded:.2f} s of the {declared:.2f} s the video stream "
+                          f"declares: truncated or damaged file ({'; '.join(tail[-2:]) or 'no ffmpeg error'})",
+                          self.backend)
+
+    def _held_last_frame_end(self, declared: float) -> float | None:
+        """Where the video's last packet ends (its time plus its duration, seconds after the first frame), read
+        with ffprobe from 10 s before the declared end; None if it cannot be read."""
+        p = self.probe
+        origin = p.first_frame_time if p.first_frame_time is not None else (p.video_start or 0.0)
+        if p.video_index is None:
+            return None
+        cmd = ["ffprobe", "-v", "quiet", "-select_streams", str(p.video_index), "-read_intervals",
+               f"{max(0.0, origin + declared - 10.0):.3f}%", "-show_entries", "packet=pts_time,duration_time",
+               "-of", "csv=p=0", ffmpeg_input(self.path)]
+        try:
+            out = subprocess.run(cmd, capture_output=True, timeout=60).stdout.decode(errors="replace")
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        ends = []
+        for line in out.splitlines():
+            cells = [_float_or_none(c) for c in line.split(",")[:2]]
+            if len(cells) == 2 and cells[0] is not None:
+                ends.append(cells[0] + (cells[1] or 0.0))
+        return max(ends) - origin if ends else None
 
     def _check_undamaged(self, decoded: int, details: list[str]) -> None:
         """Damaged data inside the file (not only at its end) must fail too: ffmpeg drops the frames whose

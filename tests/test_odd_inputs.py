@@ -332,3 +332,54 @@ def test_damaged_audio_data_fails_the_video(tmp_path):
     with pytest.raises(VideoError, match=r"damaged audio data: \d+ packets could not be decoded") as e:
         decode_audio(damaged, probe_video(damaged))
     assert e.value.stage == "audio"
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_a_last_frame_held_for_seconds_is_not_truncation(tmp_path, ext):
+    """A screen recording or slideshow ending on a still: the last packet lasts 3 s. It failed as "decoded only
+    4.0 s of the 7.0 s": now that frame is held to the end of its packet (Matroska stores no per-frame duration:
+    there, to the declared end when ffmpeg read the file without complaint)."""
+    base = tmp_path / f"base.{ext}"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=4", "-c:v", "libx264", "-preset", "ultrafast",
+            "-bf", "0", str(base))
+    held = tmp_path / f"held.{ext}"
+    _ffmpeg("-i", str(base), "-c", "copy", "-bsf:v", "setts=duration=if(eq(N\\,99)\\,3/TB\\,DURATION)", str(held))
+    probe = probe_video(held)
+    assert probe.declared_length == pytest.approx(6.96, abs=0.05)
+    _, frames = _frames(held, "ffmpeg")
+    assert len(frames) == 174  # (3.96 + 3 s)
+    assert np.array_equal(frames[99], frames[-1])  # (the last frame, held)
+
+
+def test_h264_copied_into_avi_is_not_truncation(tmp_path):
+    """ffmpeg writes H.264 into AVI at twice the rate with filler ticks (500 "frames" of 1/50 s for 250):
+    the declared length was taken as 500 / r_frame_rate = 20 s for a 10 s video."""
+    mp4, avi = tmp_path / "x.mp4", tmp_path / "x.avi"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=10", "-c:v", "libx264", "-preset",
+            "ultrafast", str(mp4))
+    _ffmpeg("-i", str(mp4), "-c", "copy", str(avi))
+    assert probe_video(avi).declared_length == pytest.approx(10.0, abs=0.05)
+    assert len(_frames(avi, "ffmpeg")[1]) == 250
+
+
+def test_mpegts_with_a_long_lead_in_or_a_timestamp_jump_is_not_damage(tmp_path):
+    """A TS cut 1 s into a 10 s GOP (x264's default keyint 250): the ~9 s ahead of the first keyframe gave 224
+    decoder errors, counted as damaged data. Two TS recordings joined with `cat` (a timestamp jump of 1,000 s):
+    ffprobe's duration, estimated from the timestamps, declared 1,010 s. Neither is a broken file."""
+    src = tmp_path / "k250.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=20", "-c:v", "libx264", "-preset",
+            "ultrafast", "-g", "250", str(src))
+    data = src.read_bytes()
+    n = len(data) // 188
+    cut = tmp_path / "cut.ts"
+    cut.write_bytes(data[int(n * 0.05) * 188 :])
+    probe = probe_video(cut)
+    assert probe.first_frame_time - probe.video_start > 5.0  # (the lead-in)
+    assert 200 <= len(_frames(cut, "ffmpeg")[1]) <= 260
+    part, moved = tmp_path / "a.ts", tmp_path / "b.ts"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x48:rate=25:duration=4", "-c:v", "libx264", "-preset",
+            "ultrafast", str(part))
+    _ffmpeg("-i", str(part), "-c", "copy", "-output_ts_offset", "1000", str(moved))
+    joined = tmp_path / "joined.ts"
+    joined.write_bytes(part.read_bytes() + moved.read_bytes())
+    assert 180 <= len(_frames(joined, "ffmpeg")[1]) <= 220
