@@ -19,6 +19,7 @@ docs/extraction.md explains the choices.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -172,21 +173,50 @@ def _container_video_length(fmt: dict, video_start: float | None) -> float | Non
     return duration if duration > 0 else None
 
 
-def _first_packet_is_key(path: str | Path, index: int) -> bool | None:
-    """Whether the first packet of stream ``index`` is a keyframe (None if ffprobe cannot say)."""
-    cmd = ["ffprobe", "-v", "error", "-select_streams", str(index), "-read_intervals", "%+#1",
-           "-show_entries", "packet=flags", "-of", "json", ffmpeg_input(path)]
+def _probe_entries(path, stream: str, interval: str, section: str, fields: str) -> list[dict]:
+    """ffprobe's ``packets`` or ``frames`` of one stream over ``-read_intervals`` (empty if it cannot say)."""
+    cmd = ["ffprobe", "-v", "error", "-select_streams", stream, "-read_intervals", interval,
+           "-show_entries", f"{section.rstrip('s')}={fields}", "-of", "json", ffmpeg_input(path)]
     try:
         out = subprocess.run(cmd, capture_output=True, timeout=60)
-        packets = json.loads(out.stdout or b"{}").get("packets") or []
+        return json.loads(out.stdout or b"{}").get(section) or []
     except (OSError, subprocess.TimeoutExpired, ValueError):
-        return None
+        return []
+
+
+def _first_packet_is_key(path: str | Path, index: int) -> bool | None:
+    """Whether the first packet of stream ``index`` is a keyframe (None if ffprobe cannot say)."""
+    packets = _probe_entries(path, str(index), "%+#1", "packets", "flags")
     return ("K" in str(packets[0].get("flags", ""))) if packets else None
 
 
 #: Packets read to find the first decodable frame of a stream that starts mid-GOP: a 60 s GOP at 50 fps (the
 #: read stops once 16 frames are out).
 MID_GOP_PACKETS = 3000
+
+
+@contextlib.contextmanager
+def _deadline(proc: subprocess.Popen, seconds: float):
+    """Kill ``proc`` after ``seconds``; on leaving, stop it if it still runs and close its stdout. Yields an Event
+    set when the deadline killed it. (The timer is a daemon: it never holds up the interpreter's exit.)"""
+    timed_out = threading.Event()
+
+    def kill() -> None:
+        timed_out.set()
+        proc.kill()
+
+    timer = threading.Timer(seconds, kill)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield timed_out
+    finally:
+        timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        if proc.stdout:
+            proc.stdout.close()
 
 
 def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, timeout: float = 120.0) -> float | None:
@@ -200,11 +230,8 @@ def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, ti
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except OSError:
         return None
-    timer = threading.Timer(timeout, proc.kill)
-    timer.daemon = True
-    timer.start()
     times: list[float] = []
-    try:
+    with _deadline(proc, timeout):
         for n, raw in enumerate(proc.stdout):
             cells = [_float_or_none(c) for c in raw.decode(errors="replace").strip().split(",")]
             t = next((c for c in cells if c is not None), None)  # pts_time, else best_effort_timestamp_time
@@ -212,12 +239,6 @@ def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, ti
                 times.append(t)
             if n + 1 >= frames:
                 break
-    finally:
-        timer.cancel()
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        proc.stdout.close()
     if not times:
         _log.warning("%s: stream %d starts mid-GOP and no frame's time could be read; audio is aligned to the "
                      "stream's start time instead (late by up to one GOP)", path, index)
@@ -812,16 +833,7 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err)
         except OSError as e:
             raise VideoError(str(path), "audio", f"ffmpeg failed to run: {e}") from e
-        timed_out = threading.Event()
-
-        def kill() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(timeout, kill)
-        timer.daemon = True  # never holds up the interpreter's exit (Ctrl-C exits at once)
-        timer.start()
-        try:
+        with _deadline(proc, timeout) as timed_out:
             rest = b""
             while True:
                 data = proc.stdout.read(chunk)
@@ -833,12 +845,6 @@ def _run_audio_decoder(path, cmd: list[str], channels: int, timeout: float) -> t
                 x = np.frombuffer(data[:usable], dtype=np.float32)
                 parts.append(x.reshape(-1, channels).mean(axis=1, dtype=np.float32) if channels > 1 else x.copy())
             returncode = proc.wait()
-        finally:
-            timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            proc.stdout.close()
         if timed_out.is_set():
             raise VideoError(str(path), "audio", f"ffmpeg did not finish decoding the audio within {timeout:.0f} s")
         err.seek(0)
@@ -859,14 +865,7 @@ def _first_audio_frame_time(path) -> float | None:
     Not the stream's start_time: for Opus and Vorbis that counts the codec's pre-skip samples, which the
     decoder drops, so audio placed by it came 7 ms (Opus in WebM) / 3 ms (Vorbis in Matroska) early."""
     # Up to 50 packets: the first ones may not decode (damaged) or be discarded (an MP4 edit list's lead-in).
-    cmd = ["ffprobe", "-v", "error", "-select_streams", "a:0", "-read_intervals", "%+#50",
-           "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "json", ffmpeg_input(path)]
-    try:
-        out = subprocess.run(cmd, capture_output=True, timeout=60)
-        frames = json.loads(out.stdout or b"{}").get("frames") or []
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return None
-    for f in frames:
+    for f in _probe_entries(path, "a:0", "%+#50", "frames", "pts_time,best_effort_timestamp_time"):
         t = _float_or_none(f.get("pts_time"))
         t = t if t is not None else _float_or_none(f.get("best_effort_timestamp_time"))
         if t is not None:

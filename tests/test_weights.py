@@ -253,3 +253,25 @@ def test_unloadable_file_errors_do_not_pass_on_torchs_unsafe_advice(tmp_path):
         assert "\n" not in msg and not any(s in msg for s in ("weights_only", "arbitrary code", "trust",
                                                               "safe_globals")), msg
     assert "Unsupported global: GLOBAL numpy" in msg
+
+
+@pytest.mark.parametrize("loader", ["i3d", "vggish", "clip"])
+def test_loaders_do_not_pass_on_torchs_unsafe_advice(tmp_path, loader):
+    """torch's refusal advises re-running with weights_only=False (arbitrary code execution): each loader's
+    own error names the file and the cause, on one line, without that advice."""
+    from extractors.clip_features import ClipExtractor, ClipWeightsError
+    from extractors.i3d import I3DCheckpointError, load_i3d
+    from extractors.vggish import VGGishCheckpointError, load_vggish
+
+    name, load, error = {
+        "i3d": ("rgb_imagenet.pt", lambda p: load_i3d(p, 3), I3DCheckpointError),
+        "vggish": ("vggish-10086976.pth", load_vggish, VGGishCheckpointError),
+        "clip": ("junk.pt", ClipExtractor, ClipWeightsError),
+    }[loader]
+    path = tmp_path / name
+    path.write_bytes(b"not a checkpoint " * 100)
+    with pytest.raises(error) as e:
+        load(path)
+    msg = str(e.value)
+    assert str(path) in msg and "UnpicklingError" in msg and "\n" not in msg, msg
+    assert "weights_only" not in msg and "arbitrary code" not in msg, msg
