@@ -400,3 +400,21 @@ def test_decode_audio_mean_holds_for_layouts_other_than_ffmpegs_default(tmp_path
     assert probe.audio_channels == n and probe.audio_layout == layout
     wav = decode_audio(path, probe)
     assert np.median(wav[2000:14000]) == pytest.approx(0.05 * (n + 1), rel=1e-3)
+
+
+def test_subprocess_deadline_kills_and_says_so():
+    """The audio decoder and the mid-GOP probe are killed at their deadline (a hung ffmpeg must not hang a run)."""
+    import subprocess
+    import time
+
+    from extractors.decode import _deadline
+
+    proc = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE)
+    t0 = time.monotonic()
+    with _deadline(proc, 0.2) as timed_out:
+        proc.stdout.read()  # (returns when the process is killed)
+    assert timed_out.is_set() and proc.returncode is not None and time.monotonic() - t0 < 10
+    quick = subprocess.Popen(["true"], stdout=subprocess.PIPE)
+    with _deadline(quick, 30) as timed_out:
+        quick.wait()
+    assert not timed_out.is_set() and quick.stdout.closed
