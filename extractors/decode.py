@@ -223,7 +223,7 @@ def _first_decoded_frame_time(path: str | Path, index: int, frames: int = 16, ti
     """Presentation time of the first frame ffmpeg's decoder outputs for stream ``index`` (None if none within
     ``MID_GOP_PACKETS`` packets): the earliest of the first ``frames`` frames out (decode order is not display
     order). Decodes, so it is asked only when the stream does not start on a keyframe, and it stops as soon as
-    those frames are out (0.1 s on a 4K stream, against 9 s for decoding all 600 packets)."""
+    those frames are out (0.1 s on a 4K stream, against 9 s for decoding 600 packets)."""
     cmd = ["ffprobe", "-v", "quiet", "-select_streams", str(index), "-read_intervals", f"%+#{MID_GOP_PACKETS}",
            "-show_entries", "frame=pts_time,best_effort_timestamp_time", "-of", "csv=p=0", ffmpeg_input(path)]
     try:
@@ -278,11 +278,23 @@ def _declared_length(v: dict, container: str) -> float | None:
     return _stream_seconds(v)
 
 
+def not_a_file_reason(path: str | Path) -> str:
+    """Why ``path`` (which is not a regular file) cannot be read, in words a user can act on."""
+    p = Path(path)
+    if p.is_symlink() and not p.exists():
+        try:
+            target = os.readlink(p)
+        except OSError:
+            target = "?"
+        return f"broken or looping symbolic link (-> {target})"
+    return "file does not exist" if not p.exists() else "not a regular file"
+
+
 def probe_video(path: str | Path) -> VideoProbe:
     """ffprobe ``path``; a missing, empty or unreadable file raises VideoError(stage='probe')."""
     p = Path(path)
     if not p.is_file():
-        raise VideoError(str(path), "probe", "file does not exist")
+        raise VideoError(str(path), "probe", not_a_file_reason(p))
     if p.stat().st_size == 0:
         raise VideoError(str(path), "probe", "file is empty (0 bytes)")
     cmd = ["ffprobe", "-v", "error", "-show_streams", "-show_format", "-of", "json", ffmpeg_input(p)]

@@ -38,6 +38,7 @@ from extractors.decode import (
     audio_lead_samples,
     decode_audio,
     iter_preprocessed,
+    not_a_file_reason,
     open_frames,
     probe_video,
 )
@@ -525,7 +526,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
     check_store_grid(store, config)
     grid = store.grid
     if not Path(path).is_file():
-        raise VideoError(path, "probe", "file does not exist" if not Path(path).exists() else "not a regular file")
+        raise VideoError(path, "probe", not_a_file_reason(path))
     try:
         fingerprint = file_fingerprint(path)
     except OSError as e:

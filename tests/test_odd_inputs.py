@@ -383,3 +383,15 @@ def test_mpegts_with_a_long_lead_in_or_a_timestamp_jump_is_not_damage(tmp_path):
     joined = tmp_path / "joined.ts"
     joined.write_bytes(part.read_bytes() + moved.read_bytes())
     assert 180 <= len(_frames(joined, "ffmpeg")[1]) <= 220
+
+
+def test_missing_files_say_which_kind(tmp_path):
+    from extractors.errors import VideoError
+
+    (tmp_path / "loop.mp4").symlink_to(tmp_path / "loop.mp4")
+    (tmp_path / "gone.mp4").symlink_to(tmp_path / "deleted.mp4")
+    (tmp_path / "dir.mp4").mkdir()
+    for name, words in (("loop.mp4", "looping symbolic link"), ("gone.mp4", "deleted.mp4"),
+                        ("dir.mp4", "not a regular file"), ("none.mp4", "file does not exist")):
+        with pytest.raises(VideoError, match=words):
+            probe_video(tmp_path / name)
