@@ -69,8 +69,8 @@ class VideoProbe:
     # the stream starts mid-GOP (a cut MPEG-TS), whose frames before the first keyframe cannot be decoded.
     first_frame_time: float | None = None
     # The length the video stream itself declares (None if it declares none): its duration, Matroska's
-    # DURATION tag, or AVI's frame count over its rate (an AVI's duration is estimated from what is indexed,
-    # so a truncated AVI declares only what is left).
+    # DURATION tag, or AVI's header frame count in its time base (an AVI's duration is estimated from what is
+    # indexed, so a truncated AVI declares only what is left).
     declared_length: float | None = None
     audio_start: float | None = None
     audio_channels: int | None = None  # of the first audio stream
@@ -630,18 +630,10 @@ class FfmpegFrames:
         origin = p.first_frame_time if p.first_frame_time is not None else (p.video_start or 0.0)
         if p.video_index is None:
             return None
-        cmd = ["ffprobe", "-v", "quiet", "-select_streams", str(p.video_index), "-read_intervals",
-               f"{max(0.0, origin + declared - 10.0):.3f}%", "-show_entries", "packet=pts_time,duration_time",
-               "-of", "csv=p=0", ffmpeg_input(self.path)]
-        try:
-            out = subprocess.run(cmd, capture_output=True, timeout=60).stdout.decode(errors="replace")
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        ends = []
-        for line in out.splitlines():
-            cells = [_float_or_none(c) for c in line.split(",")[:2]]
-            if len(cells) == 2 and cells[0] is not None:
-                ends.append(cells[0] + (cells[1] or 0.0))
+        packets = _probe_entries(self.path, str(p.video_index), f"{max(0.0, origin + declared - 10.0):.3f}%",
+                                 "packets", "pts_time,duration_time")
+        ends = [t + (_float_or_none(pk.get("duration_time")) or 0.0)
+                for pk in packets if (t := _float_or_none(pk.get("pts_time"))) is not None]
         return max(ends) - origin if ends else None
 
     def _check_undamaged(self, decoded: int, details: list[str]) -> None:

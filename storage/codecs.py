@@ -66,6 +66,3 @@ def chunk_decoder(codecs_meta: list[dict]):
         return numcodecs.Zstd().decode
     return None
 
-
-def decode_chunk(raw: bytes, decoder, chunk_shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    return np.frombuffer(decoder(raw), dtype=dtype).reshape(chunk_shape)

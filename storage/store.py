@@ -366,17 +366,14 @@ class FeatureStore:
             simple_keys = cke.get("name") == "default" and cke.get("configuration", {}).get("separator", "/") == "/"
             shape = tuple(ameta["shape"])
             chunk_shape = tuple(ameta["chunk_grid"]["configuration"]["chunk_shape"])
-            np.dtype(ameta["data_type"])
-        except FileNotFoundError:
-            raise
-        except (StoreError, KeyError, TypeError, ValueError, AttributeError) as e:
+            dtype = np.dtype(ameta["data_type"]).newbyteorder("<")
+        except (StoreError, KeyError, TypeError, ValueError, AttributeError) as e:  # (a missing file propagates)
             detail = f"array {name!r}: unreadable metadata file {adir / 'zarr.json'} ({type(e).__name__}: {e})"
             raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, self._videos / video_id)}",
                                    detail) from None
         if decoder is None or not simple_keys or chunk_shape[1:] != shape[1:]:
             return zarr.open_array(LocalStore(adir), mode="r")[...]
         # Fast path for our own layout: chunks span every axis but time; decode chunk files directly.
-        dtype = np.dtype(ameta["data_type"]).newbyteorder("<")
         out = np.empty(shape, dtype=dtype)
         t = shape[0]
         rest = "/0" * (len(shape) - 1)

@@ -101,7 +101,8 @@ def _verify(store, as_json: bool) -> int:
     else:
         print(f"verified {len(ids)} videos, {len(mismatches)} mismatches")
         if mismatches:
-            print("to repair: `clipae extract` recomputes missing arrays by itself; for other damage delete the "
-                  f"video's directory ({store.path / 'videos'}/VIDEO) first, then run `clipae extract` on it",
+            print("to repair: `clipae extract` redoes missing arrays and unreadable metadata by itself; for other "
+                  f"damage delete the video's directory ({store.path / 'videos'}/VIDEO) first, then run "
+                  "`clipae extract` on it",
                   file=sys.stderr)
     return 1 if mismatches else 0
