@@ -92,12 +92,54 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     reader = store.iter_videos(features, vids) if hasattr(store, "iter_videos") else ((v, store.load(v, features)) for v in vids)
     out = []
-    for vid, feats in reader:
-        _check_finite(store, vid, feats)
-        ann = dataset.annotations(vid)
-        labels = sorted({class_index[s.label] for s in ann.segments if s.label in class_index})
-        out.append(VideoFeatures(vid, dict(feats), float(ann.duration), labels))
+    try:
+        for vid, feats in reader:
+            _check_finite(store, vid, feats)
+            ann = dataset.annotations(vid)
+            labels = sorted({class_index[s.label] for s in ann.segments if s.label in class_index})
+            out.append(VideoFeatures(vid, dict(feats), float(ann.duration), labels))
+    except (StoreDamagedVideos, _damage_errors()) as first:
+        # One damaged video stops the read-ahead; read the rest one at a time so the error names every damaged
+        # video at once (one re-extraction repairs them all, instead of one failed run per video).
+        raise _all_damage(store, vids, features, first) from None
     return out
+
+
+class StoreDamagedVideos(ValueError):
+    """Videos whose stored features cannot be used (damaged files, non-finite values); ``videos`` maps each
+    video id to what is wrong with it."""
+
+    def __init__(self, store, videos: dict[str, str]):
+        self.videos = dict(videos)
+        lines = "\n  ".join(f"{v}: {why}" for v, why in self.videos.items())
+        path = getattr(store, "path", "")
+        super().__init__(f"store {path}: {len(self.videos)} video(s) damaged (delete each and run `clipae extract` "
+                         f"again to recompute it; `clipae store verify {path}` lists every problem):\n  {lines}")
+
+
+def _damage_errors() -> type:
+    try:
+        from storage import StoreDamageError
+    except ImportError:  # pragma: no cover -- storage is part of the package
+        return StoreDamagedVideos
+    return StoreDamageError
+
+
+def _damage_detail(e: Exception) -> str:
+    if isinstance(e, StoreDamagedVideos):
+        return next(iter(e.videos.values()))
+    return getattr(e, "detail", None) or str(e)
+
+
+def _all_damage(store, vids: list[str], features: list[str], first: Exception) -> Exception:
+    damaged: dict[str, str] = {}
+    for vid in vids:
+        try:
+            _check_finite(store, vid, store.load(vid, features))
+        except (StoreDamagedVideos, _damage_errors()) as e:
+            damaged[vid] = _damage_detail(e)
+    # (nothing found the second time: a file changed between the reads; what the first read saw stands)
+    return StoreDamagedVideos(store, damaged) if damaged else first
 
 
 def _check_finite(store, vid: str, feats: dict) -> None:
@@ -107,9 +149,8 @@ def _check_finite(store, vid: str, feats: dict) -> None:
     for name, a in feats.items():
         a = np.asarray(a)
         if a.dtype.kind == "f" and not np.isfinite(a).all():
-            raise ValueError(f"store {getattr(store, 'path', '')}: video {vid!r}, feature {name!r} holds non-finite "
-                             "values, which the store never writes: its files are damaged (`clipae store verify` "
-                             "names them; delete the video and extract it again)")
+            raise StoreDamagedVideos(store, {vid: f"feature {name!r} holds non-finite values, which the store "
+                                                  "never writes: its files are damaged"})
 
 
 def check_features_made_one_way(store, video_ids: list[str], features: Iterable[str]) -> list[str]:

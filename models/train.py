@@ -156,7 +156,6 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     """
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     tc = cfg.train
     seed_everything(tc.seed)
     device = pick_device(tc.device)
@@ -178,6 +177,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     targets: np.ndarray | None = None
     clusters: np.ndarray | None = None
     resume_path = out / ckpt.RESUME_FILE
+    out.mkdir(parents=True, exist_ok=True)  # (only now: inputs that cannot be read leave no empty run directory)
     if resume and resume_path.exists():
         state = ckpt.load(resume_path, device)
         if ClipAEConfig.from_saved(json.loads(state["config"])).to_dict() != cfg.to_dict():

@@ -231,9 +231,17 @@ def test_damaged_values_and_damage_elsewhere_in_the_store(tmp_path, capsys):
     chunk = store.path / "videos" / vids[1] / "i3d_rgb" / "c" / "0" / "0"
     nan = np.full(chunk.stat().st_size // 4, np.nan, np.float32)
     chunk.write_bytes(nan.tobytes())
-    assert main([*args, "--out", str(tmp_path / "run2")]) != 0
+    assert main([*args, "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err
     assert vids[1] in err and "'i3d_rgb'" in err and "non-finite" in err, err
+    assert not (tmp_path / "run2").exists()  # unreadable inputs leave no empty run directory
+
+    # every damaged video in one error (one re-extraction instead of one failed run per video)
+    other = store.path / "videos" / vids[3] / "clip_vitb16" / "c" / "0" / "0"
+    other.write_bytes(other.read_bytes()[:-3])
+    assert main([*args, "--out", str(tmp_path / "run3")]) == 2
+    err = capsys.readouterr().err
+    assert "2 video(s) damaged" in err and vids[1] in err and vids[3] in err and "wrong size" in err, err
 
 
 def test_ablation_reads_every_video_before_the_first_row_trains(tmp_path):
