@@ -27,7 +27,7 @@ def attention_curves(checkpoint, store, dataset, subset: str, video_ids: list[st
     items = [prepare(v, names) for v in videos]
 
     def pick(outs, mask):
-        att = ClipAENet.fused_scores(outs, mask, cfg.loss.topk_ratio)["attention"]
+        att = ClipAENet.fused_scores(outs, mask)["attention"]
         return [att[i, : int(n)].float().cpu().numpy() for i, n in enumerate(mask.sum(1).tolist())]
 
     curves = forward_full(model, items, next(model.parameters()).device, False, pick)

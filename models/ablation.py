@@ -83,7 +83,13 @@ def _check_store_videos(cfg: ClipAEConfig, names: list[str], store, dataset, tra
     from models.data import load_videos
     from models.network import required_features
 
-    feats = sorted({f for n in names for f in required_features(cfg.replace(switches=ROWS[n].__dict__))})
+    from models.train import cluster_feature_names
+
+    feats = set()
+    for n in names:
+        row_cfg = cfg.replace(switches=ROWS[n].__dict__)
+        feats |= set(required_features(row_cfg)) | set(cluster_feature_names(row_cfg) if cfg.train.mode == "utal" else [])
+    feats = sorted(feats)
     for subset, wanted in ((dataset.train_subset, train), (dataset.test_subset, test)):
         if wanted:
             load_videos(store, dataset, subset, feats)  # (raises naming the video and file; the data is dropped)
@@ -158,6 +164,10 @@ def write_table(rows: list[AblationRow], out: Path, cfg: ClipAEConfig, seeds: li
     seeds = seeds or [cfg.train.seed]
     which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
     title = f"Ablation ({cfg.train.mode}, {cfg.train.rounds if cfg.train.mode == 'utal' else 1} round(s), {which}): mAP (%) per tIoU"
+    if cfg.train.mode == "utal":
+        title += (f"; every row clusters on {'+'.join(cfg.train.cluster_features)}"
+                  if not cfg.train.cluster_features_follow_switches else
+                  "; each row clusters only on the inputs it uses (--same-cluster-input: one clustering input for all)")
     ckpt.atomic_write_text(format_markdown(rows, title), out / "ablation.md")
     ckpt.atomic_write_text(json.dumps({"config": cfg.to_dict(), "seeds": seeds, "rows": [r.__dict__ for r in rows],
                                        "runs": [r.__dict__ for r in (runs or [])]}, indent=1), out / "ablation.json")

@@ -91,7 +91,7 @@ class TrainConfig:
     epochs_per_round: int = 10
     weak_epochs: int = 20
     batch_size: int = 16
-    max_len: int = 192          # training window in snippets (random consecutive crop, ju2023 style)
+    max_len: int = 192          # training window in snippets (random consecutive crop; ju2023: 1000 THUMOS, 400 ANet; docs/model.md)
     lr: float = 1e-3
     weight_decay: float = 5e-4
     kmeans_restarts: int = 8
@@ -100,6 +100,10 @@ class TrainConfig:
     # Our choice (the CLIP-AE paper does not say what it clusters): the I3D streams and CLIP;
     # "clip_vitb16" is dropped automatically under --no-clip.
     cluster_features: list[str] = field(default_factory=lambda: ["i3d_rgb", "i3d_flow", "clip_vitb16"])
+    # False: cluster on cluster_features whatever the switches, so ablation rows share their round-0 clusters
+    # and differ only in their modules (`clipae ablate --same-cluster-input`; the features are read even when
+    # the model does not use them). True (default): a switched-off input is not clustered on either.
+    cluster_features_follow_switches: bool = True
     seed: int = 0
     device: str = "auto"        # "auto" -> cuda when available else cpu
     amp: bool = True            # used on CUDA only

@@ -244,7 +244,8 @@ def collate(items: list[dict[str, np.ndarray]], device: torch.device) -> dict[st
 
 
 def random_window(arrays: dict[str, np.ndarray], max_len: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """A random run of ``max_len`` consecutive snippets (ju2023: keeps full temporal resolution)."""
+    """A random run of ``max_len`` consecutive snippets: full temporal resolution, as ju2023 samples (its
+    T is 1000 on THUMOS'14 and 400 on ActivityNet v1.2; our default 192 is smaller, docs/model.md "Schedule")."""
     t = next(iter(arrays.values())).shape[0]
     if t <= max_len:
         return arrays

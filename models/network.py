@@ -163,7 +163,7 @@ class ClipAENet(nn.Module):
 
     # ------------------------------------------------------------------ inference views
     @staticmethod
-    def fused_scores(outs: dict[str, dict[str, torch.Tensor]], mask: torch.Tensor, topk_ratio: float) -> dict[str, torch.Tensor]:
+    def fused_scores(outs: dict[str, dict[str, torch.Tensor]], mask: torch.Tensor) -> dict[str, torch.Tensor]:
         """Average of the two streams: video class scores (B, K), snippet CAS probs (B, T, K), attention (B, T)."""
         from models.ugct import attention_pool
         video, cas, att = [], [], []

@@ -47,10 +47,9 @@ def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: li
         check_same_features_as_training(meta.get("feature_configs") or {}, store, [v.video_id for v in videos], names)
     grid = store.grid
     items = [prepare(v, names) for v in videos]
-    ratio = cfg.loss.topk_ratio
 
     def extract(outs, mask):
-        f = ClipAENet.fused_scores(outs, mask, ratio)
+        f = ClipAENet.fused_scores(outs, mask)
         lens = mask.sum(1).tolist()
         return [(f["video"][i].cpu().numpy(), f["cas"][i, :n].cpu().numpy(), f["attention"][i, :n].cpu().numpy())
                 for i, n in enumerate(lens)]

@@ -75,10 +75,12 @@ def foreground_weights(model: ClipAENet, items, device, amp) -> list[np.ndarray]
 
 
 def cluster_feature_names(cfg: ClipAEConfig) -> list[str]:
-    """The features UTAL clusters videos on (``train.cluster_features``), honouring the switches."""
+    """The features UTAL clusters videos on (``train.cluster_features``), honouring the switches unless
+    ``train.cluster_features_follow_switches`` is False (ablation rows with one clustering input)."""
     allowed = {RGB, FLOW, CLIP, AUDIO}
-    names = [n for n in cfg.train.cluster_features
-             if not (n == CLIP and not cfg.switches.clip) and not (n == AUDIO and not cfg.switches.audio)]
+    follow = cfg.train.cluster_features_follow_switches
+    names = [n for n in cfg.train.cluster_features if not follow
+             or not (n == CLIP and not cfg.switches.clip) and not (n == AUDIO and not cfg.switches.audio)]
     bad = [n for n in names if n not in allowed]
     if bad or not names:
         raise ValueError(f"train.cluster_features {cfg.train.cluster_features!r}: need at least one of {sorted(allowed)}"
@@ -163,7 +165,8 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
         torch.set_num_threads(tc.num_threads)
     names = required_features(cfg)
     if videos is None:
-        videos = load_videos(store, dataset, dataset.train_subset, names, video_ids)
+        extra = [n for n in cluster_feature_names(cfg) if n not in names] if tc.mode == "utal" else []
+        videos = load_videos(store, dataset, dataset.train_subset, names + extra, video_ids)
     k = int(dataset.num_classes)
     items = [prepare(v, names) for v in videos]
     model = ClipAENet(cfg, k, feature_dims(videos), len(videos)).to(device)

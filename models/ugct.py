@@ -52,7 +52,11 @@ def topk_pool(scores: torch.Tensor, mask: torch.Tensor, ratio: float) -> torch.T
 
 
 def mil_loss(video_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the video softmax against the L1-normalised multi-hot target (ju2023 eq. 1 style)."""
+    """Cross-entropy of the video softmax against the L1-normalised multi-hot target.
+
+    The form of ju2023 eq. 1 (video-level cross-entropy), with two changes of the background-modelling
+    family it is used in here (``mil_losses``): a background class (K+1 logits) and a target normalised to
+    sum 1, so a video with several classes is not weighted by its class count."""
     t = target / target.sum(1, keepdim=True).clamp(min=1e-6)
     return -(t * F.log_softmax(video_logits.float(), dim=1)).sum(1).mean()
 

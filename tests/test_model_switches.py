@@ -264,3 +264,32 @@ def test_ablation_reads_every_video_before_the_first_row_trains(tmp_path):
         run_ablation(cfg, store, ds, tmp_path / "abl", rows=["baseline"])
     assert not (tmp_path / "abl" / "baseline").exists()  # (nothing trained)
     assert np.isfinite(store.load(vids[0])["i3d_rgb"]).all()
+
+
+def test_same_cluster_input_gives_every_ablation_row_the_same_round0_clusters(tmp_path):
+    """By default a row without CLIP also clusters without it, so Table 3's rows differ in their pseudo-labels
+    as well as their modules; with ``cluster_features_follow_switches: false`` (``clipae ablate
+    --same-cluster-input``) the baseline reads CLIP for clustering only and gets the full model's clusters."""
+    from models.synthetic import SyntheticSpec, synthetic_videos, write_synthetic_store
+    from models.train import cluster_feature_names, train
+    from storage import FeatureStore
+
+    ds, _, _ = tiny_problem()
+    spec = SyntheticSpec(dims=dict(TINY_DIMS))
+    vids = ds.videos(ds.train_subset)[:12]
+    write_synthetic_store(tmp_path / "store", ds, synthetic_videos(ds, spec, video_ids=vids), spec)
+    store = FeatureStore.open(tmp_path / "store")
+    base = tiny_config(rounds=1, epochs_per_round=1).replace(switches=ROWS["baseline"].__dict__)
+    same = base.replace(train={"cluster_features_follow_switches": False})
+    full = tiny_config(rounds=1, epochs_per_round=1).replace(switches=ROWS["caf+ccp"].__dict__)
+    assert cluster_feature_names(base) == ["i3d_rgb", "i3d_flow"]
+    assert cluster_feature_names(same) == cluster_feature_names(full) == ["i3d_rgb", "i3d_flow", "clip_vitb16"]
+    # (one round: the clusters returned are round 0's, made before any training)
+    c_same = train(same, store, ds, tmp_path / "same").train_clusters
+    c_full = train(full, store, ds, tmp_path / "full").train_clusters
+    assert c_same == c_full
+    meta = torch.load(tmp_path / "same" / "model.pt", weights_only=False)["meta"]
+    assert set(meta["feature_configs"]) == {"i3d_rgb", "i3d_flow"}  # the model itself still reads I3D only
+
+    args = build_parser().parse_args(["ablate", "--synthetic", "--same-cluster-input"])
+    assert args.same_cluster_input

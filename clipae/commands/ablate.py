@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--synthetic", action="store_true", help="use synthetic features in memory instead of a store")
     p.add_argument("--synthetic-videos", type=int, default=0, help="videos per subset (0: all)")
     p.add_argument("--synthetic-dims", choices=["small", "full"], default="small")
+    p.add_argument("--same-cluster-input", action="store_true",
+                   help="UTAL: every row clusters on train.cluster_features (CLIP included) whatever its switches, "
+                        "so rows differ only in their modules, not in their pseudo-labels")
     add_config_args(p, switches=False)
     p.set_defaults(func=_run)
 
@@ -32,6 +35,8 @@ def _run(args: argparse.Namespace) -> int:
     from storage.datasets import load_dataset
 
     cfg = config_from_args(args)
+    if args.same_cluster_input:
+        cfg = cfg.replace(train={"cluster_features_follow_switches": False})
     ds = load_dataset(args.dataset)
     rows = args.rows.split(",") if args.rows else None
     train_v = test_v = None

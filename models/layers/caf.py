@@ -57,8 +57,10 @@ def dense_skip(previous: list[torch.Tensor], attended: torch.Tensor) -> torch.Te
 
 
 def fuse_views(x_cbp: torch.Tensor, x_audio: torch.Tensor) -> torch.Tensor:
-    """lee2021 eq. 4: the fused audio-visual feature [X_cbp; X_audio], concatenated along the feature axis
-    -> (B, L, 2 d_x)."""
+    """lee2021 eq. 4: the fused audio-visual feature, concatenated along the feature axis -> (B, L, 2 d_x).
+
+    The paper writes [X_att,u; X_att,v] (audio first); we put the visual (CBP) view first, [X_cbp; X_audio].
+    The next layer is a learned convolution, so the order changes nothing the model can learn."""
     return torch.cat([x_cbp, x_audio], dim=-1)
 
 

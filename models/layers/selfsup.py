@@ -71,5 +71,9 @@ def cross_view_instance_discrimination(z_vlp: torch.Tensor, z_cbp: torch.Tensor,
 
 def self_supervised_loss(l_decor: torch.Tensor, l_insdis: torch.Tensor,
                          w_decor: float = 1.0, w_insdis: float = 1.0) -> torch.Tensor:
-    """CLIP-AE eq. 9: L_self = L_de-cor + L_ins-dis (the inner weights are 1 in the paper and by default)."""
+    """CLIP-AE eq. 9: L_self = L_de-cor + L_ins-dis (the inner weights are 1 in the paper and by default).
+
+    Against the paper's literal sum, our L_de-cor is a mean over the d^2 entries of X X^T - I
+    (``decorrelation_loss``), i.e. the printed sum weighted by 1/d^2 (1/16,384 at d_x = 128). The literal sum
+    is not usable: its CAF gradient was ~1e4 times all the other losses' together (docs/model.md, eq. 7)."""
     return w_decor * l_decor + w_insdis * l_insdis
