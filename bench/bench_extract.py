@@ -220,6 +220,7 @@ def main() -> None:
         tvl1_triton.SWEEP_ROW_ALIGN = args.sweep_align or tvl1_triton.SWEEP_ROW_ALIGN
         tvl1_triton.sweep_row_stride(224)  # validates
     tmp = Path(tempfile.mkdtemp(prefix="bench_extract_"))
+    (tmp / "no_weights").mkdir()  # an empty weights dir: random-init networks (a missing dir would be refused)
     cfg = ExtractConfig(allow_random_weights=True, weights_dir=str(tmp / "no_weights"), device=args.device,
                         batch_size=args.batch_size, flow_batch_pairs=args.flow_batch, precision=args.precision,
                         tvl1=TVL1Config(backend=args.tvl1_backend, state_dtype=args.tvl1_state_dtype),

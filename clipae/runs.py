@@ -16,12 +16,15 @@ import json
 import os
 import shutil
 import stat
+import logging
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from clipae import REPO_ROOT
+
+_log = logging.getLogger(__name__)
 
 RUNS_DIR_ENV = "CLIPAE_RUNS_DIR"
 RECORD_FILE = "record.json"
@@ -192,7 +195,15 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunRecord]:
         for run in day.iterdir():
             rec = run / RECORD_FILE
             if rec.is_file():
-                records.append(RunRecord(run, json.loads(rec.read_text())))
+                try:
+                    data = json.loads(rec.read_text())
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                    data = e
+                if not isinstance(data, dict):  # (one bad record must not hide every other run)
+                    why = data if isinstance(data, Exception) else f"a JSON {type(data).__name__}, not an object"
+                    _log.warning("skipping run record %s: unreadable (%s)", rec, why)
+                    continue
+                records.append(RunRecord(run, data))
     records.sort(key=lambda r: (r.data.get("started", ""), r.run_id))
     return records
 

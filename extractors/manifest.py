@@ -59,6 +59,14 @@ def discover_videos(source: str | os.PathLike, recursive: bool = False) -> list[
         pairs = [(src.stem, src, src.name)]
     elif src.is_file():
         pairs = _read_json(src) if src.suffix.lower() == ".json" else _read_lines(src)
+        videos = _validated(src, pairs)
+        if not any(p.exists() or p.is_symlink() for _, p in videos):
+            # (one missing entry fails alone; none at all is the wrong file or the wrong directory, not N failures)
+            first = next(w for v, _, w in pairs if v is not None)
+            which = "its one entry is not" if len(videos) == 1 else f"none of its {len(videos)} entries is"
+            raise ManifestError(f"{src}: {which} an existing file (first, {first}: {videos[0][1]}); paths are "
+                                f"relative to the manifest's directory. Is {src.name} a manifest?")
+        return videos
     else:
         what = "video file" if src.suffix.lower() in VIDEO_EXTENSIONS else "directory, video file or manifest"
         raise ManifestError(f"{src}: no such {what}")

@@ -319,6 +319,14 @@ def resolve_all(
     ``allow_random``."""
     out, problems = {}, []
     fixed = set(never_random)
+    chosen = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
+    if chosen is not None and not Path(chosen).expanduser().is_dir():
+        # A directory someone named and that is not there is a typo or an unmounted volume: with
+        # allow_random it would otherwise turn into random-init features with only a note.
+        where = "--weights-dir / weights_dir" if weights_dir is not None else f"${WEIGHTS_DIR_ENV}"
+        raise WeightsError(f"weights directory {Path(chosen).expanduser()} (from {where}) "
+                           f"{'is not a directory' if Path(chosen).expanduser().exists() else 'does not exist'}; "
+                           "see docs/weights.md for the expected layout")
     for key in keys:
         try:
             out[key] = resolve_weights(key, weights_dir, allow_random=allow_random and key not in fixed)

@@ -37,8 +37,27 @@ def atomic_write_text(text: str, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load(path: Path, device: str | torch.device = "cpu") -> dict:
-    return torch.load(Path(path), map_location=device, weights_only=True)
+class CheckpointError(ValueError):
+    """A file that is not a checkpoint of ours (or a damaged one)."""
+
+
+def load(path: Path, device: str | torch.device = "cpu", required: tuple[str, ...] = ()) -> dict:
+    """The saved dict; a file torch cannot read, or one without the ``required`` keys, is a CheckpointError
+    naming the file (and never torch's advice to load it with weights_only=False)."""
+    from extractors.weights import torch_load_reason
+
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        raise
+    except Exception as e:  # noqa: BLE001 -- pickle/zip/torch raise many types for a file that is not ours
+        raise CheckpointError(f"{path}: not a clipae checkpoint or damaged ({torch_load_reason(e)})") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a clipae checkpoint (no {', '.join(map(repr, missing))}; "
+                              f"`clipae train` writes {MODEL_FILE} and {RESUME_FILE} in its run directory)")
+    return state
 
 
 def resolve_checkpoint(path: str | Path) -> Path:

@@ -22,8 +22,11 @@ PREDICTIONS_VERSION = "CLIP-AE 0.1"
 def load_model(checkpoint, device: str = "auto") -> tuple[ClipAENet, dict, ClipAEConfig]:
     path = ckpt.resolve_checkpoint(checkpoint)
     dev = pick_device(device)
-    state = ckpt.load(path, dev)
+    state = ckpt.load(path, dev, required=("model", "meta"))
     meta = state["meta"]
+    lacking = [k for k in ("config", "num_classes", "dims", "num_train_videos") if not isinstance(meta, dict) or k not in meta]
+    if lacking:
+        raise ckpt.CheckpointError(f"{path}: not a clipae model checkpoint (its meta lacks {lacking})")
     cfg = ClipAEConfig.from_saved(json.loads(meta["config"]))
     model = ClipAENet(cfg, int(meta["num_classes"]), FeatureDims(**meta["dims"]), int(meta["num_train_videos"]))
     model.load_state_dict(state["model"])

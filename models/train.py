@@ -182,7 +182,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     resume_path = out / ckpt.RESUME_FILE
     out.mkdir(parents=True, exist_ok=True)  # (only now: inputs that cannot be read leave no empty run directory)
     if resume and resume_path.exists():
-        state = ckpt.load(resume_path, device)
+        state = ckpt.load(resume_path, device, required=("config", "model", "optimizer", "round", "epoch", "targets"))
         if ClipAEConfig.from_saved(json.loads(state["config"])).to_dict() != cfg.to_dict():
             raise ValueError(f"{resume_path}: saved with a different config; resume needs the same config")
         model.load_state_dict(state["model"])

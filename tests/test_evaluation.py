@@ -392,3 +392,42 @@ def test_cli_dataset_defaults_on_real_thumos_gt(tmp_path, capsys):
     assert d["tiou"] == [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7] and d["subset"] == "Test"
     assert d["mAP"] == pytest.approx([1.0] * 7) and len(d["per_class_AP"]) == 20
     assert "average mAP (0.3:0.7): 100.00" in capsys.readouterr().out
+
+
+def test_cli_wrongly_shaped_json_is_bad_input_naming_where(tmp_path, capsys):
+    """A prediction JSON of the wrong shape gave an AttributeError traceback (exit 1); null labels passed."""
+    from clipae.cli import main
+
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json({"v": [("x", 0, 10)]})))
+    det = {"label": "x", "score": 0.9, "segment": [1, 3]}
+    cases = {
+        "list.json": ({"results": []}, "prediction 'results': expected an object"),
+        "dict.json": ({"results": {"v": det}}, "prediction v: expected a list of detections"),
+        "null.json": ({"results": {"v": [{**det, "label": None}]}}, "prediction v #0: 'label' must be a string"),
+        "str.json": ({"results": {"v": [{**det, "score": "high"}]}}, "prediction v #0: 'score' must be a number"),
+        "notdict.json": ({"results": {"v": [[1, 2]]}}, "prediction v #0: expected an object"),
+        "clusters.json": ({"results": {"v": [det]}, "video_clusters": {"v": "a"}}, "cluster must be an integer"),
+    }
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_text(json.dumps(data))
+        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and name in err and "Traceback" not in err, err
+    (tmp_path / "cut.json").write_text('{"results": {')
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "cut.json")]) == 2
+    assert "predictions " + str(tmp_path / "cut.json") + ": not valid JSON" in capsys.readouterr().err
+    (tmp_path / "gtbad.json").write_text(json.dumps({"database": {"v": {"subset": "t", "annotations": {}}}}))
+    (tmp_path / "ok.json").write_text(json.dumps({"results": {"v": [det]}}))
+    assert main(["evaluate", "--gt", str(tmp_path / "gtbad.json"), "--pred", str(tmp_path / "ok.json")]) == 2
+    assert "ground truth v 'annotations': expected a list" in capsys.readouterr().err
+    # --json checked before the work
+    (tmp_path / "outdir").mkdir()
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "ok.json"),
+                 "--json", str(tmp_path / "outdir")]) == 2
+    out = capsys.readouterr()
+    assert "is a directory" in out.err and "mAP" not in out.out
+    # numpy scalars from Python callers are numbers
+    from models.evaluation import parse_predictions
+
+    p = parse_predictions({"results": {"v": [{**det, "score": np.float32(0.5)}]}, "video_clusters": {"v": np.int64(1)}})
+    assert p.score.tolist() == [0.5] and p.video_clusters == {"v": 1}

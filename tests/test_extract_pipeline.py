@@ -342,6 +342,17 @@ def test_manifest_errors_list_every_bad_entry(tmp_path):
     (tmp_path / "clip.bin").write_bytes(b"\x00\x00\x00\x18ftypmp42\xb1\xff")  # a video under an unknown extension
     with pytest.raises(ManifestError, match=r"clip.bin: not a text manifest \(not UTF-8 at byte 12\)"):
         discover_videos(tmp_path / "clip.bin")
+    # a manifest none of whose entries exists (or a text file that is no manifest) is the wrong file, not
+    # N per-video failures; one missing entry among existing ones still fails alone (at extraction)
+    (tmp_path / "gone.csv").write_text("v1,/nonexistent/v1.mp4\nv2,nope.mp4\n")
+    with pytest.raises(ManifestError, match=r"gone.csv: none of its 2 entries is an existing file \(first, gone.csv:1"):
+        discover_videos(tmp_path / "gone.csv")
+    (tmp_path / "notes.md").write_text("hello\n")
+    with pytest.raises(ManifestError, match=r"its one entry is not an existing file.*Is notes.md a manifest"):
+        discover_videos(tmp_path / "notes.md")
+    (tmp_path / "x.mp4").write_bytes(b"x")
+    (tmp_path / "some.csv").write_text("x.mp4\nmissing.mp4\n")
+    assert [v for v, _ in discover_videos(tmp_path / "some.csv")] == ["x", "missing"]
 
 
 def test_config_from_dict_validates():

@@ -167,3 +167,22 @@ def test_import_source_checked_before_a_store_is_created(tmp_path, capsys):
     assert cli(["import-features", "--layout", "basnet", "--src", str(tmp_path / "nope"), "--store",
                 str(tmp_path / "new.zarr")]) == 2
     assert "import source" in capsys.readouterr().err and not (tmp_path / "new.zarr").exists()
+
+
+def test_import_refuses_zero_grid_values_and_unknown_features_before_creating_a_store(tmp_path, capsys):
+    """--fps 0 / --stride 0 were taken as "not given" (the layout's default grid); an unknown --feature and an
+    empty source created the store before failing."""
+    src = tmp_path / "npy"
+    _npy(src / "v1.npy", np.zeros((5, 128), np.float32))
+    (tmp_path / "empty").mkdir()
+    base = ["import-features", "--layout", "generic", "--src", str(src), "--store", str(tmp_path / "s.zarr")]
+    for extra, message in ((["--feature", "vggish", "--fps", "0"], "fps, snippet_frames and stride must be positive"),
+                           (["--feature", "vggish", "--stride", "0"], "must be positive"),
+                           (["--feature", "foo"], "--feature 'foo': not a feature")):
+        assert cli(base + extra) == 2, extra
+        assert message in capsys.readouterr().err
+        assert not (tmp_path / "s.zarr").exists()
+    assert cli(["import-features", "--layout", "basnet", "--src", str(tmp_path / "empty"), "--store",
+                str(tmp_path / "s.zarr")]) == 2
+    assert "BaS-Net layout" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
+    assert cli(base + ["--feature", "vggish"]) == 0

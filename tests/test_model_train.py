@@ -96,6 +96,18 @@ def test_checkpoint_is_plain_and_loads_with_weights_only(tmp_path):
     assert json.loads((tmp_path / ckpt.CONFIG_FILE).read_text())["train"]["mode"] == "weak"
     assert not list(tmp_path.glob(".*"))      # no temporary files left behind by the atomic writes
 
+    # a file that is not a checkpoint of ours: CheckpointError naming it, never torch's weights_only advice
+    from models.predict import load_model
+
+    (tmp_path / "notes.txt").write_text("not a checkpoint")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")
+    torch.save({"model": {}, "meta": {"config": "{}"}}, tmp_path / "partial.pt")
+    for name, message in (("notes.txt", "not a clipae checkpoint or damaged"), ("other.pt", "no 'model', 'meta'"),
+                          ("partial.pt", "its meta lacks")):
+        with pytest.raises(ckpt.CheckpointError, match=message) as e:
+            load_model(tmp_path / name, device="cpu")
+        assert name in str(e.value) and "weights_only" not in str(e.value)
+
 
 def test_checkpoints_from_before_caf_ccp_load_as_series(tmp_path):
     """Checkpoints written before model.caf_ccp existed were trained with CAF and CCP in series: their saved

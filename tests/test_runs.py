@@ -144,3 +144,19 @@ def test_list_shows_status_and_show_says_why_a_run_failed(tmp_path, capsys):
     assert any("good-1" in line and "completed" in line for line in out.splitlines())
     assert main(["runs", "--runs-dir", str(tmp_path), "show", "bad-2"]) == 0
     assert "error      StoreDamageError: video 'v1'" in capsys.readouterr().out
+
+
+def test_one_unreadable_record_does_not_hide_the_others(tmp_path, capsys, caplog):
+    """A cut-off record.json (or one that is not an object) stopped every `clipae runs` command."""
+    _publish(tmp_path, "run-good", {"0.10": 0.5})
+    for day, run, text in (("2026-01-01", "cut", "{x"), ("2026-01-02", "alist", "[1]")):
+        (tmp_path / day / run).mkdir(parents=True)
+        (tmp_path / day / run / "record.json").write_text(text)
+    with caplog.at_level("WARNING"):
+        assert main(["runs", "--runs-dir", str(tmp_path), "list"]) == 0
+        assert main(["runs", "--runs-dir", str(tmp_path), "show", "run-good"]) == 0
+    assert "run-good" in capsys.readouterr().out
+    assert "cut/record.json" in caplog.text and "not an object" in caplog.text
+    # an explicit --runs-dir that does not exist is a typo, not "no runs"
+    assert main(["runs", "--runs-dir", str(tmp_path / "typo"), "list"]) == 2
+    assert "no such directory" in capsys.readouterr().err

@@ -275,3 +275,21 @@ def test_loaders_do_not_pass_on_torchs_unsafe_advice(tmp_path, loader):
     msg = str(e.value)
     assert str(path) in msg and "UnpicklingError" in msg and "\n" not in msg, msg
     assert "weights_only" not in msg and "arbitrary code" not in msg, msg
+
+
+def test_a_named_weights_dir_that_is_not_there_is_refused_even_with_random_weights(tmp_path, capsys, monkeypatch):
+    """A typo in --weights-dir (or $CLIPAE_WEIGHTS_DIR) with --allow-random-weights gave random-init features
+    with only a note; an existing empty directory is still the explicit opt-in."""
+    from clipae.cli import main
+
+    monkeypatch.delenv(W.WEIGHTS_DIR_ENV, raising=False)
+    assert main([*_extract_args(tmp_path, tmp_path / "typo"), "--allow-random-weights"]) == 2
+    err = capsys.readouterr().err
+    assert f"weights directory {tmp_path / 'typo'} (from --weights-dir / weights_dir) does not exist" in err, err
+    assert not (tmp_path / "st").exists()
+    monkeypatch.setenv(W.WEIGHTS_DIR_ENV, str(tmp_path / "v.mp4"))
+    (tmp_path / "v.mp4").write_bytes(b"")
+    with pytest.raises(W.WeightsError, match=r"from \$CLIPAE_WEIGHTS_DIR\) is not a directory"):
+        W.resolve_all(["vggish"], None, allow_random=True)
+    (tmp_path / "empty").mkdir()
+    assert W.resolve_all(["vggish"], tmp_path / "empty", allow_random=True)["vggish"].random_init

@@ -34,9 +34,18 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
+def _read_json(path: Path, what: str):
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # (name the file: two JSON inputs)
+        raise ValueError(f"{what} {path}: not valid JSON ({e})") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from models.evaluation import evaluate_detection
 
+    if args.json is not None and args.json.is_dir():  # (checked before the work, not after it)
+        raise IsADirectoryError(f"--json {args.json}: is a directory; give a file path")
     subset, thresholds, ambiguous, gt = args.subset, args.tiou, None, None
     if args.dataset:
         # Imported lazily: only --dataset needs the dataset configs.
@@ -55,8 +64,8 @@ def run(args: argparse.Namespace) -> int:
         if args.gt is None:
             print("clipae evaluate: error: --gt is required without --dataset", file=sys.stderr)
             return 2
-        gt = json.loads(args.gt.read_text())
-    pred = json.loads(args.pred.read_text())
+        gt = _read_json(args.gt, "ground truth")
+    pred = _read_json(args.pred, "predictions")
 
     try:
         result = evaluate_detection(
@@ -64,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
             mapping=args.mapping, ignore_outside_videos=args.ignore_outside_videos,
         )
     except ValueError as exc:  # bad input files: one clear line, not a traceback
-        print(f"clipae evaluate: error: {exc}", file=sys.stderr)
+        print(f"clipae evaluate: error: {args.pred}: {exc}" if str(exc).startswith("prediction")
+              else f"clipae evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(result.format_table())
     if result.counts.get("outside_videos"):

@@ -31,24 +31,29 @@ def run(args: argparse.Namespace) -> int:
     from storage.datasets import load_dataset
     from pathlib import Path
 
-    from storage.importers import LAYOUT_GRIDS, import_features
+    from storage.importers import LAYOUT_GRIDS, discover, import_features
+    from storage.schema import FEATURE_DIMS
 
     dataset = load_dataset(args.dataset) if args.dataset else None
-    if not Path(args.src).is_dir():  # before a store is created for nothing
-        raise StoreError(f"import source {args.src}: not a directory")
-    if (Path(args.store) / "zarr.json").exists():
-        base = FeatureStore.open(args.store).grid
+    # Everything checkable is checked before a store is created for nothing: the source holds files of the
+    # layout, the generic feature name is one the store holds, the grid values are valid.
+    discover(args.layout, Path(args.src), args.feature)
+    existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
+    known = existing.feature_dims if existing is not None else FEATURE_DIMS
+    if args.layout == "generic" and args.feature not in known:
+        raise StoreError(f"--feature {args.feature!r}: not a feature of {'this' if existing else 'a'} store; "
+                         f"choose one of {sorted(known)}")
+    if existing is not None:
+        base = existing.grid
     else:
         # ActionFormer's grid is that of its THUMOS'14 features; for another dataset the dataset's (the snippet
         # count check then says whether it fits).
         thumos = dataset is None or dataset.name == "thumos14"
         layout_grid = LAYOUT_GRIDS.get(args.layout) if (args.layout == "basnet" or thumos) else None
         base = layout_grid or (dataset.grid if dataset else SnippetGrid())
-    grid = SnippetGrid(
-        fps=args.fps or base.fps,
-        snippet_frames=args.snippet_frames or base.snippet_frames,
-        stride=args.stride or base.stride,
-    )
+    pick = lambda given, default: default if given is None else given  # noqa: E731 -- (0 is refused, not defaulted)
+    grid = SnippetGrid(fps=pick(args.fps, base.fps), snippet_frames=pick(args.snippet_frames, base.snippet_frames),
+                       stride=pick(args.stride, base.stride))
     try:
         store = FeatureStore.open_or_create(args.store, grid=grid, name=dataset.name if dataset else None,
                                              codec=CodecSpec(args.codec))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from clipae.runs import RunRecord, default_runs_dir, find_run, list_runs
 
@@ -29,7 +30,15 @@ def _fmt_map(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.2f}"
 
 
+def _check_runs_dir(args: argparse.Namespace) -> None:
+    """A typo in an explicit --runs-dir is an error, not "no run records"."""
+    if args.runs_dir and not Path(args.runs_dir).is_dir():
+        raise FileNotFoundError(f"--runs-dir {args.runs_dir}: "
+                                f"{'not a directory' if Path(args.runs_dir).exists() else 'no such directory'}")
+
+
 def _list(args: argparse.Namespace) -> int:
+    _check_runs_dir(args)
     records = list_runs(args.runs_dir)
     if not records:
         print(f"no run records under {args.runs_dir or default_runs_dir()}")
@@ -47,6 +56,7 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    _check_runs_dir(args)
     r = find_run(args.run_id, args.runs_dir)
     if args.json:
         print(json.dumps(r.data, indent=2))
@@ -93,6 +103,7 @@ def _flatten(obj, prefix: str = "") -> dict[str, object]:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    _check_runs_dir(args)
     records = [find_run(i, args.runs_dir) for i in args.run_ids]
     print(_map_table(records))
     flats = [_flatten({"config": r.data.get("config", {}), "store_fingerprint": r.data.get("store_fingerprint"),

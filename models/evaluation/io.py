@@ -8,6 +8,7 @@ here as integer codes into small vocabularies.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -92,26 +93,51 @@ def _segment(raw, where: str) -> tuple[float, float]:
     return s, e
 
 
+def _expect(value, kind: type, where: str, what: str):
+    """``value`` if it is a ``kind``, else a ValueError saying where and what was expected (a wrongly shaped
+    JSON file otherwise fails deep inside with an AttributeError)."""
+    if not isinstance(value, kind):
+        raise ValueError(f"{where}: expected {what}, got {type(value).__name__} {_short(value)}")
+    return value
+
+
+def _short(value) -> str:
+    r = repr(value)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _label(det: dict, where: str) -> str:
+    lab = det.get("label")
+    if isinstance(lab, bool) or not isinstance(lab, (str, numbers.Integral)):
+        raise ValueError(f"{where}: 'label' must be a string, got {_short(lab)}")
+    return str(lab)
+
+
 def parse_ground_truth(data: dict, subset: str | None = None) -> GroundTruth:
     """Read ``{"database": {vid: {"subset", "annotations": [{"label", "segment"}]}}}``.
 
     ``subset`` is compared case-insensitively ("Test" == "test"); ``None`` keeps all videos.
     """
-    if "database" not in data:
+    if not isinstance(data, dict) or "database" not in data:
         raise ValueError("ground truth JSON has no 'database' key (ActivityNet format expected)")
+    _expect(data["database"], dict, "ground truth 'database'", "an object {video_id: {...}}")
     want = subset.lower() if subset is not None else None
     videos: list[str] = []
     rows: list[tuple[int, str, float, float]] = []
     seen_subsets: set[str] = set()
     for vid, entry in data["database"].items():
+        _expect(entry, dict, f"ground truth {vid}", "an object with 'subset' and 'annotations'")
         seen_subsets.add(str(entry.get("subset")))
         if want is not None and str(entry.get("subset", "")).lower() != want:
             continue
         v = len(videos)
         videos.append(vid)
-        for k, ann in enumerate(entry.get("annotations", [])):
-            s, e = _segment(ann.get("segment"), f"ground truth {vid} annotation {k}")
-            rows.append((v, str(ann["label"]), s, e))
+        anns = _expect(entry.get("annotations", []), list, f"ground truth {vid} 'annotations'", "a list")
+        for k, ann in enumerate(anns):
+            where = f"ground truth {vid} annotation {k}"
+            _expect(ann, dict, where, "an object with 'label' and 'segment'")
+            s, e = _segment(ann.get("segment"), where)
+            rows.append((v, _label(ann, where), s, e))
     if want is not None and not videos:
         raise ValueError(f"no ground-truth video in subset {subset!r}; subsets present: {sorted(seen_subsets)}")
     classes = tuple(sorted({r[1] for r in rows}))
@@ -130,8 +156,9 @@ def parse_ground_truth(data: dict, subset: str | None = None) -> GroundTruth:
 
 def parse_predictions(data: dict) -> Predictions:
     """Read ``{"results": {vid: [{"label", "score", "segment"}]}, "video_clusters"?: {vid: k}}``."""
-    if "results" not in data:
+    if not isinstance(data, dict) or "results" not in data:
         raise ValueError("prediction JSON has no 'results' key (ActivityNet format expected)")
+    _expect(data["results"], dict, "prediction 'results'", "an object {video_id: [detections]}")
     videos: list[str] = []
     labels: dict[str, int] = {}
     vcol: list[int] = []
@@ -142,13 +169,18 @@ def parse_predictions(data: dict) -> Predictions:
     for vid, dets in data["results"].items():
         v = len(videos)
         videos.append(vid)
+        _expect(dets, list, f"prediction {vid}", "a list of detections")
         for k, det in enumerate(dets):
             where = f"prediction {vid} #{k}"
+            _expect(det, dict, where, "an object with 'label', 'score' and 'segment'")
             s, e = _segment(det.get("segment"), where)
-            score = float(det["score"])
+            raw = det.get("score")
+            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):  # (numpy scalars too)
+                raise ValueError(f"{where}: 'score' must be a number, got {_short(raw)}")
+            score = float(raw)
             if not math.isfinite(score):
                 raise ValueError(f"{where}: non-finite score {det['score']!r}")
-            lab = str(det["label"])
+            lab = _label(det, where)
             vcol.append(v)
             lcol.append(labels.setdefault(lab, len(labels)))
             scol.append(s)
@@ -156,6 +188,11 @@ def parse_predictions(data: dict) -> Predictions:
             pcol.append(score)
     clusters = data.get("video_clusters")
     if clusters is not None:
+        _expect(clusters, dict, "prediction 'video_clusters'", "an object {video_id: cluster}")
+        bad = [vid for vid, k in clusters.items() if isinstance(k, bool) or not isinstance(k, numbers.Integral)]
+        if bad:
+            raise ValueError(f"prediction 'video_clusters' {bad[0]}: cluster must be an integer, got "
+                             f"{_short(clusters[bad[0]])}")
         clusters = {str(vid): int(k) for vid, k in clusters.items()}
     return Predictions(
         videos=tuple(videos),
