@@ -587,6 +587,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
             source=str(Path(path).resolve()), source_fingerprint=fingerprint, fps=grid.fps,
             num_frames=end.num_frames, duration=float(end.duration or end.num_frames / grid.fps),
             has_audio=bool(probe.has_audio), width=end.width or probe.width, height=end.height or probe.height,
+            source_fps=probe.avg_fps,
         )  # fmt: skip
         prov = {}
         for f in todo:

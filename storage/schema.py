@@ -60,6 +60,7 @@ class VideoInfo:
     has_audio: bool | None = None
     width: int | None = None
     height: int | None = None
+    source_fps: float | None = None  # the file's own average frame rate (``fps`` is the grid's, frames resampled to it)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -106,6 +106,7 @@ def test_mixed_run_good_results_and_isolated_failures(env, tmp_path):
         info = store.video_info(k)
         assert info.num_frames == n and store.load(k)["i3d_rgb"].shape[0] == n // 16
     assert (store.video_info("odd").width, store.video_info("odd").height) == (175, 97)
+    assert store.video_info("ntsc").source_fps == pytest.approx(30000 / 1001) and store.video_info("ntsc").fps == 25
     assert store.load("silent")["audio_mask"].tolist() == [False] and store.load("ntsc")["audio_mask"].all()
     for k in good:
         for name, arr in store.load(k).items():
