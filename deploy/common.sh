@@ -31,14 +31,29 @@ pid_alive() {  # pid_alive NAME -> true when .prefect-local/run/NAME.pid names a
   [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
 }
 
-stop_pid() {  # stop_pid NAME: TERM the recorded process group, then KILL after 20 s
-  local f="$RUN_DIR/$1.pid" pid
+descendants() {  # descendants PID: every process below PID
+  local c
+  for c in $(pgrep -P "$1" 2>/dev/null || true); do echo "$c"; descendants "$c"; done
+}
+
+stop_pid() {  # stop_pid NAME: TERM the recorded process group and every process below it, KILL after 20 s
+  local f="$RUN_DIR/$1.pid" pid below p
   [[ -f "$f" ]] || return 0
   pid="$(cat "$f")"
   if kill -0 "$pid" 2>/dev/null; then
+    # The worker starts each flow run in a session of its own: outside its process group, so a stop that
+    # signalled the group only left the runs extracting on with no worker and no server.
+    below="$(descendants "$pid" | tr '\n' ' ')"
     kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 1 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    for p in $below; do kill -TERM "$p" 2>/dev/null || true; done
+    for _ in $(seq 1 40); do
+      local alive=0
+      for p in $pid $below; do if kill -0 "$p" 2>/dev/null; then alive=1; break; fi; done
+      [[ $alive == 1 ]] || break
+      sleep 0.5
+    done
     kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
+    for p in $below; do kill -KILL "$p" 2>/dev/null || true; done
   fi
   rm -f "$f"
 }

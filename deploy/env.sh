@@ -31,6 +31,13 @@ _clipae_derive PREFECT_UI_URL "http://$CLIPAE_PREFECT_HOST:$CLIPAE_PREFECT_PORT"
 unset -f _clipae_derive
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 export PREFECT_CLI_PROMPT=false
+# Concurrency-limit slots are leases; Prefect keeps them in the server's memory by default, so a server
+# restart while a run held slots left them taken with nobody to free them (extraction then waited forever).
+# On disk (PREFECT_HOME/concurrency_leases) they survive the restart and expire when not renewed.
+export PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE="${PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE:-prefect.server.concurrency.lease_storage.filesystem}"
+# Flow runs send a heartbeat every 30 s; deploy/setup.sh's automation (deploy/zombie_automation.py) marks a
+# run Crashed when they stop (a killed worker or machine), instead of leaving it "Running" forever.
+export PREFECT_FLOWS_HEARTBEAT_FREQUENCY="${PREFECT_FLOWS_HEARTBEAT_FREQUENCY:-30}"
 if [[ -n "${CLIPAE_DATABASE_URL:-}" ]]; then
   export PREFECT_SERVER_DATABASE_CONNECTION_URL="$CLIPAE_DATABASE_URL"
 fi

@@ -5,8 +5,19 @@
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 start() {
-  if pid_alive server && api_healthy; then
-    log "server already running at $PREFECT_UI_URL (reused)"; return 0
+  local want="$HOST:$PORT" had=""
+  [[ -f "$RUN_DIR/server.addr" ]] && had="$(cat "$RUN_DIR/server.addr")"
+  if pid_alive server; then
+    if [[ -n "$had" && "$had" != "$want" ]]; then
+      # (another address is another server: never stop the one this checkout's worker and runs use)
+      log "this checkout's server already runs on $had, not $want; stop it first (deploy/server.sh stop, with the"
+      log "settings it was started with) or keep using it"; exit 2
+    fi
+    for _ in $(seq 1 12); do  # a loaded server can miss one 5 s health check: give it a minute
+      if api_healthy; then log "server already running at $PREFECT_UI_URL (reused)"; return 0; fi
+      sleep 5
+    done
+    log "the recorded server (pid $(cat "$RUN_DIR/server.pid")) does not answer at $PREFECT_API_URL; restarting it"
   fi
   stop_pid server
   if ! is_loopback "$HOST" && [[ -z "${PREFECT_SERVER_API_AUTH_STRING:-}" ]]; then
@@ -19,6 +30,7 @@ start() {
   # setsid: own process group, so stop can end the server and its children together.
   setsid "$PREFECT" server start --host "$HOST" --port "$PORT" >"$LOG_DIR/server.log" 2>&1 < /dev/null &
   echo $! >"$RUN_DIR/server.pid"
+  echo "$want" >"$RUN_DIR/server.addr"
   for _ in $(seq 1 240); do
     if api_healthy; then log "server up: $PREFECT_UI_URL"; return 0; fi
     if ! pid_alive server; then log "server exited; see $LOG_DIR/server.log"; tail -20 "$LOG_DIR/server.log" >&2; exit 1; fi
@@ -29,7 +41,7 @@ start() {
 
 case "${1:-start}" in
   start) start ;;
-  stop) stop_pid server; log "server stopped" ;;
+  stop) stop_pid server; rm -f "$RUN_DIR/server.addr"; log "server stopped" ;;
   status) if pid_alive server && api_healthy; then echo "running: $PREFECT_UI_URL"; else echo "stopped"; exit 3; fi ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

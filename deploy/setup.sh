@@ -3,7 +3,8 @@
 # per GPU (gpu-0, gpu-1, ...: CLIPAE_VIDEOS_PER_GPU videos extracted at once per GPU, default 8,
 # the setting measured on an H100 in BENCHMARKS.md, ~25 GB peak) plus cpu-extract. GPUs are counted
 # here (nvidia-smi, or CLIPAE_NUM_GPUS); where this machine has none, each flow run creates the gpu-N
-# it uses (flows/limits.py, same default).
+# it uses (flows/limits.py, same default). Also the automation that marks flow runs whose process died
+# (no heartbeat for 2 minutes) Crashed (deploy/zombie_automation.py).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 if "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1; then
@@ -36,3 +37,6 @@ for ((i = 0; i < ${gpus:-0}; i++)); do
   ensure_limit "gpu-$i" "${CLIPAE_VIDEOS_PER_GPU:-8}" "$([[ -n "${CLIPAE_VIDEOS_PER_GPU:-}" ]] && echo 1)"
 done
 ensure_limit cpu-extract "${CLIPAE_CPU_EXTRACT_SLOTS:-1}" "$([[ -n "${CLIPAE_CPU_EXTRACT_SLOTS:-}" ]] && echo 1)"
+
+# Flow runs whose process died (worker killed, machine restarted) become Crashed, not "Running" forever.
+(cd "$REPO_ROOT" && "$PY" -m deploy.zombie_automation) | while read -r line; do log "$line"; done

@@ -98,17 +98,21 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
     timings: dict[str, float] = {}
     call = _task_caller(orchestrated)
     params_dump = params.model_dump(mode="json")
-    store, dataset = steps.open_store(params.store, params.dataset)
-    extract_cfg = params.extract.build(params.features, params.weights_dir, params.device, params.allow_random_init,
-                                       dataset.grid)
-    training_cfg = params.training.build(params.device)
     writer = RunRecordWriter(run_id, resolve_path(params.runs_dir) if params.runs_dir else None)
-    key = lambda *parts: artifacts.artifact_key(FLOW_NAME, dataset.name, *parts)  # noqa: E731
-    plan = reports = check = train_result = predictions = evaluation = None
+    dataset_name = str(params.dataset)  # (until the dataset is loaded: a run that fails on it still says which)
+    key = lambda *parts: artifacts.artifact_key(FLOW_NAME, dataset_name, *parts)  # noqa: E731
+    extract_cfg = training_cfg = plan = reports = check = train_result = predictions = evaluation = None
     failures: list[dict] = []
     try:
+        # Inside the try: a bad dataset, store or setting also leaves a failed record saying why.
+        dataset = steps.load_dataset(params.dataset)
+        dataset_name = dataset.name
+        extract_cfg = params.extract.build(params.features, params.weights_dir, params.device,
+                                           params.allow_random_init, dataset.grid)
+        training_cfg = params.training.build(params.device)
         with _timed(timings, "discover+plan"):
             videos = call(tasks.discover_videos, steps.discover, params.source)
+            store = steps.open_dataset_store(params.store, dataset)  # (after the source: no empty store for a typo)
             plan = call(tasks.plan_extraction, steps.plan_extraction, store, videos, list(params.features),
                         extract_cfg)
         log.info(f"{len(videos)} videos; plan: {plan.counts()}")
@@ -148,7 +152,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         summary = artifacts.RunSummary(
             flow_run_id=run_id, dataset=dataset.name, store_path=str(resolve_path(params.store)),
             store_fingerprint=check.fingerprint, num_videos=check.num_videos,
-            extracted=[r["video_id"] for r in reports], skipped=len(plan.complete), failures=failures,
+            extracted=[r["video_id"] for r in reports if r.get("computed", True)], skipped=len(plan.complete), failures=failures,
             timings_s=dict(timings), average_map=average_map, map_by_tiou=map_by_tiou,
             random_init=bool(check.random_init_features), record_path=str(record_path),
             code_revision=code_revision(),
@@ -175,7 +179,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
             reports=reports or [], failures=failures, check=check, train_result=train_result,
             predictions=predictions, evaluation=None, evaluation_table=None, plot_pngs={},
         )
-        writer.publish(report.record_summary(FLOW_NAME, dataset.name, "failed", params_dump, check, None, None,
+        writer.publish(report.record_summary(FLOW_NAME, dataset_name, "failed", params_dump, check, None, None,
                                              failures, timings, error=f"{type(exc).__name__}: {exc}"))
         if orchestrated and failures:
             artifacts.publish_failures(key("failures"), failures)
@@ -209,7 +213,8 @@ def _extract_direct(todo, store, config) -> tuple[list[dict], list[dict]]:
         try:
             reports.append(steps.extract_one(item, store, config))
         except VideoError as exc:
-            failures.append({"video_id": item.video_id, "source": item.path, "error": f"{type(exc).__name__}: {exc}"})
+            failures.append({"video_id": item.video_id, "source": item.path, "error": f"{type(exc).__name__}: {exc}",
+                             "video_fault": True})
     return reports, failures
 
 

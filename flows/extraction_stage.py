@@ -2,7 +2,11 @@
 
 One task per video; failures are collected (never raised), so one bad video does not
 fail the others, and a live progress artifact advances as each task finishes. The GPU's
-concurrency limit is created first if it is missing (flows/limits.py).
+concurrency limit is created first if it is missing (flows/limits.py), and the networks are
+loaded before any video: missing weights or an unusable device fail the run once, with one
+message, instead of failing every video. Each failure says whether the video itself is at fault
+(``video_fault``: a VideoError, which reextract remembers until the file changes) or not (a
+run-wide or transient problem: retried on the next run).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from prefect.futures import as_completed
 from flows import steps, tasks
 from flows.artifacts import ProgressReporter
 from flows.limits import ensure_gpu_limit
+from extractors.errors import VideoError
 
 
 def run_extraction(
@@ -26,6 +31,7 @@ def run_extraction(
     created = ensure_gpu_limit(limit_name)
     if created:
         get_run_logger().info(created)
+    steps.get_extractors(config)  # (the tasks share this process's cached networks)
     futures = tasks.extract_video.map(todo, store=unmapped(store), config=unmapped(config), limit_name=unmapped(limit_name))
     item_of = {f.task_run_id: item for f, item in zip(futures, todo)}
     reports: list[dict[str, Any]] = []
@@ -39,7 +45,8 @@ def run_extraction(
         else:
             exc = state.result(raise_on_failure=False)
             message = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(state.message)
-            failures.append({"video_id": item.video_id, "source": item.path, "error": message})
+            failures.append({"video_id": item.video_id, "source": item.path, "error": message,
+                             "video_fault": isinstance(exc, VideoError)})
         progress.advance()
     reports.sort(key=lambda r: r["video_id"])
     failures.sort(key=lambda f: f["video_id"])

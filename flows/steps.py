@@ -111,12 +111,22 @@ def discover(source: str) -> list[tuple[str, str]]:
     return [(vid, str(path)) for vid, path in discover_videos(str(resolve_path(source)))]
 
 
-def open_store(store_path: str, dataset_name: str):
-    from storage import FeatureStore
-    from storage.datasets import load_dataset
+def load_dataset(dataset_name: str):
+    from storage.datasets import load_dataset as _load
 
-    dataset = load_dataset(_dataset_arg(dataset_name))
-    return FeatureStore.open_or_create(resolve_path(store_path), grid=dataset.grid, name=dataset.name), dataset
+    return _load(_dataset_arg(dataset_name))
+
+
+def open_dataset_store(store_path: str, dataset):
+    """The store (created on the dataset's grid when new)."""
+    from storage import FeatureStore
+
+    return FeatureStore.open_or_create(resolve_path(store_path), grid=dataset.grid, name=dataset.name)
+
+
+def open_store(store_path: str, dataset_name: str):
+    dataset = load_dataset(dataset_name)
+    return open_dataset_store(store_path, dataset), dataset
 
 
 def _dataset_arg(name: str) -> str:

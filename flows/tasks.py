@@ -5,10 +5,11 @@ recompute or already persisted in the store, so Prefect's input hashing is skipp
 """
 from __future__ import annotations
 
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
@@ -56,12 +57,37 @@ def extract_video(item: steps.PlannedVideo, store, config, limit_name: str) -> d
     # limit is an error (strict: no silent oversubscription; the flow creates it before mapping, see
     # flows/limits.py); a missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
     try:
-        with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-")):
+        with _slot(limit_name, getattr(item, "video_id", "?")):
             return steps.extract_one(item, store, config)
     except ConcurrencySlotAcquisitionError as exc:
         if "must be created" not in str(exc):  # e.g. the server unreachable: transient, retried
             raise
         raise MissingLimitError(missing_limit_message(limit_name)) from exc
+
+
+#: Seconds a slot's lease lives without renewal (Prefect renews it while the task runs). Short, so a killed
+#: run's slot comes back within about a minute instead of Prefect's default 5 minutes.
+SLOT_LEASE_SECONDS = 60.0
+#: After this long without a slot the task says in its log that it is waiting, and for what.
+SLOT_WAIT_NOTICE_SECONDS = 30.0
+
+
+@contextmanager
+def _slot(limit_name: str, video_id: str):
+    """One slot of ``limit_name``; a wait longer than SLOT_WAIT_NOTICE_SECONDS is logged (a run that only
+    waits, e.g. on a slot a killed run still holds, otherwise looks hung)."""
+    strict = limit_name.startswith("gpu-")
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(limit_name, occupy=1, strict=strict, lease_duration=SLOT_LEASE_SECONDS,
+                                            timeout_seconds=SLOT_WAIT_NOTICE_SECONDS))
+        except TimeoutError:
+            get_run_logger().warning(
+                f"{video_id}: waiting for a slot of concurrency limit {limit_name!r} (all taken by other "
+                f"extractions; `prefect global-concurrency-limit inspect {limit_name}` shows them; a killed run's "
+                f"slot returns when its lease expires, within about {SLOT_LEASE_SECONDS:.0f} s)")
+            stack.enter_context(concurrency(limit_name, occupy=1, strict=strict, lease_duration=SLOT_LEASE_SECONDS))
+        yield
 
 
 @task(name="check-store", cache_policy=NO_CACHE)

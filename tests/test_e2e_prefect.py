@@ -43,6 +43,18 @@ def test_all_deployments_are_registered_with_the_pull_step(demo_run):
     assert deps["reextract/thumos"]["schedules"][0]["schedule"]["cron"] == "0 2 * * *"
     assert deps["extract-and-train/demo"]["work_pool_name"] == "clipae-process"
 
+    # setup.sh's automation: flow runs whose process died (no heartbeat) become Crashed
+    from deploy.zombie_automation import NAME, ZOMBIE_AFTER_SECONDS
+
+    autos = httpx.post(f"{stack.api_url}/automations/filter", json={}, timeout=30).json()
+    zombie = [a for a in autos if a["name"] == NAME]
+    assert len(zombie) == 1 and zombie[0]["enabled"], [a["name"] for a in autos]
+    assert zombie[0]["trigger"]["within"] == ZOMBIE_AFTER_SECONDS and zombie[0]["trigger"]["posture"] == "Proactive"
+    assert zombie[0]["actions"][0]["state"] == "CRASHED"
+    # and the stack's settings that make slots survive a server restart and runs send heartbeats
+    assert (stack.root / "local" / "run" / "server.addr").read_text().strip() == f"127.0.0.1:{stack.port}"
+    assert (stack.root / "local" / "home" / "concurrency_leases").is_dir()  # (the run's extraction slots)
+
 
 @pytest.mark.slow
 def test_demo_deployment_completes_in_the_worker_and_publishes_artifacts(demo_run):

@@ -210,6 +210,17 @@ def test_failed_run_still_publishes_a_failed_record(harness, tmp_path):
     rec = json.loads(records[0].read_text())
     assert rec["status"] == "failed" and rec["error"]
 
+    # a run failing on its parameters (unknown dataset) or a missing source leaves a record too, and no store
+    for change, error in (({"dataset": "nope"}, "nope"), ({"source": str(tmp_path / "missing")}, "no such")):
+        store = tmp_path / f"never_{len(records)}.zarr"
+        with pytest.raises(Exception):
+            extract_and_train(**{**params, "store": str(store), **change})
+        records = sorted((tmp_path / "runs").glob("*/*/record.json"), key=lambda p: p.stat().st_mtime)
+        rec = json.loads(records[-1].read_text())
+        assert rec["status"] == "failed" and error in rec["error"], rec["error"]
+        assert not store.exists()
+    assert len(records) == 3
+
 
 def test_check_store_refuses_features_made_in_different_ways(tmp_path):
     """Training on a store whose videos hold, say, random-init and pretrained I3D would mix them unknowingly."""

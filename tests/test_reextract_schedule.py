@@ -85,6 +85,8 @@ def test_each_run_extracts_only_new_or_changed_videos_and_triggers_training(harn
     assert second["triggered"] is not None and second["pending_new_videos"] == []
     runs = _flow_runs_of(dep_id)
     assert [str(r.id) for r in runs] == [second["triggered"]["flow_run_id"]]
+    # the triggered training reads this run's store, not whatever its deployment's default names
+    assert runs[0].parameters["store"] == str(store) and runs[0].parameters["source"] == str(source)
 
     # A changed source (same name, new content) is re-extracted; the others are left alone.
     changed = source / gen_videos[0].name
@@ -109,7 +111,40 @@ def test_a_broken_video_is_not_retried_until_it_changes(harness, tmp_path):
     common = dict(source=str(source), store=str(tmp_path / "s.zarr"), dataset=str(cfg), features=["vggish"],
                   allow_random_init=True)
     first = reextract(**common)
-    assert [f["video_id"] for f in first["failures"]] == ["broken"]
-    assert reextract(**common)["failures"] == [], "same bytes: skipped, not failed again"
+    assert [f["video_id"] for f in first["failures"]] == ["broken"] and first["failures"][0]["video_fault"]
+    again = reextract(**common)
+    assert again["failures"] == [] and again["known_bad"] == ["broken"], "same bytes: skipped, not failed again"
     (source / "broken.mp4").write_bytes(b"other garbage" * 50)
     assert [f["video_id"] for f in reextract(**common)["failures"]] == ["broken"]
+
+
+def test_a_failure_that_is_not_the_videos_fails_the_run_and_is_retried(harness, tmp_path):
+    """Missing weights (no --allow-random-init) failed every video, the run ended Completed, and the videos
+    were remembered as broken: never extracted again until their bytes changed."""
+    import pytest
+
+    from extractors.weights import WeightsError
+    from flows.reextract import reextract, state_path, store_lock
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source = tmp_path / "incoming"
+    generate_demo_dataset(tmp_path / "gen", SPEC)
+    source.mkdir()
+    video = sorted((tmp_path / "gen" / "videos").glob("*.mp4"))[0]
+    shutil.copy(video, source / video.name)
+    (tmp_path / "no_weights").mkdir()
+    common = dict(source=str(source), store=str(tmp_path / "s.zarr"), dataset=str(cfg), features=["vggish"],
+                  weights_dir=str(tmp_path / "no_weights"))
+    with pytest.raises(WeightsError, match="vggish"):
+        reextract(**common, allow_random_init=False)
+    assert not state_path(tmp_path / "s.zarr").exists() or not json.loads(
+        state_path(tmp_path / "s.zarr").read_text())["failed"]
+    assert reextract(**common, allow_random_init=True)["extracted"] == [video.stem]
+
+    # one run per store at a time: a second one finds the lock held and does nothing
+    shutil.copy(video, source / "another.mp4")
+    with store_lock(tmp_path / "s.zarr") as held:
+        assert held
+        busy = reextract(**common, allow_random_init=True)
+    assert busy["extracted"] == [] and "lock" in busy["skipped"]
+    assert reextract(**common, allow_random_init=True)["extracted"] == ["another"]
