@@ -10,8 +10,8 @@ start() {
   if pid_alive server; then
     if [[ -n "$had" && "$had" != "$want" ]]; then
       # (another address is another server: never stop the one this checkout's worker and runs use)
-      log "this checkout's server already runs on $had, not $want; stop it first (deploy/server.sh stop, with the"
-      log "settings it was started with) or keep using it"; exit 2
+      log "this checkout's server already runs on $had, not $want; stop it first (deploy/server.sh stop stops"
+      log "this checkout's server, whatever its port) or keep using it"; exit 2
     fi
     for _ in $(seq 1 12); do  # a loaded server can miss one 5 s health check: give it a minute
       if api_healthy; then log "server already running at $PREFECT_UI_URL (reused)"; return 0; fi

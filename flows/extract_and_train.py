@@ -112,7 +112,8 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         training_cfg = params.training.build(params.device)
         with _timed(timings, "discover+plan"):
             videos = call(tasks.discover_videos, steps.discover, params.source)
-            store = steps.open_dataset_store(params.store, dataset)  # (after the source: no empty store for a typo)
+            store = steps.open_dataset_store(params.store, dataset, extract_cfg)  # (after source and weights: no
+            # empty store for a typo)
             plan = call(tasks.plan_extraction, steps.plan_extraction, store, videos, list(params.features),
                         extract_cfg)
         log.info(f"{len(videos)} videos; plan: {plan.counts()}")

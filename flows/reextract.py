@@ -107,7 +107,7 @@ def _reextract_locked(p: ReextractParams, ds, cfg, log) -> dict[str, Any]:
     state = load_state(spath)
 
     videos = tasks.discover_videos(p.source)
-    st = steps.open_dataset_store(p.store, ds)  # (after the source is found: no empty store for a typo)
+    st = steps.open_dataset_store(p.store, ds, cfg)  # (after the source and weights: no empty store for a typo)
     plan = tasks.plan_extraction(st, videos, list(p.features))  # no config: feature-setting changes are
     # extract-and-train's business (it re-plans stale features); reextract reacts to the sources only
     arrived = [item for item in plan.todo if item.reason in ("new", "changed")]

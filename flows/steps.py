@@ -117,11 +117,15 @@ def load_dataset(dataset_name: str):
     return _load(_dataset_arg(dataset_name))
 
 
-def open_dataset_store(store_path: str, dataset):
-    """The store (created on the dataset's grid when new)."""
+def open_dataset_store(store_path: str, dataset, config=None):
+    """The store (created on the dataset's grid when new). With ``config``, a store that does not exist yet
+    is created only after the extraction networks loaded: missing weights leave no empty store behind."""
     from storage import FeatureStore
 
-    return FeatureStore.open_or_create(resolve_path(store_path), grid=dataset.grid, name=dataset.name)
+    path = resolve_path(store_path)
+    if config is not None and not (path / "zarr.json").exists():
+        get_extractors(config)  # (cached: the extraction tasks use these very networks)
+    return FeatureStore.open_or_create(path, grid=dataset.grid, name=dataset.name)
 
 
 def open_store(store_path: str, dataset_name: str):

@@ -137,6 +137,7 @@ def test_a_failure_that_is_not_the_videos_fails_the_run_and_is_retried(harness, 
                   weights_dir=str(tmp_path / "no_weights"))
     with pytest.raises(WeightsError, match="vggish"):
         reextract(**common, allow_random_init=False)
+    assert not (tmp_path / "s.zarr").exists()  # (the networks load before a new store is created)
     assert not state_path(tmp_path / "s.zarr").exists() or not json.loads(
         state_path(tmp_path / "s.zarr").read_text())["failed"]
     assert reextract(**common, allow_random_init=True)["extracted"] == [video.stem]
