@@ -204,15 +204,16 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunRecord]:
                     _log.warning("skipping run record %s: unreadable (%s)", rec, why)
                     continue
                 records.append(RunRecord(run, data))
-    records.sort(key=lambda r: (r.data.get("started", ""), r.run_id))
+    records.sort(key=lambda r: (str(r.data.get("started") or ""), r.run_id))
     return records
 
 
 def find_run(run_id: str, runs_dir: str | Path | None = None) -> RunRecord:
     """A record by full id or unique prefix."""
-    matches = [r for r in list_runs(runs_dir) if r.run_id == run_id]
+    records = list_runs(runs_dir)
+    matches = [r for r in records if r.run_id == run_id]
     if not matches:
-        matches = [r for r in list_runs(runs_dir) if r.run_id.startswith(run_id)]
+        matches = [r for r in records if r.run_id.startswith(run_id)]
     if len(matches) != 1:
         raise KeyError(
             f"no run record matches {run_id!r}" if not matches

@@ -31,9 +31,21 @@ pid_alive() {  # pid_alive NAME -> true when .prefect-local/run/NAME.pid names a
   [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
 }
 
+children_of() {  # children_of PID: its direct children (pgrep, else /proc: slim images lack procps)
+  if command -v pgrep >/dev/null 2>&1; then pgrep -P "$1" 2>/dev/null || true; return 0; fi
+  local s line ppid
+  for s in /proc/[0-9]*/stat; do
+    { read -r line <"$s"; } 2>/dev/null || continue
+    line="${line##*) }"            # fields after "(command name)", which may hold spaces
+    ppid="$(cut -d' ' -f2 <<<"$line")"
+    if [[ "$ppid" == "$1" ]]; then s="${s#/proc/}"; echo "${s%/stat}"; fi
+  done
+  return 0
+}
+
 descendants() {  # descendants PID: every process below PID
   local c
-  for c in $(pgrep -P "$1" 2>/dev/null || true); do echo "$c"; descendants "$c"; done
+  for c in $(children_of "$1"); do echo "$c"; descendants "$c"; done
 }
 
 stop_pid() {  # stop_pid NAME: TERM the recorded process group and every process below it, KILL after 20 s

@@ -4,9 +4,21 @@
 #   Binding beyond loopback (CLIPAE_PREFECT_HOST=0.0.0.0) requires CLIPAE_AUTH_STRING=user:password.
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+server_addr_of() {  # server_addr_of PID: "host:port" from the recorded server's command line, or nothing
+  local args host="" port=""
+  args="$(tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null)" || return 0
+  [[ "$args" =~ --host\ ([^ ]+) ]] && host="${BASH_REMATCH[1]}"
+  [[ "$args" =~ --port\ ([0-9]+) ]] && port="${BASH_REMATCH[1]}"
+  [[ -n "$host" && -n "$port" ]] && echo "$host:$port"
+  return 0
+}
+
 start() {
   local want="$HOST:$PORT" had=""
   [[ -f "$RUN_DIR/server.addr" ]] && had="$(cat "$RUN_DIR/server.addr")"
+  if pid_alive server && [[ -z "$had" ]]; then  # (started before server.addr existed: ask its command line)
+    had="$(server_addr_of "$(cat "$RUN_DIR/server.pid")")"
+  fi
   if pid_alive server; then
     if [[ -n "$had" && "$had" != "$want" ]]; then
       # (another address is another server: never stop the one this checkout's worker and runs use)
@@ -42,6 +54,9 @@ start() {
 case "${1:-start}" in
   start) start ;;
   stop) stop_pid server; rm -f "$RUN_DIR/server.addr"; log "server stopped" ;;
-  status) if pid_alive server && api_healthy; then echo "running: $PREFECT_UI_URL"; else echo "stopped"; exit 3; fi ;;
+  status)
+    if pid_alive server && api_healthy; then echo "running: $PREFECT_UI_URL"
+    elif pid_alive server; then echo "running on $(cat "$RUN_DIR/server.addr" 2>/dev/null || echo 'another address'), not answering at $PREFECT_API_URL"; exit 3
+    else echo "stopped"; exit 3; fi ;;
   *) echo "usage: $0 start|stop|status" >&2; exit 2 ;;
 esac

@@ -170,7 +170,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         log.info(f"run record: {published}")
         return {
             "run_id": run_id, "record": str(published), "average_map": average_map,
-            "map_by_tiou": {f"{t:.2f}": m for t, m in map_by_tiou.items()}, "extracted": len(reports),
+            "map_by_tiou": {f"{t:.2f}": m for t, m in map_by_tiou.items()}, "extracted": sum(1 for r in reports if r.get("computed", True)),
             "failures": failures, "store_fingerprint": check.fingerprint, "table": table,
         }
     except Exception as exc:

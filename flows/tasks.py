@@ -5,6 +5,8 @@ recompute or already persisted in the store, so Prefect's input hashing is skipp
 """
 from __future__ import annotations
 
+import logging
+import threading
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
@@ -75,18 +77,27 @@ SLOT_WAIT_NOTICE_SECONDS = 30.0
 @contextmanager
 def _slot(limit_name: str, video_id: str):
     """One slot of ``limit_name``; a wait longer than SLOT_WAIT_NOTICE_SECONDS is logged (a run that only
-    waits, e.g. on a slot a killed run still holds, otherwise looks hung)."""
-    strict = limit_name.startswith("gpu-")
+    waits, e.g. on a slot a killed run still holds, otherwise looks hung). One acquisition, no timeout (a
+    timed-out request can leave a granted slot behind until its lease lapses); a timer says it is waiting.
+    A failed lease renewal (the server briefly away) is logged, not fatal: ending a running extraction for
+    it would lose more than the slot count is worth."""
+    try:
+        log = get_run_logger()
+    except Exception:  # noqa: BLE001 -- outside a run (a plain call of the task's function)
+        log = logging.getLogger(__name__)
+    notice = threading.Timer(SLOT_WAIT_NOTICE_SECONDS, lambda: log.warning(
+        f"{video_id}: waiting for a slot of concurrency limit {limit_name!r} (all taken by other extractions; "
+        f"`prefect global-concurrency-limit inspect {limit_name}` shows them; a killed run's slot returns when "
+        f"its lease lapses, within about {SLOT_LEASE_SECONDS:.0f} s)"))
+    notice.daemon = True
+    notice.start()
+    cm = concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-"), lease_duration=SLOT_LEASE_SECONDS,
+                     raise_on_lease_renewal_failure=False)
     with ExitStack() as stack:
         try:
-            stack.enter_context(concurrency(limit_name, occupy=1, strict=strict, lease_duration=SLOT_LEASE_SECONDS,
-                                            timeout_seconds=SLOT_WAIT_NOTICE_SECONDS))
-        except TimeoutError:
-            get_run_logger().warning(
-                f"{video_id}: waiting for a slot of concurrency limit {limit_name!r} (all taken by other "
-                f"extractions; `prefect global-concurrency-limit inspect {limit_name}` shows them; a killed run's "
-                f"slot returns when its lease expires, within about {SLOT_LEASE_SECONDS:.0f} s)")
-            stack.enter_context(concurrency(limit_name, occupy=1, strict=strict, lease_duration=SLOT_LEASE_SECONDS))
+            stack.enter_context(cm)
+        finally:
+            notice.cancel()
         yield
 
 

@@ -49,7 +49,7 @@ def load(path: Path, device: str | torch.device = "cpu", required: tuple[str, ..
     path = Path(path)
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except (FileNotFoundError, IsADirectoryError, PermissionError):
+    except (OSError, MemoryError):  # (a missing file, a read error, no memory: not the file's content)
         raise
     except Exception as e:  # noqa: BLE001 -- pickle/zip/torch raise many types for a file that is not ours
         raise CheckpointError(f"{path}: not a clipae checkpoint or damaged ({torch_load_reason(e)})") from None

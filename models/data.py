@@ -109,9 +109,14 @@ class StoreDamagedVideos(ValueError):
     """Videos whose stored features cannot be used (damaged files, non-finite values); ``videos`` maps each
     video id to what is wrong with it."""
 
+    SHOWN = 20  # videos listed in the message (all of them are in ``videos``)
+
     def __init__(self, store, videos: dict[str, str]):
         self.videos = dict(videos)
-        lines = "\n  ".join(f"{v}: {why}" for v, why in self.videos.items())
+        items = list(self.videos.items())
+        lines = "\n  ".join(f"{v}: {why}" for v, why in items[: self.SHOWN])
+        if len(items) > self.SHOWN:
+            lines += f"\n  ... and {len(items) - self.SHOWN} more (`clipae store verify` lists them all)"
         path = getattr(store, "path", "")
         super().__init__(f"store {path}: {len(self.videos)} video(s) damaged (delete each and run `clipae extract` "
                          f"again to recompute it; `clipae store verify {path}` lists every problem):\n  {lines}")
@@ -138,6 +143,8 @@ def _all_damage(store, vids: list[str], features: list[str], first: Exception) -
             _check_finite(store, vid, store.load(vid, features))
         except (StoreDamagedVideos, _damage_errors()) as e:
             damaged[vid] = _damage_detail(e)
+        except Exception:  # noqa: BLE001 -- anything else in this second pass: the first error stands
+            return first
     # (nothing found the second time: a file changed between the reads; what the first read saw stands)
     return StoreDamagedVideos(store, damaged) if damaged else first
 

@@ -405,8 +405,10 @@ def test_cli_wrongly_shaped_json_is_bad_input_naming_where(tmp_path, capsys):
         "dict.json": ({"results": {"v": det}}, "prediction v: expected a list of detections"),
         "null.json": ({"results": {"v": [{**det, "label": None}]}}, "prediction v #0: 'label' must be a string"),
         "str.json": ({"results": {"v": [{**det, "score": "high"}]}}, "prediction v #0: 'score' must be a number"),
+        "bool.json": ({"results": {"v": [{**det, "score": True}]}}, "prediction v #0: 'score' must be a number"),
         "notdict.json": ({"results": {"v": [[1, 2]]}}, "prediction v #0: expected an object"),
-        "clusters.json": ({"results": {"v": [det]}, "video_clusters": {"v": "a"}}, "cluster must be an integer"),
+        "clusters.json": ({"results": {"v": [det]}, "video_clusters": {"v": "a"}}, "its cluster must be a number"),
+        "clusters2.json": ({"results": {"v": [det]}, "video_clusters": {"v": 1.5}}, "cluster must be an integer"),
     }
     for name, (data, message) in cases.items():
         (tmp_path / name).write_text(json.dumps(data))
@@ -431,3 +433,7 @@ def test_cli_wrongly_shaped_json_is_bad_input_naming_where(tmp_path, capsys):
 
     p = parse_predictions({"results": {"v": [{**det, "score": np.float32(0.5)}]}, "video_clusters": {"v": np.int64(1)}})
     assert p.score.tolist() == [0.5] and p.video_clusters == {"v": 1}
+    # and what other tools write: numeric strings, 0-d arrays, integral floats, numeric labels
+    p = parse_predictions({"results": {"v": [{**det, "score": "0.25", "label": 3.0},
+                                             {**det, "score": np.array(0.75)}]}, "video_clusters": {"v": "2"}})
+    assert p.score.tolist() == [0.25, 0.75] and p.labels[0] == "3.0" and p.video_clusters == {"v": 2}

@@ -196,6 +196,59 @@ def _date_dir(tmp_path) -> str:
     return next(p.name for p in (tmp_path / "runs").iterdir() if not p.name.startswith("."))
 
 
+def test_a_task_waiting_for_a_slot_says_so_and_gets_it_when_freed(harness, monkeypatch, caplog):
+    """A run whose extractions only waited (on a slot a killed run still held) looked hung: nothing in its log."""
+    import threading
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from flows import tasks
+
+    with get_client(sync_client=True) as c:
+        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-77", limit=1))
+    monkeypatch.setattr(tasks, "SLOT_WAIT_NOTICE_SECONDS", 0.5)
+    got = []
+
+    def waiter():
+        with tasks._slot("gpu-77", "vid_a"):
+            got.append(time.monotonic())
+
+    with caplog.at_level("WARNING"):
+        with concurrency("gpu-77", occupy=1, strict=True):
+            t = threading.Thread(target=waiter)
+            t.start()
+            time.sleep(2.0)
+            assert not got, "the slot was taken: the waiter must wait"
+            released = time.monotonic()
+        t.join(60)
+    assert got and got[0] >= released
+    assert "vid_a: waiting for a slot of concurrency limit 'gpu-77'" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        with tasks._slot("gpu-77", "vid_b"):  # free: no notice
+            pass
+    assert "waiting" not in caplog.text
+
+
+def test_zombie_automation_is_idempotent_and_follows_the_heartbeat_period(harness, monkeypatch):
+    from datetime import timedelta
+
+    from prefect.automations import Automation
+
+    from deploy.zombie_automation import NAME, ensure_zombie_automation
+
+    monkeypatch.delenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", raising=False)
+    assert ensure_zombie_automation().startswith("created")
+    assert ensure_zombie_automation().endswith("exists")
+    assert Automation.read(name=NAME).trigger.within == timedelta(seconds=120)
+    monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")  # (a window under 4 periods would crash live runs)
+    assert "replaced" in ensure_zombie_automation()
+    assert Automation.read(name=NAME).trigger.within == timedelta(seconds=240)
+
+
 def test_failed_run_still_publishes_a_failed_record(harness, tmp_path):
     from flows.extract_and_train import extract_and_train
 

@@ -149,7 +149,8 @@ def test_list_shows_status_and_show_says_why_a_run_failed(tmp_path, capsys):
 def test_one_unreadable_record_does_not_hide_the_others(tmp_path, capsys, caplog):
     """A cut-off record.json (or one that is not an object) stopped every `clipae runs` command."""
     _publish(tmp_path, "run-good", {"0.10": 0.5})
-    for day, run, text in (("2026-01-01", "cut", "{x"), ("2026-01-02", "alist", "[1]")):
+    for day, run, text in (("2026-01-01", "cut", "{x"), ("2026-01-02", "alist", "[1]"),
+                           ("2026-01-03", "nostart", '{"started": null}')):
         (tmp_path / day / run).mkdir(parents=True)
         (tmp_path / day / run / "record.json").write_text(text)
     with caplog.at_level("WARNING"):

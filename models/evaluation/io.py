@@ -8,7 +8,6 @@ here as integer codes into small vocabularies.
 from __future__ import annotations
 
 import math
-import numbers
 import re
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -107,10 +106,22 @@ def _short(value) -> str:
 
 
 def _label(det: dict, where: str) -> str:
+    """The label as a string; other tools' numeric labels (3, 3.0) are kept as they print. Missing, null,
+    true/false or a container is refused (it would silently become a class named "None")."""
     lab = det.get("label")
-    if isinstance(lab, bool) or not isinstance(lab, (str, numbers.Integral)):
+    if lab is None or isinstance(lab, (bool, dict, list, tuple)):
         raise ValueError(f"{where}: 'label' must be a string, got {_short(lab)}")
     return str(lab)
+
+
+def _number(raw, where: str, what: str) -> float:
+    """A float from anything float() takes (numbers, numeric strings, numpy/torch scalars), not true/false."""
+    if not isinstance(raw, bool):
+        try:
+            return float(raw)
+        except (TypeError, ValueError):
+            pass
+    raise ValueError(f"{where}: {what} must be a number, got {_short(raw)}")
 
 
 def parse_ground_truth(data: dict, subset: str | None = None) -> GroundTruth:
@@ -174,10 +185,7 @@ def parse_predictions(data: dict) -> Predictions:
             where = f"prediction {vid} #{k}"
             _expect(det, dict, where, "an object with 'label', 'score' and 'segment'")
             s, e = _segment(det.get("segment"), where)
-            raw = det.get("score")
-            if isinstance(raw, bool) or not isinstance(raw, numbers.Real):  # (numpy scalars too)
-                raise ValueError(f"{where}: 'score' must be a number, got {_short(raw)}")
-            score = float(raw)
+            score = _number(det.get("score"), where, "'score'")
             if not math.isfinite(score):
                 raise ValueError(f"{where}: non-finite score {det['score']!r}")
             lab = _label(det, where)
@@ -189,11 +197,13 @@ def parse_predictions(data: dict) -> Predictions:
     clusters = data.get("video_clusters")
     if clusters is not None:
         _expect(clusters, dict, "prediction 'video_clusters'", "an object {video_id: cluster}")
-        bad = [vid for vid, k in clusters.items() if isinstance(k, bool) or not isinstance(k, numbers.Integral)]
-        if bad:
-            raise ValueError(f"prediction 'video_clusters' {bad[0]}: cluster must be an integer, got "
-                             f"{_short(clusters[bad[0]])}")
-        clusters = {str(vid): int(k) for vid, k in clusters.items()}
+        out = {}
+        for vid, k in clusters.items():  # (integers as other tools write them: 1, 1.0, "1", numpy ints)
+            f = _number(k, f"prediction 'video_clusters' {vid}", "its cluster")
+            if not f.is_integer():
+                raise ValueError(f"prediction 'video_clusters' {vid}: cluster must be an integer, got {_short(k)}")
+            out[str(vid)] = int(f)
+        clusters = out
     return Predictions(
         videos=tuple(videos),
         labels=tuple(labels),
