@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         usage = _is_usage_error(e)
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e  # KeyError's str() adds quotes
-        print(f"clipae {args.command}: error: {msg}", file=sys.stderr)
+        action = getattr(args, f"{args.command}_command", None)  # (store/runs/demo: name the action too)
+        print(f"clipae {args.command}{' ' + action if action else ''}: error: {msg}", file=sys.stderr)
         if not usage:
             print(f"  ({type(e).__name__}; set CLIPAE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2 if usage else 1

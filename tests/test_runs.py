@@ -92,7 +92,7 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("CLIPAE_DEBUG", raising=False)
     _publish(tmp_path, "run-a", {"0.10": 0.5})
     cases = [
-        (["runs", "--runs-dir", str(tmp_path), "show", "zzz"], "clipae runs: error: no run record matches 'zzz'"),
+        (["runs", "--runs-dir", str(tmp_path), "show", "zzz"], "clipae runs show: error: no run record matches 'zzz'"),
         (["evaluate", "--dataset", "demo", "--pred", str(tmp_path / "none.json")], "clipae evaluate: error:"),
         (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "demo"], "clipae train: error: store"),
         (["train", "--store", str(tmp_path / "none.zarr"), "--dataset", "nosuch"], "clipae train: error:"),

@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         store = FeatureStore.open(args.path)
         return {"info": _info, "ls": _ls, "verify": _verify}[args.store_command](store, args.json)
     except StoreError as e:
-        print(f"clipae store: error: {e}", file=sys.stderr)
+        print(f"clipae store {args.store_command}: error: {e}", file=sys.stderr)
         return 2
 
 
