@@ -112,8 +112,8 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         training_cfg = params.training.build(params.device)
         with _timed(timings, "discover+plan"):
             videos = call(tasks.discover_videos, steps.discover, params.source)
-            store = steps.open_dataset_store(params.store, dataset, extract_cfg)  # (after source and weights: no
-            # empty store for a typo)
+            # (after the source and the networks: a typo or missing weights leave no empty store)
+            store = steps.open_dataset_store(params.store, dataset, extract_cfg)
             plan = call(tasks.plan_extraction, steps.plan_extraction, store, videos, list(params.features),
                         extract_cfg)
         log.info(f"{len(videos)} videos; plan: {plan.counts()}")
@@ -153,7 +153,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         summary = artifacts.RunSummary(
             flow_run_id=run_id, dataset=dataset.name, store_path=str(resolve_path(params.store)),
             store_fingerprint=check.fingerprint, num_videos=check.num_videos,
-            extracted=[r["video_id"] for r in reports if r.get("computed", True)], skipped=len(plan.complete), failures=failures,
+            extracted=steps.computed_videos(reports), skipped=len(plan.complete), failures=failures,
             timings_s=dict(timings), average_map=average_map, map_by_tiou=map_by_tiou,
             random_init=bool(check.random_init_features), record_path=str(record_path),
             code_revision=code_revision(),
@@ -170,7 +170,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         log.info(f"run record: {published}")
         return {
             "run_id": run_id, "record": str(published), "average_map": average_map,
-            "map_by_tiou": {f"{t:.2f}": m for t, m in map_by_tiou.items()}, "extracted": sum(1 for r in reports if r.get("computed", True)),
+            "map_by_tiou": {f"{t:.2f}": m for t, m in map_by_tiou.items()}, "extracted": len(steps.computed_videos(reports)),
             "failures": failures, "store_fingerprint": check.fingerprint, "table": table,
         }
     except Exception as exc:

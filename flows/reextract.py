@@ -124,7 +124,7 @@ def _reextract_locked(p: ReextractParams, ds, cfg, log) -> dict[str, Any]:
             state["failed"][f["video_id"]] = fp_of[f["video_id"]]
     not_theirs = [f for f in failures if not f.get("video_fault")]
     ready = [r["video_id"] for r in reports]  # in the store now (this run or a concurrent extract-and-train)
-    done = [r["video_id"] for r in reports if r.get("computed")]  # what this run extracted
+    done = steps.computed_videos(reports)  # what this run extracted
     for vid in ready:
         state["failed"].pop(vid, None)
     pending = sorted(set(state["pending_new_videos"]) | set(ready))

@@ -128,11 +128,6 @@ def open_dataset_store(store_path: str, dataset, config=None):
     return FeatureStore.open_or_create(path, grid=dataset.grid, name=dataset.name)
 
 
-def open_store(store_path: str, dataset_name: str):
-    dataset = load_dataset(dataset_name)
-    return open_dataset_store(store_path, dataset), dataset
-
-
 def _dataset_arg(name: str) -> str:
     """Dataset names pass through; YAML paths are resolved against the repository root."""
     return str(resolve_path(name)) if name.endswith((".yaml", ".yml")) else name
@@ -182,6 +177,12 @@ def extract_one(item: PlannedVideo, store, config) -> dict[str, Any]:
     out = _report_dict(report)
     out.update(video_id=item.video_id, reason=item.reason, seconds=round(time.perf_counter() - t0, 2))
     return out
+
+
+def computed_videos(reports: list[dict[str, Any]]) -> list[str]:
+    """Ids of the videos this run computed something for (a report with nothing computed found the video
+    complete, e.g. extracted meanwhile by a concurrent run)."""
+    return [r["video_id"] for r in reports if r.get("computed")]
 
 
 def _report_dict(report: Any) -> dict[str, Any]:

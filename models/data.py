@@ -91,6 +91,9 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
     check_features_made_one_way(store, vids, features)
     class_index = {c: i for i, c in enumerate(dataset.classes)}
     reader = store.iter_videos(features, vids) if hasattr(store, "iter_videos") else ((v, store.load(v, features)) for v in vids)
+    from storage import StoreDamageError
+
+    damage = (StoreDamagedVideos, StoreDamageError)
     out = []
     try:
         for vid, feats in reader:
@@ -98,10 +101,10 @@ def load_videos(store: StoreLike, dataset, subset: str, features: list[str],
             ann = dataset.annotations(vid)
             labels = sorted({class_index[s.label] for s in ann.segments if s.label in class_index})
             out.append(VideoFeatures(vid, dict(feats), float(ann.duration), labels))
-    except (StoreDamagedVideos, _damage_errors()) as first:
+    except damage as first:
         # One damaged video stops the read-ahead; read the rest one at a time so the error names every damaged
         # video at once (one re-extraction repairs them all, instead of one failed run per video).
-        raise _all_damage(store, vids, features, first) from None
+        raise _all_damage(store, vids, features, first, damage) from None
     return out
 
 
@@ -122,26 +125,18 @@ class StoreDamagedVideos(ValueError):
                          f"again to recompute it; `clipae store verify {path}` lists every problem):\n  {lines}")
 
 
-def _damage_errors() -> type:
-    try:
-        from storage import StoreDamageError
-    except ImportError:  # pragma: no cover -- storage is part of the package
-        return StoreDamagedVideos
-    return StoreDamageError
-
-
 def _damage_detail(e: Exception) -> str:
     if isinstance(e, StoreDamagedVideos):
         return next(iter(e.videos.values()))
     return getattr(e, "detail", None) or str(e)
 
 
-def _all_damage(store, vids: list[str], features: list[str], first: Exception) -> Exception:
+def _all_damage(store, vids: list[str], features: list[str], first: Exception, damage: tuple) -> Exception:
     damaged: dict[str, str] = {}
     for vid in vids:
         try:
             _check_finite(store, vid, store.load(vid, features))
-        except (StoreDamagedVideos, _damage_errors()) as e:
+        except damage as e:
             damaged[vid] = _damage_detail(e)
         except Exception:  # noqa: BLE001 -- anything else in this second pass: the first error stands
             return first

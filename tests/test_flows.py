@@ -132,7 +132,8 @@ def test_flow_extracts_trains_evaluates_lists_failures_and_resumes(harness, tmp_
 
     # A previous run "crashed" after finishing one video: it is in the store, complete.
     p = ExtractAndTrainParams(**params)
-    store, dataset = steps.open_store(p.store, p.dataset)
+    dataset = steps.load_dataset(p.dataset)
+    store = steps.open_dataset_store(p.store, dataset)
     cfg = p.extract.build(p.features, p.weights_dir, p.device, p.allow_random_init, dataset.grid)
     first = steps.PlannedVideo(videos[0].stem, str(videos[0]), "new", steps.source_fingerprint(videos[0]))
     steps.extract_one(first, store, cfg)

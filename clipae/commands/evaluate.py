@@ -42,7 +42,7 @@ def _read_json(path: Path, what: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.evaluation import evaluate_detection
+    from models.evaluation import evaluate_detection, parse_predictions
 
     if args.json is not None and args.json.is_dir():  # (checked before the work, not after it)
         raise IsADirectoryError(f"--json {args.json}: is a directory; give a file path")
@@ -66,6 +66,10 @@ def run(args: argparse.Namespace) -> int:
             return 2
         gt = _read_json(args.gt, "ground truth")
     pred = _read_json(args.pred, "predictions")
+    try:
+        pred = parse_predictions(pred)
+    except ValueError as exc:  # (parsed here so that the message names the file)
+        raise ValueError(f"{args.pred}: {exc}") from None
 
     try:
         result = evaluate_detection(
@@ -73,8 +77,7 @@ def run(args: argparse.Namespace) -> int:
             mapping=args.mapping, ignore_outside_videos=args.ignore_outside_videos,
         )
     except ValueError as exc:  # bad input files: one clear line, not a traceback
-        print(f"clipae evaluate: error: {args.pred}: {exc}" if str(exc).startswith("prediction")
-              else f"clipae evaluate: error: {exc}", file=sys.stderr)
+        print(f"clipae evaluate: error: {exc}", file=sys.stderr)
         return 2
     print(result.format_table())
     if result.counts.get("outside_videos"):
