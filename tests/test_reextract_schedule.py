@@ -149,3 +149,17 @@ def test_a_failure_that_is_not_the_videos_fails_the_run_and_is_retried(harness, 
         busy = reextract(**common, allow_random_init=True)
     assert busy["extracted"] == [] and "lock" in busy["skipped"]
     assert reextract(**common, allow_random_init=True)["extracted"] == ["another"]
+
+
+def test_a_wrong_source_creates_nothing_beside_the_store(harness, tmp_path):
+    """The lock file (and the store's parent directories) were created before the source was looked at: a
+    typo in the source left a new directory tree with a lock file in it."""
+    from extractors.manifest import ManifestError
+    from flows.reextract import reextract
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    store = tmp_path / "new" / "place" / "s.zarr"
+    with pytest.raises(ManifestError, match="no such"):
+        reextract(source=str(tmp_path / "incomming"), store=str(store), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True)
+    assert not (tmp_path / "new").exists()

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset) if args.dataset else None
     # Everything checkable is checked before a store is created for nothing: the source holds files of the
     # layout, the generic feature name is one the store holds, the grid values are valid.
-    discover(args.layout, Path(args.src), args.feature)
+    found = discover(args.layout, Path(args.src), args.feature)
     existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
     known = existing.feature_dims if existing is not None else FEATURE_DIMS
     if args.layout == "generic" and args.feature not in known:
@@ -57,7 +57,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         store = FeatureStore.open_or_create(args.store, grid=grid, name=dataset.name if dataset else None,
                                              codec=CodecSpec(args.codec))
-        report = import_features(store, args.layout, args.src, args.feature, dataset, progress=not args.no_progress)
+        report = import_features(store, args.layout, args.src, args.feature, dataset, progress=not args.no_progress,
+                                  found=found)
     except StoreError as e:
         print(f"clipae import-features: error: {e}", file=sys.stderr)
         return 2
