@@ -2,6 +2,8 @@
 # Every GPU figure of BENCHMARKS.md in one command, on a machine with one CUDA device:
 #
 #   bash bench/gpu_session.sh OUT_DIR [STEP ...]
+#   (through the device tool: run(command="bash bench/gpu_session.sh $OUT", carry=[".gpu"], timeout_s=600);
+#    .gpu/ from bench/gpu_prepare_offline.sh holds the packages the GPU image lacks)
 #   steps: tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-streams tvl1-tail tvl1-band tvl1-band2 extract
 #          extract-triton e2e[-long][-fast|-rows|-r48|-f16|-flat|-flat1|-flat256|-flat1024|-f16flat|-flat_a16
 #                     |-f16flat_a16|-fused_a16|-fused_a16_r48|-fused1_a16_r40|-best][-flowonly][-bN][-wN] train
@@ -14,8 +16,15 @@
 # lacks: wheels in .gpu/whl/ (installed to /tmp/site) and ffbin.tar.xz (static ffmpeg + ffprobe);
 # bench/gpu_prepare_offline.sh makes it.
 set -u
-OUT=${1:-bench/out/gpu}
+OUT_ARG=${1:-${OUT:-bench/out/gpu}}  # the device tool's $OUT when no folder is named
+case $OUT_ARG in  # a step named first would become the output folder and its results would not come back
+  tests|tests-fast|tvl1|tvl1-*|extract|extract-*|e2e|e2e-*|train|profile|profile-*)
+    echo "gpu_session.sh: the first argument is the output folder (got the step name '$OUT_ARG'): bash bench/gpu_session.sh \$OUT $*" >&2
+    exit 2 ;;
+esac
+mkdir -p "$OUT_ARG" && OUT=$(cd "$OUT_ARG" && pwd) || exit 2
 shift || true
+cd "$(dirname "$0")/.."  # (the repository root: every path below is relative to it)
 # Default: one device call on the open goal (1,200 frames/s end to end; the tenth session measured 1,063
 # with the flat layout, now the default, and 1,152-1,167 with float16 state, on the H200): the TV-L1 sweep
 # variants timed in one process against the old "rows" layout (flat with 1 pixel per thread, float16
@@ -25,8 +34,8 @@ shift || true
 # 16 (e2e-long-f16flat_a16: its I3D-flow features stay within cosine 0.99995 of float32's, inside the issue's
 # 0.999 bar for reduced precision). The end-to-end run did ~47 M flat band steps/s (bench/tvl1_launch_balance.py
 # --source e2e: 44,022 per pair of its videos) against 63 M for one stream of synthetic pairs, so the GPU is
-# near the sweep's rate and the cost of a band step is the lever, not fill (docs/tvl1.md). Limits sum to 570 s
-# with the setup; the GPU
+# near the sweep's rate and the cost of a band step is the lever, not fill (docs/tvl1.md). Limits sum to 580 s
+# with the setup (≈ 40 s) and each step's 10 s to be killed; the GPU
 # tests (tests-fast, ~90 s) are the second call. Other steps: e2e-long-flat1, -f16flat, -flat_a16, -rows,
 # -r48, ...; a "-wN" suffix sets the decoding workers and videos (default 8; 6 and 12 were slower than 8 on
 # the H200 at batches of 512); a "-bN" suffix TV-L1 batches of N pairs (windows of N/16 snippets; default
@@ -50,13 +59,21 @@ DRY=${GPU_SESSION_DRY_RUN:-}
     $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .gpu/whl/*.whl \
       && export PYTHONPATH="$PYTHONPATH:/tmp/site"
   fi
-  if [ -f .gpu/ffbin.tar.xz ] && ! command -v ffprobe >/dev/null; then
+  if [ -f .gpu/ffbin.tar.xz ] && ! { command -v ffmpeg && command -v ffprobe; } >/dev/null; then
     mkdir -p /tmp/ffbin && tar -xJf .gpu/ffbin.tar.xz -C /tmp/ffbin && export PATH="/tmp/ffbin:$PATH"
   fi
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   $PY -c "import torch, zarr, decord, open_clip; print('torch', torch.__version__, 'zarr', zarr.__version__, 'cuda', torch.cuda.is_available())"
   ffprobe -version | head -1
 } >>"$LOG" 2>&1
+# Stop at once when the setup failed (each step would fail within seconds and the call bring back nothing):
+# no .gpu/ carried along (the run call's carry: [".gpu"]), a wheel missing, no ffmpeg.
+if [ -z "$DRY" ] && ! { $PY -c "import torch, zarr, decord, open_clip, skvideo; assert torch.cuda.is_available(), 'no CUDA device'" \
+      && command -v ffmpeg && command -v ffprobe; } >>"$LOG" 2>&1; then
+  echo "gpu_session.sh: setup failed (carry .gpu? bench/gpu_prepare_offline.sh makes it); see $LOG" >>"$LOG"
+  tail -c 3000 "$LOG"
+  exit 2
+fi
 
 # GPU utilisation/memory and CPU load through the whole session, to see which side is the bottleneck.
 if [ -z "$DRY" ]; then
@@ -67,21 +84,10 @@ if [ -z "$DRY" ]; then
   trap 'kill $SMI $VMSTAT 2>/dev/null' EXIT
 fi
 
-best_variant() {  # the fastest float32 (exact) sweep variant in tvl1-variants' JSON, by the geometric mean of
-  # its bikes and synthetic pairs/s; flat (the default) when that step did not run or failed
+best_variant() {  # the fastest float32 (exact) sweep variant in tvl1-variants' JSON (bench/best_tvl1_variant.py);
+  # flat (the default) when that step did not run or failed
   [ -n "$DRY" ] && { echo flat; return; }
-  $PY - "$OUT/tvl1_variants.json" <<'PYEOF' 2>>"$LOG" || echo flat
-import json, math, sys
-try:
-    d = json.load(open(sys.argv[1]))
-except (OSError, ValueError):
-    print("flat"); sys.exit()
-def score(name):
-    rates = [sum(v) / len(v) for k, v in d.items() if k.startswith(f"pairs_per_s[{name}]") and v]
-    return math.exp(sum(map(math.log, rates)) / len(rates)) if rates and min(rates) > 0 else 0.0
-print(max(["rows", "flat", "flat1", "flat256", "flat1024", "flat_a16", "fused_a16", "fused_a16_r48",
-           "fused1_a16_r40"], key=score))
-PYEOF
+  $PY bench/best_tvl1_variant.py "$OUT/tvl1_variants.json" 2>>"$LOG" || echo flat
 }
 
 step() {  # step NAME SECONDS CMD...
@@ -123,15 +129,17 @@ for s in $STEPS; do
               step "tvl1-band$band" 60 $PY bench/bench_tvl1.py --device cuda --backend triton --sweep-band $band \
                 --skip-accuracy --speed-pairs 1024 --batches 1024 --speed-video-pairs 0 --skip-opencv-speed \
                 --json "$OUT/tvl1_band$band.json"; done ;;
-    tvl1-variants) step tvl1-variants 150 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
+    tvl1-variants) step tvl1-variants 140 $PY bench/profile_tvl1.py --no-profile --source both --pairs 512 --rounds 2 \
             --json "$OUT/tvl1_variants.json" --variants rows=backend:triton,sweep_layout:rows \
             flat=backend:triton,sweep_layout:flat flat1=backend:triton,sweep_layout:flat,sweep_ppt:1 \
             f16flat=backend:triton,state_dtype:float16,sweep_layout:flat \
             flat_a16=backend:triton,sweep_layout:flat,sweep_align:16 \
+            f16flat_a16=backend:triton,state_dtype:float16,sweep_layout:flat,sweep_align:16 \
             fused_a16=backend:triton,sweep_layout:fused,sweep_align:16 \
             fused_a16_r48=backend:triton,sweep_layout:fused,sweep_align:16,sweep_maxnreg:48 \
-            fused1_a16_r40=backend:triton,sweep_layout:fused,sweep_ppt:1,sweep_align:16,sweep_maxnreg:40 \
-            f16flat_a16=backend:triton,state_dtype:float16,sweep_layout:flat,sweep_align:16 ;;
+            fused1_a16_r40=backend:triton,sweep_layout:fused,sweep_ppt:1,sweep_align:16,sweep_maxnreg:40 ;;
+            # (never run on a GPU yet: the _a16 ones; the fused kernel, the newest, last: a variant that fails
+            # is recorded under "failed" in the JSON and the others go on)
             # (the _a16 variants pad rows to 16 floats: at every pyramid width the sweep then compiles as at
             # 224 px, vectorised loads and 4 bar.sync; ptxas (bench/tvl1_sweep_registers.py): flat_a16 48
             # registers, 5 programs/SM (unpadded: 64, 4); fused_a16 62, 48 capped, no spill; fused1_a16 40

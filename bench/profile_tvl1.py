@@ -156,20 +156,33 @@ def main() -> None:
     sizes = [int(n) for n in args.sizes.split(",")] if args.sizes else [args.pairs]
     if max(sizes) > args.pairs:
         ap.error(f"--sizes {args.sizes}: at most --pairs {args.pairs}")
+    variants = [parse_variant(spec) for spec in args.variants]  # (a typo fails here, before any timing)
+    failed: dict[str, str] = out.setdefault("failed", {})
     for r in range(args.rounds):
-        for spec in args.variants:
-            name, vcfg, knobs = parse_variant(spec)
-            for set_name, (a, b) in sets.items():
-                for n in sizes:
-                    key = (f"pairs_per_s[{name}]" + ("" if len(sets) == 1 else f"[{set_name}]")
-                           + ("" if not args.sizes else f"[n={n}]"))
-                    with knobs_set(knobs):
-                        rate = round(timed(a[:n], b[:n], vcfg), 1)
-                    out.setdefault(key, []).append(rate)  # one rate per round
-                    print(r, key, rate, flush=True)
-                    if args.json:  # after every timing: a run killed at its time limit keeps what it measured
-                        args.json.write_text(json.dumps(out, indent=1, default=str))
-    out["sweep_kernels"] = sweep_kernels_compiled()
+        for name, vcfg, knobs in variants:
+            if name in failed:
+                continue
+            try:
+                for set_name, (a, b) in sets.items():
+                    for n in sizes:
+                        key = (f"pairs_per_s[{name}]" + ("" if len(sets) == 1 else f"[{set_name}]")
+                               + ("" if not args.sizes else f"[n={n}]"))
+                        with knobs_set(knobs):
+                            rate = round(timed(a[:n], b[:n], vcfg), 1)
+                        out.setdefault(key, []).append(rate)  # one rate per round
+                        print(r, key, rate, flush=True)
+                        if args.json:  # after every timing: a run killed at its time limit keeps what it measured
+                            args.json.write_text(json.dumps(out, indent=1, default=str))
+            except Exception as e:  # noqa: BLE001 -- one variant that fails to compile must not cost the others
+                # their timings (device time is scarce); a CUDA fault still poisons the context for the rest
+                failed[name] = f"{type(e).__name__}: {e}"[:2000]
+                print(r, name, "FAILED", failed[name], flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(out, indent=1, default=str))
+    try:
+        out["sweep_kernels"] = sweep_kernels_compiled()
+    except Exception as e:  # noqa: BLE001 -- (after a CUDA fault in a variant): keep the timings
+        out["sweep_kernels"] = f"{type(e).__name__}: {e}"[:500]
     print(json.dumps(out, indent=1, default=str))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=str))

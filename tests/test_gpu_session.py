@@ -1,6 +1,6 @@
 """bench/gpu_session.sh, checked without a GPU: every step's command uses flags its script has, the
-TV-L1 variants parse, and the default steps fit in one device call. Device time is scarce (30 minutes a
-session, when a machine is lent at all): a typo there would cost a whole call."""
+TV-L1 variants parse, and the default steps fit in one device call. Device time is scarce (15 minutes a
+session, machine start included, when one is lent at all): a typo there would cost a whole call."""
 from __future__ import annotations
 
 import os
@@ -18,7 +18,7 @@ STEPS = ("tests tests-fast tvl1 tvl1-triton tvl1-variants tvl1-tail tvl1-band tv
          "e2e-flat-w4 e2e-long-flat_a16 e2e-long-f16flat_a16 e2e-long-fused_a16 e2e-long-fused_a16_r48 "
          "e2e-long-fused1_a16_r40-w10 e2e-long-best-b1024-w4 tvl1-streams e2e-long-flat_a16-b1024 e2e-long-best-b2048-w2 e2e-long-flowonly e2e-long-best-flowonly-b1024-w6 train").split()
 DEVICE_CALL_S = 600  # the device tool's per-call limit
-SETUP_S = 30  # installing the carried wheels, nvidia-smi, imports (≈ 20 s measured)
+SETUP_S = 40  # installing the carried wheels, nvidia-smi, imports, the import check (≈ 20 s + ~10 s)
 
 
 def _dry_run(out: Path, *steps: str) -> list[tuple[str, int, list[str]]]:
@@ -164,3 +164,35 @@ def test_launch_balance_counts_the_end_to_end_videos_pairs(tmp_path):
     steps = d["span_work_band_steps_per_pair"]
     assert len(steps) == 2 and all(s > 0 for s in steps)
     assert d["batches"]["4"]["work_band_steps_per_pair"]["flat"] == pytest.approx(sum(steps) / 2, abs=0.1)
+
+
+def test_a_step_name_first_is_refused_and_out_defaults_to_the_device_tools(tmp_path):
+    """`bash bench/gpu_session.sh e2e-long` made a folder named e2e-long whose results never came back; with no
+    argument the results went to bench/out/gpu, not to the device tool's $OUT."""
+    env = {**os.environ, "GPU_SESSION_DRY_RUN": "1", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", "bench/gpu_session.sh", "e2e-long"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 2 and "output folder" in r.stderr and not (ROOT / "e2e-long").exists()
+    r = subprocess.run(["bash", str(ROOT / "bench/gpu_session.sh")], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60, env={**env, "OUT": str(tmp_path / "device_out")})
+    assert r.returncode == 0, r.stderr
+    assert "tvl1-variants" in (tmp_path / "device_out" / "session.log").read_text()  # (run from another cwd too)
+
+
+def test_best_variant_needs_both_sets_and_falls_back_to_the_default(tmp_path):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from best_tvl1_variant import best
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+
+    both = lambda b, s: {"bikes": [b], "synthetic": [s]}  # noqa: E731
+    rates = lambda **v: {f"pairs_per_s[{n}][{k}]": r for n, sets in v.items() for k, r in sets.items()}  # noqa: E731
+    assert best({}) == "flat"
+    assert best(rates(rows={"bikes": [500.0]})) == "flat"  # rows alone, on one set only: not "the fastest"
+    assert best(rates(flat=both(600, 3800), flat_a16=both(700, 4000), f16flat_a16=both(900, 5000))) == "flat_a16"
+    assert best({"failed": {"fused_a16": "CompilationError"}, **rates(flat=both(600, 3800),
+                                                                     fused_a16=both(0.0, 0.0))}) == "flat"
+    out = subprocess.run([sys.executable, "bench/best_tvl1_variant.py", str(tmp_path / "absent.json")], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "flat"
