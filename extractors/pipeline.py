@@ -48,7 +48,8 @@ from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_bac
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
 from extractors.weights import resolve_all
 from extractors.windows import BackgroundIterator, FrameWindow, SnippetWindower, StreamEnd
-from storage import AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, StoreDamageError, StoreError, VideoInfo
+from storage import (ANY_VERSION, AUDIO_MASK, FeatureProvenance, FeatureStore, SnippetGrid, StoreConflict,
+                     StoreDamageError, StoreError, VideoInfo)
 
 VISUAL_FEATURES = ("i3d_rgb", "i3d_flow", "clip_vitb16")
 _FINGERPRINT_BYTES = 1 << 20
@@ -288,7 +289,7 @@ def plan_video(store: FeatureStore, video_id: str, fingerprint: str, models: Ext
     feats = list(models.config.features)
     if not store.has_video(video_id):
         return feats, [], False
-    if store.video_info(video_id).source_fingerprint != fingerprint:
+    if store.video_info(video_id).source_fingerprint != fingerprint and not _imported_only(store, video_id):
         return feats, [], True  # the source changed: nothing stored for it is valid
     missing = store.missing_arrays(video_id)
     if "time" in missing:  # (rewritten by every write: redo this run's features, which rewrites it)
@@ -302,6 +303,14 @@ def plan_video(store: FeatureStore, video_id: str, fingerprint: str, models: Ext
             ok = ok and AUDIO_MASK in have
         (reused if ok else todo).append(f)
     return todo, reused, False
+
+
+def _imported_only(store: FeatureStore, video_id: str) -> bool:
+    """Every stored feature came from ``clipae import-features``: the stored source is a folder of .npy files,
+    not a video, so extracting from the video adds to them (e.g. community I3D features + our CLIP and
+    VGGish); the imported ones are kept unless this run computes the same names."""
+    prov = store.provenance(video_id)
+    return bool(prov) and all(p.extractor.startswith("import:") for p in prov.values())
 
 
 # --------------------------------------------------------------------------- per-window compute
@@ -533,10 +542,12 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         raise VideoError(path, "probe", f"cannot read the file: {e.strerror or e}") from e
     repaired = None
     try:
+        version = store.video_version(video_id)  # (read first: the plan is on this version or a newer one)
         todo, reused, replace_all = plan_video(store, video_id, fingerprint, models)
         replaced_source = store.video_info(video_id).source if replace_all else None
     except StoreDamageError as e:  # unreadable stored metadata: nothing of it can be trusted; redo from the source
         todo, reused, replace_all, replaced_source, repaired = list(models.config.features), [], True, None, e.detail
+        version = ANY_VERSION
     except StoreError as e:  # (this video's failure, not the run's)
         raise VideoError(path, "store", str(e)) from e
     if not todo:
@@ -597,7 +608,8 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
                 p.params["tvl1_backend"] = resolve_backend(config.tvl1, models.device)
             prov[f] = p
         with clock("store"):
-            store.write_video(video_id, feats, info, prov, replace_all=replace_all)
+            replace_all = _write(store, video_id, fingerprint, feats, info, prov, replace_all, version)
+            replaced_source = replaced_source if replace_all else None
     except VideoError:
         raise
     except StoreError as e:
@@ -612,6 +624,30 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         precision={f: models.precision_name(f) for f in todo}, stage_seconds=clock.rounded(),
         replaced_source=replaced_source, repaired_damage=repaired,
     )  # fmt: skip
+
+
+def _write(store: FeatureStore, video_id: str, fingerprint: str, feats: dict, info: VideoInfo, prov: dict,
+           replace_all: bool, version) -> bool:
+    """Publish this run's features on the version they were planned on; returns whether it replaced all.
+
+    Another process may have written the video since the plan (two runs on one store, a shard overlap).
+    Then the plan is made again on what is stored now: from the same source, this run's features merge into
+    it (what the other process added is kept); from another source, two files claim this video id and the
+    video fails here, nothing written, rather than mixing features of two files."""
+    for _ in range(5):
+        try:
+            store.write_video(video_id, feats, info, prov, replace_all=replace_all, expect_version=version)
+            return replace_all
+        except StoreConflict:
+            version = store.video_version(video_id)
+            if version is not None and store.video_info(video_id).source_fingerprint != fingerprint \
+                    and not _imported_only(store, video_id):
+                raise StoreError(
+                    f"video {video_id!r}: another process stored it from another file ({store.video_info(video_id).source})"
+                    f" while this run extracted it from {info.source}; nothing written. Two files for one video id? "
+                    "Give them different ids; else run again to extract the current file") from None
+            replace_all = False
+    raise StoreError(f"video {video_id!r}: written by other processes five times while this run tried to store it")
 
 
 def apply_torch_threads(config: ExtractConfig) -> None:

@@ -172,7 +172,7 @@ def import_features(
                 )
                 for name in feats if name != AUDIO_MASK
             }
-            store.write_video(vid, feats, info if not store.has_video(vid) else None, provenance)
+            store.write_video(vid, feats, info, provenance, keep_info=True)  # (a stored video keeps its info)
             report.imported.append(vid)
         except StoreError as e:
             report.failed[vid] = str(e)

@@ -67,6 +67,15 @@ def _read_json(path: Path) -> dict:
     return out
 
 
+class StoreConflict(StoreError):
+    """A write planned on one version of a video found another one under the video's lock: another process
+    wrote (or deleted) the video in between. Nothing was written; re-plan against the current version."""
+
+
+#: ``write_video(expect_version=ANY_VERSION)``: write whatever version is stored (no check)
+ANY_VERSION = object()
+
+
 class StoreDamageError(StoreError):
     """A damaged file in the store (not a concurrent writer's doing: the video's version did not change);
     ``detail`` says what and where without the repair advice (for verify). Re-extracting the video repairs it."""
@@ -208,9 +217,22 @@ class FeatureStore:
 
     # ----------------------------------------------------------------- reading
     def list_videos(self) -> list[str]:
-        """Published videos, sorted. A directory listing: fast even for tens of thousands of videos."""
-        with os.scandir(self._videos) as it:
-            return sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+        """Published videos, sorted. A directory listing: fast even for tens of thousands of videos.
+
+        (Without rename-exchange a video being replaced is briefly absent, its old version in
+        ``_staging/trash``: then the listing is taken again, briefly, so it is not left out.)"""
+        trash = self._staging / "trash"
+        for delay in (0.001, 0.01, 0.05, 0.2, None):
+            with os.scandir(self._videos) as it:
+                ids = sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
+            try:
+                away = {n.rsplit(".", 2)[0] for n in os.listdir(trash)} - set(ids)
+            except FileNotFoundError:
+                away = set()
+            if not away or delay is None:
+                return ids
+            time.sleep(delay)
+        return ids  # (unreachable)
 
     def __len__(self) -> int:
         return len(self.list_videos())
@@ -241,25 +263,41 @@ class FeatureStore:
             raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail)
         return meta
 
-    @staticmethod
-    def _read_video_json(vdir: Path) -> dict | None:
-        """A video's zarr.json; None when its directory is absent (not in the store, or between the two renames
-        of a replacement); FileNotFoundError only when the directory stays without it (damage).
+    def _read_video_json(self, vdir: Path) -> dict | None:
+        """A video's zarr.json; None when its directory is absent (not in the store); FileNotFoundError only
+        when the directory stays without it (damage).
 
-        Where rename-exchange is not available, a replacement renames the old directory away and then the new
-        one in: a reader between the two finds no file, and the directory back a moment later. So a missing
-        file is read again (a few times, briefly) before it counts as missing: a video being replaced must
-        never be called damaged (extraction rewrites damaged videos)."""
-        for delay in (0.0, 0.001, 0.01, 0.05, None):
+        Where rename-exchange is not available (NFS, CIFS), a replacement renames the old directory away (to
+        ``_staging/trash/<id>.<pid>.<random>``) and then the new one in: a reader between the two finds no
+        directory, or a directory without its file, and the video back a moment later. So while the video's
+        own trash entry exists, or its directory stays without zarr.json, the file is read again (briefly)
+        before the video counts as absent or damaged: a video being replaced must not read as "not in store"
+        (a training run would fail) nor as damaged (extraction rewrites damaged videos)."""
+        trash = self._staging / "trash"
+        for delay in (0.0, 0.001, 0.01, 0.05, 0.2, None):
             try:
                 return _read_json(vdir / "zarr.json")
             except FileNotFoundError:
                 if not vdir.is_dir():
-                    return None
-                if delay is None:
+                    replacing = any(p.name.rsplit(".", 2)[0] == vdir.name for p in trash.glob(f"{vdir.name}.*.*"))
+                    if delay is None or not replacing:
+                        return None
+                elif delay is None:
                     raise
                 time.sleep(delay)
         return None  # (unreachable)
+
+    def video_version(self, video_id: str) -> str | None:
+        """The id of the stored version of a video (new at every write), None when it is not in the store: a
+        writer that plans outside the video's lock passes it to ``write_video(expect_version=...)``."""
+        if not (self._videos / video_id).is_dir():
+            return None
+        try:
+            return self._video_meta(video_id).get("version")
+        except StoreError as e:
+            if not (self._videos / video_id).is_dir():  # (deleted meanwhile)
+                return None
+            raise e
 
     def missing_arrays(self, video_id: str) -> set[str]:
         """The features (and ``audio_mask``) the video's metadata lists whose array is gone from disk (no
@@ -604,12 +642,21 @@ class FeatureStore:
         info: VideoInfo | None = None,
         provenance: dict[str, FeatureProvenance] | None = None,
         replace_all: bool = False,
+        expect_version: str | None | object = ANY_VERSION,
+        keep_info: bool = False,
     ) -> None:
         """Publish features of one video atomically, merged with the features it already has.
 
         Features given here replace stored ones of the same name; others are kept (hard-linked, not
         copied). ``replace_all`` drops everything stored first (e.g. when the source video changed).
-        ``provenance`` must cover every feature given; ``info`` is required for a new video.
+        ``provenance`` must cover every feature given; ``info`` is required for a new video, and with
+        ``keep_info`` it is used only then (a video already stored keeps its own).
+
+        Concurrent writers: the merge happens under the video's lock, but a writer *plans* (what to compute,
+        whether the source changed) before it. ``expect_version``: the ``video_version`` the plan was made
+        on (None: the video was absent); another version under the lock raises :class:`StoreConflict`, so
+        features of two different sources are never merged and a replacement never drops what another
+        process added meanwhile.
         """
         validate_video_id(video_id)
         provenance = dict(provenance or {})
@@ -617,7 +664,15 @@ class FeatureStore:
         with file_lock(locks / f"{video_id}.lock"):
             self._recover(video_id)
             current = self._videos / video_id
+            if expect_version is not ANY_VERSION:
+                now = self._video_meta(video_id).get("version") if current.exists() else None
+                if now != expect_version:
+                    raise StoreConflict(
+                        f"video {video_id!r}: " + ("deleted" if now is None else "written") + " by another process "
+                        "since this write was planned; nothing written (plan again against the stored version)")
             old = None if replace_all or not current.exists() else self._video_meta(video_id)
+            if keep_info and current.exists():
+                info = None  # (decided here, under the lock: an importer must not replace an extracted video's)
             # T must agree with stored features only if some of them are kept
             kept = set() if old is None else (set(old["features"]) | ({AUDIO_MASK} if old.get("audio_mask") else set()))
             expected_t = old["num_snippets"] if kept - set(features) else None
@@ -715,6 +770,13 @@ class FeatureStore:
         """Clean up after killed writers, store-wide (a write does it only for its own video): for every video
         with leftovers in ``_staging``, under that video's lock, restore it if a writer died between its two
         renames and drop half-built copies. Returns the ids that had leftovers."""
+        for scratch in self.path.glob(".create-*"):  # a creator killed before it finished (plain zarr lists these
+            # as groups); a live one needs milliseconds, so only copies older than a minute are dropped
+            try:
+                if time.time() - scratch.stat().st_mtime > 60:
+                    shutil.rmtree(scratch, ignore_errors=True)
+            except FileNotFoundError:
+                pass
         ids = set()
         for sub in ("tmp", "trash"):
             d = self._staging / sub
@@ -753,6 +815,9 @@ class FeatureStore:
                 raise StoreError(f"video {video_id!r}: not in store {self.path}")
             trash = self._staging / "trash" / f"{video_id}.{os.getpid()}.{uuid.uuid4().hex[:12]}"
             os.rename(current, trash)
+            # zarr.json first: a writer killed during the removal must leave a copy that recovery drops, not one
+            # it restores as the video with some arrays gone (recovery restores a trash copy with zarr.json)
+            os.unlink(trash / "zarr.json")
             shutil.rmtree(trash)
 
 

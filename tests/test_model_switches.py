@@ -130,6 +130,38 @@ def test_audio_mask_zeroes_audio():
     assert a[1].sum() == 0 and a[3].sum() == 0 and a[0].sum() == 3
 
 
+def test_train_records_a_store_that_changed_while_it_read(tmp_path, capsys, monkeypatch):
+    """inputs.json's store fingerprint was taken before training only: videos written meanwhile by another
+    process made it name a store state the run never read."""
+    import yaml
+
+    import models.train as train_mod
+    from clipae.cli import main
+    from models.synthetic import SyntheticSpec, synthetic_videos, write_synthetic_store
+    from storage import FeatureStore
+
+    ds, _, _ = tiny_problem()
+    spec = SyntheticSpec(dims=dict(TINY_DIMS))
+    vids = ds.videos(ds.train_subset)[:6]
+    write_synthetic_store(tmp_path / "store", ds, synthetic_videos(ds, spec, video_ids=vids[:5]), spec)
+    late = synthetic_videos(ds, spec, video_ids=vids[5:])
+    real = train_mod.train
+
+    def train_while_another_process_writes(*a, **kw):
+        write_synthetic_store(tmp_path / "store", ds, late, spec)  # (opens the existing store, adds a video)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(train_mod, "train", train_while_another_process_writes)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny_config(weak_epochs=1).to_dict()))
+    before = FeatureStore.open(tmp_path / "store").fingerprint()
+    assert main(["train", "--store", str(tmp_path / "store"), "--dataset", "thumos14", "--mode", "weak",
+                 "--config", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "run")]) == 0
+    inputs = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert inputs["store_fingerprint"] == before
+    assert inputs["store_fingerprint_after"] == FeatureStore.open(tmp_path / "store").fingerprint() != before
+    assert "changed while training" in capsys.readouterr().err
+
+
 def test_cli_flags_map_to_config():
     args = build_parser().parse_args(["train", "--store", "s", "--dataset", "thumos14", "--mode", "weak",
                                       "--no-caf", "--no-clip", "--rounds", "2", "--seed", "5", "--epochs", "7"])

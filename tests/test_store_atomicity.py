@@ -207,3 +207,82 @@ def test_a_video_being_replaced_is_never_called_damaged_without_rename_exchange(
         for t in threads:
             t.join()
     assert reads > 0 and not damage, damage[:3]
+
+
+def test_a_video_being_replaced_never_reads_as_absent_without_rename_exchange(tmp_path):
+    """Found by a concurrency review (NFS/CIFS have no rename-exchange): in the gap between the two renames a
+    reader got "video 'v': not in store" (training and `clipae store info` failed) and listings left the video
+    out (a summary counted 11 of 12). While the video's old version sits in _staging/trash, readers wait."""
+    from tests.store_helpers import feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    f = feats(8)
+    for vid in ("u", "v"):
+        store.write_video(vid, f, info(vid), provs(f))
+    writer = FeatureStore.open(store.path)
+    writer._exchange_ok = False  # (the fallback path: two renames)
+    done = threading.Event()
+    problems: list[str] = []
+    reads = 0
+
+    def read_loop():
+        nonlocal reads
+        reader = FeatureStore.open(store.path)
+        while not done.is_set():
+            try:
+                reader.load("v")
+                if reader.list_videos() != ["u", "v"]:
+                    problems.append(f"listing {reader.list_videos()}")
+                reader.fingerprint()
+            except Exception as e:  # noqa: BLE001 -- any failure of a healthy video is the defect
+                problems.append(f"{type(e).__name__}: {e}")
+            reads += 1
+
+    threads = [threading.Thread(target=read_loop) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(150):
+            g = feats(8, seed=i)
+            writer.write_video("v", g, info("v"), provs(g))
+    finally:
+        done.set()
+        for t in threads:
+            t.join()
+    assert reads > 0 and not problems, (len(problems), problems[:3])
+
+
+def test_a_deletion_killed_halfway_never_comes_back_partial(tmp_path, monkeypatch):
+    """delete_video moved the video to trash and removed it file by file; killed in between, recovery found
+    the trash copy's zarr.json and restored a video whose arrays were partly gone."""
+    import storage.store as store_mod
+    from tests.store_helpers import feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    f = feats(8)
+    store.write_video("v", f, info("v"), provs(f))
+    name, real_rmtree = sorted(f)[0], store_mod.shutil.rmtree
+
+    def killed_halfway(path, *a, **kw):  # removes one array, then the process "dies"
+        real_rmtree(Path(path) / name)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_mod.shutil, "rmtree", killed_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        store.delete_video("v")
+    monkeypatch.undo()
+    assert store.recover() == ["v"]
+    assert store.list_videos() == [] and not store.has_video("v")
+
+
+def test_recovery_drops_a_killed_creators_scratch_copy(tmp_path):
+    """A creator killed before its root zarr.json left <store>/.create-<uuid>/, which plain zarr lists as a
+    group of the root, forever. Recovery drops such copies once they are a minute old (a live one is not)."""
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    stale, live = store.path / ".create-0123", store.path / ".create-4567"
+    for d in (stale, live):
+        (d / "videos").mkdir(parents=True)
+        (d / "zarr.json").write_text("{}")
+    os.utime(stale, (time.time() - 120, time.time() - 120))
+    store.recover()
+    assert not stale.exists() and live.exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from clipae.commands._model_args import add_config_args, config_from_args, open_inputs
 
@@ -23,6 +24,11 @@ def _run(args: argparse.Namespace) -> int:
     store, ds = open_inputs(args.store, args.dataset)
     inputs = _inputs(store, ds, cfg)  # (before training: a store it cannot describe fails now, not after the schedule)
     res = train(cfg, store, ds, args.out, resume=args.resume)
+    after = store.fingerprint()
+    if after != inputs["store_fingerprint"]:  # another process wrote videos while this run read them
+        inputs["store_fingerprint_after"] = after
+        print("clipae train: warning: the store changed while training read it (another process wrote videos); "
+              "inputs.json records its fingerprint before and after", file=sys.stderr)
     _write_inputs(res.out_dir, inputs)
     print(f"trained {res.mode} ({cfg.switches.describe()}): {res.epochs_completed} epochs in {res.seconds:.0f} s -> {res.checkpoint}")
     for ch in res.cluster_history:
