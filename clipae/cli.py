@@ -11,6 +11,7 @@ import importlib
 import json
 import os
 import pkgutil
+import signal
 import sys
 import threading
 
@@ -56,12 +57,41 @@ def _is_usage_error(e: BaseException) -> bool:
     return module.split(".")[0] in _OWN_PACKAGES
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what `timeout`, `docker stop`, SLURM and `kill` send), handled as Ctrl-C is: the same cleanup
+    (extraction stops its threads, training removes its temporary checkpoint), a message, exit 143."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+#: What to do after an interruption, per command (what was published is kept either way).
+_RESUME_HINT = {
+    "extract": "run the same command again: complete videos are skipped, the rest extracted",
+    "import-features": "run the same command again: imported videos are skipped",
+    "train": "add --resume to continue from the last finished epoch",
+    "ablate": "add --resume to continue",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    previous = None
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)  # (only where nobody else handles it)
+    try:
+        return _dispatch(args)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except (OSError, ValueError, LookupError, RuntimeError, _YAMLError) as e:
@@ -78,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         if not usage:
             print(f"  ({type(e).__name__}; set CLIPAE_DEBUG=1 for the traceback)", file=sys.stderr)
         return 2 if usage else 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:
+        code = 143 if isinstance(e, _Terminated) else 130
+        command = getattr(args, "command", None) or ""
+        hint = _RESUME_HINT.get(command)
+        print(f"clipae {command}: {'terminated (SIGTERM)' if code == 143 else 'interrupted'}"
+              + (f"; {hint}" if hint else ""), file=sys.stderr)
         if any(t is not threading.main_thread() and t.is_alive() and not t.daemon for t in threading.enumerate()):
             # Worker threads (video decoders, the networks' thread) would finish their current window
             # first: the interpreter joins them at exit, minutes on a CPU. Leaving at once is safe: a store
@@ -87,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             # what lets a store survive SIGKILL (tests/test_store_atomicity.py).
             sys.stdout.flush()
             sys.stderr.flush()
-            os._exit(130)
-        return 130
+            os._exit(code)
+        return code
 
 
 if __name__ == "__main__":

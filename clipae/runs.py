@@ -11,6 +11,7 @@ is never modified. Readers only ever see ``record.json`` of complete records.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import shutil
 import stat
 import logging
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,12 @@ class RunRecordWriter:
         self.runs_dir = Path(runs_dir) if runs_dir else default_runs_dir()
         self.started = started or dt.datetime.now(dt.timezone.utc)
         self.staging = self.runs_dir / STAGING / run_id
+        # A lock beside the staging directory, held while this writer lives (the kernel frees it when the
+        # process dies, SIGKILL included): a later writer drops staging directories whose lock is free, i.e.
+        # of runs killed before they could publish (their checkpoints add up to tens of MB each).
+        self.staging.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = _try_lock(self.staging.parent / f"{run_id}.lock")  # (taken before the directory exists)
+        _drop_dead_staging(self.staging.parent, keep=run_id)
         if self.staging.exists():  # leftover of a crashed attempt of this same run: start clean
             _make_writable(self.staging)
             shutil.rmtree(self.staging)
@@ -143,7 +151,50 @@ class RunRecordWriter:
         os.rename(self.staging, final)
         _make_read_only(final)
         self.published = final
+        if self._lock is not None:
+            (self.staging.parent / f"{self.run_id}.lock").unlink(missing_ok=True)
+            self._lock.close()
+            self._lock = None
         return final
+
+
+#: A staging directory without a lock file (written before the locks existed) counts as dead after this long.
+UNLOCKED_STAGING_MAX_AGE_S = 24 * 3600
+
+
+def _try_lock(path: Path):
+    """An open file holding an exclusive flock on ``path``, or None if another live writer holds it."""
+    fh = open(path, "a")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        return None
+    return fh
+
+
+def _drop_dead_staging(root: Path, keep: str) -> None:
+    """Remove the staging directories of writers that died (their lock is free); never a live writer's."""
+    for d in root.iterdir():
+        if not d.is_dir() or d.name == keep:
+            continue
+        lock_path = root / f"{d.name}.lock"
+        try:
+            if not lock_path.exists() and time.time() - d.stat().st_mtime < UNLOCKED_STAGING_MAX_AGE_S:
+                continue  # (no lock file: maybe a writer of an older version, still running)
+            fh = _try_lock(lock_path)
+            if fh is None:
+                continue  # alive
+            try:
+                if d.exists():
+                    _make_writable(d)
+                    shutil.rmtree(d, ignore_errors=True)
+                    _log.info("dropped %s: the staging directory of a run that ended without publishing", d)
+                lock_path.unlink(missing_ok=True)
+            finally:
+                fh.close()
+        except OSError:
+            continue  # (another writer sweeping at the same time)
 
 
 def _make_read_only(root: Path) -> None:

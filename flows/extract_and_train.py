@@ -173,17 +173,23 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
             "map_by_tiou": {f"{t:.2f}": m for t, m in map_by_tiou.items()}, "extracted": len(steps.computed_videos(reports)),
             "failures": failures, "store_fingerprint": check.fingerprint, "table": table,
         }
-    except Exception as exc:
-        # A failed run still leaves a (failed) record: its config, plan and failures explain what happened.
-        report.fill_record(
-            writer, params=params_dump, extract_config=extract_cfg, training_config=training_cfg, plan=plan,
-            reports=reports or [], failures=failures, check=check, train_result=train_result,
-            predictions=predictions, evaluation=None, evaluation_table=None, plot_pngs={},
-        )
-        writer.publish(report.record_summary(FLOW_NAME, dataset_name, "failed", params_dump, check, None, None,
-                                             failures, timings, error=f"{type(exc).__name__}: {exc}"))
-        if orchestrated and failures:
-            artifacts.publish_failures(key("failures"), failures)
+    except BaseException as exc:
+        # A failed run still leaves a (failed) record: its config, plan and failures explain what happened. So
+        # does a stopped one ("cancelled": a Prefect cancel or the worker's SIGTERM arrive as a BaseException,
+        # Ctrl-C as KeyboardInterrupt); only a SIGKILL leaves none (its staging directory is dropped later).
+        status = "failed" if isinstance(exc, Exception) else "cancelled"
+        try:
+            report.fill_record(
+                writer, params=params_dump, extract_config=extract_cfg, training_config=training_cfg, plan=plan,
+                reports=reports or [], failures=failures, check=check, train_result=train_result,
+                predictions=predictions, evaluation=None, evaluation_table=None, plot_pngs={},
+            )
+            writer.publish(report.record_summary(FLOW_NAME, dataset_name, status, params_dump, check, None, None,
+                                                 failures, timings, error=f"{type(exc).__name__}: {exc}"))
+            if orchestrated and failures and status == "failed":
+                artifacts.publish_failures(key("failures"), failures)
+        except Exception as record_exc:  # noqa: BLE001 -- the run's own exception is the one to raise
+            log.warning(f"could not write the {status} run's record: {type(record_exc).__name__}: {record_exc}")
         raise
 
 

@@ -10,6 +10,7 @@ run-wide or transient problem: retried on the next run).
 """
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from prefect import get_run_logger, unmapped
@@ -32,7 +33,22 @@ def run_extraction(
     if created:
         get_run_logger().info(created)
     steps.get_extractors(config)  # (the tasks share this process's cached networks)
-    futures = tasks.extract_video.map(todo, store=unmapped(store), config=unmapped(config), limit_name=unmapped(limit_name))
+    # Set when this run is stopped (a Prefect cancel or the worker's SIGTERM arrive here, in the flow's thread,
+    # as a BaseException): the extraction threads, which the task runner waits for before the process ends,
+    # then stop at their next window instead of extracting their videos to the end (and past the grace period,
+    # into a SIGKILL), and tasks still waiting for a slot start nothing.
+    cancel = threading.Event()
+    futures = tasks.extract_video.map(todo, store=unmapped(store), config=unmapped(config),
+                                      limit_name=unmapped(limit_name), cancel=unmapped(cancel))
+    try:
+        return _collect(futures, todo, progress)
+    except BaseException:
+        cancel.set()
+        raise
+
+
+def _collect(futures, todo: list[steps.PlannedVideo], progress: ProgressReporter
+             ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     item_of = {f.task_run_id: item for f, item in zip(futures, todo)}
     reports: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []

@@ -116,7 +116,12 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
     log.info(f"{len(videos)} videos; {len(todo)} new or changed: {[i.video_id for i in todo]}"
              + (f"; {len(known_bad)} failed before and are unchanged, not retried: {known_bad}" if known_bad else ""))
     key = lambda *parts: artifacts.artifact_key(FLOW_NAME, ds.name, *parts)  # noqa: E731
-    reports, failures = run_extraction(todo, st, cfg, gpu_limit_name(p.device), key("progress"))
+    try:
+        reports, failures = run_extraction(todo, st, cfg, gpu_limit_name(p.device), key("progress"))
+    except BaseException:  # stopped (cancel, SIGTERM) or failed midway: the videos it did publish are no longer
+        # "new" to the next run's plan, so they are counted for training now or never
+        _remember_published(spath, state, st, todo)
+        raise
 
     fp_of = {i.video_id: i.source_fingerprint for i in todo}
     for f in failures:
@@ -158,6 +163,19 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
             + "; ".join(f"{f['video_id']}: {f['error']}" for f in not_theirs[:5]) + (" ..." if len(not_theirs) > 5 else ""))
     return {"extracted": done, "failures": failures, "known_bad": known_bad, "pending_new_videos": pending,
             "triggered": triggered}
+
+
+def _remember_published(spath: Path, state: dict[str, Any], store, todo: list) -> None:
+    """Add the planned videos now in the store from the planned file to the pending list, and save."""
+    try:
+        done = [i.video_id for i in todo if store.has_video(i.video_id)
+                and store.video_info(i.video_id).source_fingerprint == i.source_fingerprint]
+        state["pending_new_videos"] = sorted(set(state["pending_new_videos"]) | set(done))
+        for vid in done:
+            state["failed"].pop(vid, None)
+        save_state(spath, state)
+    except Exception:  # noqa: BLE001 -- (best effort while stopping: the original exception is what matters)
+        pass
 
 
 def _summary_md(dataset: str, n_videos: int, done: list[str], failures: list[dict], known_bad: list[str],

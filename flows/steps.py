@@ -168,12 +168,13 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
     return plan
 
 
-def extract_one(item: PlannedVideo, store, config) -> dict[str, Any]:
-    """Extract one planned video (the extractor itself replaces everything of a changed source)."""
+def extract_one(item: PlannedVideo, store, config, cancel=None) -> dict[str, Any]:
+    """Extract one planned video (the extractor itself replaces everything of a changed source). ``cancel``
+    (a threading.Event): once set, the extraction stops at its next window and publishes nothing."""
     from extractors.pipeline import extract_video
 
     t0 = time.perf_counter()
-    report = extract_video(item.path, item.video_id, store, config, extractors=get_extractors(config))
+    report = extract_video(item.path, item.video_id, store, config, extractors=get_extractors(config), cancel=cancel)
     out = _report_dict(report)
     out.update(video_id=item.video_id, reason=item.reason, seconds=round(time.perf_counter() - t0, 2))
     return out

@@ -53,14 +53,21 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
     retry_delay_seconds=10,
     retry_condition_fn=_transient,
 )
-def extract_video(item: steps.PlannedVideo, store, config, limit_name: str) -> dict[str, Any]:
+def extract_video(item: steps.PlannedVideo, store, config, limit_name: str,
+                  cancel: threading.Event | None = None) -> dict[str, Any]:
     # One slot of the device's global concurrency limit per running extraction: the limit's
     # slots (CLIPAE_VIDEOS_PER_GPU) cap the videos on a GPU across all flow runs and workers. A missing GPU
     # limit is an error (strict: no silent oversubscription; the flow creates it before mapping, see
     # flows/limits.py); a missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
+    # ``cancel``: set when the flow run is being stopped (run_extraction): a task that was still waiting for a
+    # slot then starts nothing, and a running extraction stops at its next window, publishing nothing.
     try:
         with _slot(limit_name, getattr(item, "video_id", "?")):
-            return steps.extract_one(item, store, config)
+            if cancel is not None and cancel.is_set():
+                from extractors.errors import ExtractionCancelled
+
+                raise ExtractionCancelled()
+            return steps.extract_one(item, store, config, cancel)
     except ConcurrencySlotAcquisitionError as exc:
         if "must be created" not in str(exc):  # e.g. the server unreachable: transient, retried
             raise

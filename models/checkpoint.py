@@ -13,6 +13,25 @@ RESUME_FILE = "last.pt"        # training state after the last finished epoch
 CONFIG_FILE = "config.json"
 
 
+#: What a training run writes in its directory (besides config.json), dropped when a fresh run starts there:
+#: a run stopped early must not leave the previous run's model beside its own config.
+RUN_OUTPUTS = (MODEL_FILE, RESUME_FILE, "train_log.json", "train_clusters.json", "inputs.json")
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # (read once, at import: mkstemp makes 0600 files; ours get the usual 0644 under umask 022)
+
+
+def clear_run_dir(out: Path, fresh: bool) -> None:
+    """Drop what a writer killed mid-write left (``.<name>.<random>`` temporaries: SIGTERM does not run the
+    cleanup) and, for a ``fresh`` run, the previous run's outputs (RUN_OUTPUTS)."""
+    out = Path(out)
+    for name in (*RUN_OUTPUTS, CONFIG_FILE):
+        for tmp in out.glob(f".{name}.*"):
+            tmp.unlink(missing_ok=True)
+        if fresh and name != CONFIG_FILE:
+            (out / name).unlink(missing_ok=True)
+
+
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same directory, then rename over the target: a crash
     mid-write never leaves a truncated checkpoint behind."""
@@ -22,6 +41,7 @@ def atomic_save(obj: Any, path: Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -32,9 +52,14 @@ def atomic_write_text(text: str, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 class CheckpointError(ValueError):

@@ -181,6 +181,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     clusters: np.ndarray | None = None
     resume_path = out / ckpt.RESUME_FILE
     out.mkdir(parents=True, exist_ok=True)  # (only now: inputs that cannot be read leave no empty run directory)
+    ckpt.clear_run_dir(out, fresh=not (resume and resume_path.exists()))
     if resume and resume_path.exists():
         state = ckpt.load(resume_path, device, required=("config", "model", "optimizer", "round", "epoch", "targets"))
         if ClipAEConfig.from_saved(json.loads(state["config"])).to_dict() != cfg.to_dict():

@@ -486,6 +486,34 @@ def test_cli_interrupt_does_not_wait_for_worker_threads(tmp_path):
     assert r.returncode == 130 and "interrupted" in r.stderr, r
 
 
+def test_cli_sigterm_is_handled_like_ctrl_c(tmp_path):
+    """SIGTERM (timeout, docker stop, SLURM) killed the process with no message and none of Ctrl-C's cleanup
+    (a training run left its half-written temporary checkpoint); now: the same path, a message, exit 143."""
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, os, signal, sys, time\n"
+        "import clipae.cli as cli\n"
+        "def work(args):\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(60)\n"
+        "    finally:\n"
+        "        open(sys.argv[1], 'w').write('cleanup ran')\n"
+        "def parser():\n"
+        "    p = argparse.ArgumentParser()\n"
+        "    p.set_defaults(func=work, command='extract')\n"
+        "    return p\n"
+        "cli.build_parser = parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path / "done")], cwd=root, capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 143 and "clipae extract: terminated (SIGTERM); run the same command again" in r.stderr, r
+    assert (tmp_path / "done").read_text() == "cleanup ran"
+
+
 def test_decord_failure_mid_stream_is_redone_with_ffmpeg(env, tmp_path, monkeypatch):
     from extractors import decode
     from extractors.errors import DecodeError

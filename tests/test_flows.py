@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -276,6 +278,26 @@ def test_failed_run_still_publishes_a_failed_record(harness, tmp_path):
     assert len(records) == 3
 
 
+def test_a_stopped_run_publishes_a_cancelled_record(tmp_path, monkeypatch):
+    """A cancel or SIGTERM arrives as a BaseException: the record was written for Exceptions only, so a stopped
+    run left nothing in `clipae runs list` and its staging directory (checkpoints: tens of MB) behind."""
+    from flows import steps
+    from flows.extract_and_train import run_pipeline
+
+    params = ExtractAndTrainParams(**tiny_run_parameters(tmp_path))
+
+    def stopped(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(steps, "plan_extraction", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(params, orchestrated=False)
+    (record,) = (tmp_path / "runs").glob("*/*/record.json")
+    rec = json.loads(record.read_text())
+    assert rec["status"] == "cancelled" and rec["error"].startswith("KeyboardInterrupt")
+    assert not any((tmp_path / "runs" / ".staging").iterdir())
+
+
 def test_check_store_refuses_features_made_in_different_ways(tmp_path):
     """Training on a store whose videos hold, say, random-init and pretrained I3D would mix them unknowingly."""
     from types import SimpleNamespace
@@ -350,3 +372,41 @@ def test_damaged_videos_are_planned_for_extraction_and_only_the_runs_videos_are_
         (store.path / "videos" / vid / "zarr.json").write_text("[]")
     with pytest.raises(RuntimeError, match=r"(?s)2 videos of 'd' are damaged.*t2: .*zarr\.json.*x1: "):
         check_store(store, ds, ["i3d_rgb"], min_train_videos=2)
+
+
+def test_a_stopped_run_cancels_its_extractions(harness, monkeypatch):
+    """A Prefect cancel (or the worker's SIGTERM) reaches the flow's thread; the extraction threads, which the
+    task runner waits for, went on extracting their videos to the end (and tasks still waiting for a slot
+    started theirs), so a run stopped only when the worker SIGKILLed it. Now the stop sets the extraction's
+    cancel event, which each task checks after its slot and passes to the extractor (checked every window)."""
+    from extractors.errors import ExtractionCancelled
+    from flows import extraction_stage, steps, tasks
+
+    called = []
+    monkeypatch.setattr(steps, "extract_one", lambda *a: called.append(a) or {"video_id": "v"})
+    item = steps.PlannedVideo(video_id="v", path="/v.mp4", reason="new", source_fingerprint="f")
+    ev = threading.Event()
+    assert tasks.extract_video.fn(item, None, None, "cpu-extract", ev) == {"video_id": "v"}
+    assert called[-1][-1] is ev  # (handed to the extractor)
+    ev.set()
+    with pytest.raises(ExtractionCancelled):
+        tasks.extract_video.fn(item, None, None, "cpu-extract", ev)
+    assert len(called) == 1  # a slot granted after the stop starts nothing
+
+    seen = {}
+
+    def fake_map(todo, **kw):
+        seen.update(kw)
+        return []
+
+    def stopped(futures):
+        raise KeyboardInterrupt  # (Prefect's TerminationSignal is a BaseException too)
+
+    monkeypatch.setattr(tasks.extract_video, "map", fake_map)
+    monkeypatch.setattr(extraction_stage, "as_completed", stopped)
+    monkeypatch.setattr(extraction_stage, "ensure_gpu_limit", lambda name: None)
+    monkeypatch.setattr(steps, "get_extractors", lambda cfg: None)
+    monkeypatch.setattr(extraction_stage, "ProgressReporter", lambda *a: SimpleNamespace(advance=lambda: None))
+    with pytest.raises(KeyboardInterrupt):
+        extraction_stage.run_extraction([item], None, None, "cpu-extract", "progress")
+    assert seen["cancel"].value.is_set()

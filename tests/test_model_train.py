@@ -56,6 +56,28 @@ def test_utal_clusters_and_localizes(tmp_path):
     assert mean > 10 * whole and mean > 2 * rand, (maps, whole, rand)
 
 
+def test_a_fresh_run_in_a_used_directory_never_leaves_the_old_runs_files(tmp_path, monkeypatch):
+    """Training again into a run directory and stopping early left the new config beside the OLD model.pt
+    (which predict then used), and a SIGTERM mid-write left a 33 MB .last.pt.<random> that --resume kept."""
+    import os
+    import stat
+
+    ds, _, store = tiny_problem()
+    cfg = tiny_config(mode="utal", rounds=1, epochs_per_round=2)
+    out = tmp_path / "run"
+    train_mod.train(cfg, store, ds, out)
+    assert stat.S_IMODE(os.stat(out / ckpt.MODEL_FILE).st_mode) == 0o666 & ~ckpt._UMASK  # (mkstemp: 0600)
+    (out / ".last.pt.k2j3h4").write_bytes(b"half a checkpoint")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_mod, "_train_epoch", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=2, seed=5), store, ds, out)
+    assert sorted(p.name for p in out.iterdir()) == [ckpt.CONFIG_FILE]
+
+
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
     ds, _, store = tiny_problem()
     cfg = tiny_config(mode="utal", rounds=2, epochs_per_round=2)

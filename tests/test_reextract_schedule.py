@@ -163,3 +163,33 @@ def test_a_wrong_source_creates_nothing_beside_the_store(harness, tmp_path):
         reextract(source=str(tmp_path / "incomming"), store=str(store), dataset=str(cfg), features=ONLY_VGGISH,
                   allow_random_init=True)
     assert not (tmp_path / "new").exists()
+
+
+def test_a_stopped_run_still_counts_what_it_published_towards_training(harness, tmp_path, monkeypatch):
+    """The state was saved only at the end: a run cancelled after publishing some videos forgot them, and
+    the next run no longer saw them as new, so they never counted towards trigger_min_new_videos."""
+    import flows.reextract as rx
+    from flows.reextract import reextract, state_path
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source = tmp_path / "incoming"
+    generate_demo_dataset(tmp_path / "gen", SPEC)
+    source.mkdir()
+    for v in sorted((tmp_path / "gen" / "videos").glob("*.mp4"))[:3]:
+        shutil.copy(v, source / v.name)
+    real = rx.run_extraction
+
+    def stopped_after_the_first(todo, *a):
+        real(todo[:1], *a)
+        raise KeyboardInterrupt  # (a cancel: Prefect's TerminationSignal is a BaseException too)
+
+    monkeypatch.setattr(rx, "run_extraction", stopped_after_the_first)
+    common = dict(source=str(source), store=str(tmp_path / "s.zarr"), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True, extract={"overrides": {"crop_size": 32, "resize_short": 32}})
+    with pytest.raises(KeyboardInterrupt):
+        reextract(**common)
+    first = sorted(p.stem for p in source.glob("*.mp4"))[0]
+    assert json.loads(state_path(tmp_path / "s.zarr").read_text())["pending_new_videos"] == [first]
+    monkeypatch.undo()
+    again = reextract(**common)
+    assert len(again["extracted"]) == 2 and again["pending_new_videos"] == sorted(p.stem for p in source.glob("*.mp4"))

@@ -161,3 +161,27 @@ def test_one_unreadable_record_does_not_hide_the_others(tmp_path, capsys, caplog
     # an explicit --runs-dir that does not exist is a typo, not "no runs"
     assert main(["runs", "--runs-dir", str(tmp_path / "typo"), "list"]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_a_killed_writers_staging_is_dropped_by_the_next_writer_but_never_a_live_ones(tmp_path):
+    """Runs killed before publishing (SIGKILL, OOM, a lost machine) left runs/.staging/<id>/ forever."""
+    import subprocess
+    import sys
+    import time
+
+    live = RunRecordWriter("live", tmp_path)
+    live.write_bytes("model/last.pt", b"x" * 10)
+    code = ("import os, sys; from clipae.runs import RunRecordWriter; "
+            "w = RunRecordWriter('killed', sys.argv[1]); w.write_bytes('model/last.pt', b'x'); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code, str(tmp_path)]).returncode == 9  # (dies holding its lock)
+    old = tmp_path / ".staging" / "from-an-older-version"  # (no lock file: dropped only once a day old)
+    young = tmp_path / ".staging" / "young-unlocked"
+    for d in (old, young):
+        d.mkdir()
+    os.utime(old, (time.time() - 2 * 86400, time.time() - 2 * 86400))
+    RunRecordWriter("next", tmp_path)
+    left = sorted(p.name for p in (tmp_path / ".staging").iterdir() if p.is_dir())
+    assert left == ["live", "next", "young-unlocked"]
+    assert (tmp_path / ".staging" / "live" / "model" / "last.pt").exists()
+    published = live.publish({"status": "completed"})
+    assert published.is_dir() and not (tmp_path / ".staging" / "live.lock").exists()
