@@ -5,9 +5,10 @@ recompute or already persisted in the store, so Prefect's input hashing is skipp
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError
 from prefect.concurrency.sync import concurrency
+from prefect.states import Cancelled
 
 from flows import steps
 from flows.limits import MissingLimitError, missing_limit_message
@@ -61,13 +63,15 @@ def extract_video(item: steps.PlannedVideo, store, config, limit_name: str,
     # flows/limits.py); a missing CPU limit (tests, ad-hoc runs) only makes Prefect log a warning.
     # ``cancel``: set when the flow run is being stopped (run_extraction): a task that was still waiting for a
     # slot then starts nothing, and a running extraction stops at its next window, publishing nothing.
-    try:
-        with _slot(limit_name, getattr(item, "video_id", "?")):
-            if cancel is not None and cancel.is_set():
-                from extractors.errors import ExtractionCancelled
+    from extractors.errors import ExtractionCancelled
 
+    try:
+        with _slot(limit_name, getattr(item, "video_id", "?"), cancel):
+            if cancel is not None and cancel.is_set():
                 raise ExtractionCancelled()
             return steps.extract_one(item, store, config, cancel)
+    except ExtractionCancelled:  # (Cancelled, not Crashed, in the UI; a returned state is the task's final one)
+        return Cancelled(message="its flow run was stopped: nothing of this video was published")
     except ConcurrencySlotAcquisitionError as exc:
         if "must be created" not in str(exc):  # e.g. the server unreachable: transient, retried
             raise
@@ -82,12 +86,18 @@ SLOT_WAIT_NOTICE_SECONDS = 30.0
 
 
 @contextmanager
-def _slot(limit_name: str, video_id: str):
+def _slot(limit_name: str, video_id: str, cancel: threading.Event | None = None):
     """One slot of ``limit_name``; a wait longer than SLOT_WAIT_NOTICE_SECONDS is logged (a run that only
     waits, e.g. on a slot a killed run still holds, otherwise looks hung). One acquisition, no timeout (a
     timed-out request can leave a granted slot behind until its lease lapses); a timer says it is waiting.
     A failed lease renewal (the server briefly away) is logged, not fatal: ending a running extraction for
-    it would lose more than the slot count is worth."""
+    it would lose more than the slot count is worth.
+
+    The acquisition runs in a thread of its own, holding the slot until this context exits, so that the wait
+    can end when ``cancel`` is set (the flow run is being stopped): a task blocked in the acquisition kept
+    its run alive until the worker SIGKILLed it. A slot granted after that is given back at once."""
+    from extractors.errors import ExtractionCancelled
+
     try:
         log = get_run_logger()
     except Exception:  # noqa: BLE001 -- outside a run (a plain call of the task's function)
@@ -97,15 +107,43 @@ def _slot(limit_name: str, video_id: str):
         f"`prefect global-concurrency-limit inspect {limit_name}` shows them; a killed run's slot returns when "
         f"its lease lapses, within about {SLOT_LEASE_SECONDS:.0f} s)"))
     notice.daemon = True
-    notice.start()
-    cm = concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-"), lease_duration=SLOT_LEASE_SECONDS,
-                     raise_on_lease_renewal_failure=False)
-    with ExitStack() as stack:
+    granted, release, over = threading.Event(), threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def hold() -> None:
         try:
-            stack.enter_context(cm)
+            with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-"),
+                             lease_duration=SLOT_LEASE_SECONDS, raise_on_lease_renewal_failure=False):
+                granted.set()
+                release.wait()
+        except BaseException as e:  # noqa: BLE001 -- handed to the task's thread below
+            errors.append(e)
         finally:
-            notice.cancel()
+            over.set()
+
+    holder = threading.Thread(target=contextvars.copy_context().run, args=(hold,), daemon=True,
+                              name=f"slot-{limit_name}-{video_id}")
+    notice.start()
+    holder.start()
+    try:
+        while not granted.wait(0.25):
+            if over.is_set():  # the acquisition failed
+                raise errors[0] if errors else RuntimeError(f"no slot of {limit_name!r} granted")
+            if cancel is not None and cancel.is_set():
+                raise ExtractionCancelled()
+    except BaseException:
+        release.set()  # (a slot granted later is given back at once)
+        raise
+    finally:
+        notice.cancel()
+    try:
         yield
+    finally:
+        release.set()
+        holder.join()
+        if errors:  # (releasing failed: the lease lapses on its own; the video's work is done and kept)
+            log.warning(f"{video_id}: releasing the slot of {limit_name!r} failed: {type(errors[0]).__name__}: "
+                        f"{errors[0]}")
 
 
 @task(name="check-store", cache_policy=NO_CACHE)

@@ -14,19 +14,22 @@ class KMeansResult:
     inertia: float
 
 
-def _sq_dists(x: np.ndarray, c: np.ndarray) -> np.ndarray:
-    return np.maximum((x * x).sum(1)[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
+def _sq_dists(x: np.ndarray, c: np.ndarray, x2: np.ndarray | None = None) -> np.ndarray:
+    """Squared distances (N, K); ``x2``: the rows' squared norms, when the caller has them (N x D work each)."""
+    x2 = (x * x).sum(1) if x2 is None else x2
+    return np.maximum(x2[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
 
 
-def kmeans_plus_plus_init(x: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+def kmeans_plus_plus_init(x: np.ndarray, k: int, rng: np.random.Generator, x2: np.ndarray | None = None) -> np.ndarray:
     """Arthur & Vassilvitskii 2007: each next centre drawn with probability proportional to D(x)^2."""
+    x2 = (x * x).sum(1) if x2 is None else x2
     centers = [x[rng.integers(len(x))]]
-    d2 = _sq_dists(x, centers[0][None])[:, 0]
+    d2 = _sq_dists(x, centers[0][None], x2)[:, 0]
     for _ in range(1, k):
         total = d2.sum()
         idx = rng.integers(len(x)) if total <= 0 else rng.choice(len(x), p=d2 / total)
         centers.append(x[idx])
-        d2 = np.minimum(d2, _sq_dists(x, x[idx][None])[:, 0])
+        d2 = np.minimum(d2, _sq_dists(x, x[idx][None], x2)[:, 0])
     return np.stack(centers)
 
 
@@ -50,12 +53,14 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 8, iters: int =
     if len(x) < k:
         raise ValueError(f"k-means: {len(x)} points for {k} clusters")
     rng = np.random.default_rng(seed)
+    x2 = (x * x).sum(1)
     best: KMeansResult | None = None
     for _ in range(1 if init_labels is not None else max(1, restarts)):
-        c = centers_of(x, np.asarray(init_labels), k) if init_labels is not None else kmeans_plus_plus_init(x, k, rng)
+        c = (centers_of(x, np.asarray(init_labels), k) if init_labels is not None
+             else kmeans_plus_plus_init(x, k, rng, x2))
         prev = np.inf
         for _ in range(iters):
-            d2 = _sq_dists(x, c)
+            d2 = _sq_dists(x, c, x2)
             lab = d2.argmin(1)
             inertia = float(d2[np.arange(len(x)), lab].sum())
             for j in range(k):
@@ -66,10 +71,12 @@ def kmeans(x: np.ndarray, k: int, seed: int = 0, restarts: int = 8, iters: int =
                     far = int(d2[np.arange(len(x)), lab].argmax())
                     c[j] = x[far]
                     lab[far] = j
-            if prev - inertia <= tol * max(prev, 1e-12):
+            # (converged: the assignment's inertia stopped falling. Not on the first pass: inf - inertia <= tol * inf
+            # held there, so every run stopped after one Lloyd iteration)
+            if np.isfinite(prev) and prev - inertia <= tol * max(prev, 1e-12):
                 break
             prev = inertia
-        d2 = _sq_dists(x, c)
+        d2 = _sq_dists(x, c, x2)
         lab = d2.argmin(1)
         res = KMeansResult(lab, c, float(d2[np.arange(len(x)), lab].sum()))
         if best is None or res.inertia < best.inertia:

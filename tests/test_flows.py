@@ -236,6 +236,50 @@ def test_a_task_waiting_for_a_slot_says_so_and_gets_it_when_freed(harness, monke
     assert "waiting" not in caplog.text
 
 
+def test_a_stopped_run_stops_waiting_for_a_slot_and_gives_a_late_one_back(harness):
+    """A task blocked in the slot acquisition ignored the stop: the flow process waited for it until the worker
+    SIGKILLed it (live check: 38 s after the cancel, past the 30 s grace)."""
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+
+    from extractors.errors import ExtractionCancelled
+    from flows import tasks
+
+    with get_client(sync_client=True) as c:
+        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-78", limit=1))
+    cancel = threading.Event()
+    outcome = []
+
+    def waiter():
+        try:
+            with tasks._slot("gpu-78", "vid_a", cancel):
+                outcome.append("extracted")
+        except ExtractionCancelled:
+            outcome.append(("cancelled", time.monotonic()))
+
+    with concurrency("gpu-78", occupy=1, strict=True):  # another run holds the only slot
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(1.0)
+        stopped = time.monotonic()
+        cancel.set()
+        t.join(10)
+        assert outcome and outcome[0][0] == "cancelled" and outcome[0][1] - stopped < 2, outcome
+    deadline = time.monotonic() + 30  # the abandoned request may still be granted: it gives the slot back
+    while time.monotonic() < deadline:
+        with get_client(sync_client=True) as c:
+            if c.read_global_concurrency_limit_by_name("gpu-78").active_slots == 0:
+                break
+        time.sleep(0.5)
+    with get_client(sync_client=True) as c:
+        assert c.read_global_concurrency_limit_by_name("gpu-78").active_slots == 0
+    with tasks._slot("gpu-78", "vid_b", threading.Event()):  # and the next one gets it
+        pass
+
+
 def test_zombie_automation_is_idempotent_and_follows_the_heartbeat_period(harness, monkeypatch):
     from datetime import timedelta
 
@@ -389,9 +433,15 @@ def test_a_stopped_run_cancels_its_extractions(harness, monkeypatch):
     assert tasks.extract_video.fn(item, None, None, "cpu-extract", ev) == {"video_id": "v"}
     assert called[-1][-1] is ev  # (handed to the extractor)
     ev.set()
-    with pytest.raises(ExtractionCancelled):
-        tasks.extract_video.fn(item, None, None, "cpu-extract", ev)
+    state = tasks.extract_video.fn(item, None, None, "cpu-extract", ev)
+    assert state.is_cancelled() and "nothing of this video was published" in state.message  # (not Crashed)
     assert len(called) == 1  # a slot granted after the stop starts nothing
+
+    def cancelled_mid_video(*a):
+        raise ExtractionCancelled()
+
+    monkeypatch.setattr(steps, "extract_one", cancelled_mid_video)
+    assert tasks.extract_video.fn(item, None, None, "cpu-extract", threading.Event()).is_cancelled()
 
     seen = {}
 

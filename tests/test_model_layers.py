@@ -188,6 +188,19 @@ def test_kmeans_recovers_separated_clusters_and_alignment():
     assert np.array_equal(kmeans(x, 4, seed=1).labels, res.labels)       # seeded
 
 
+def test_kmeans_runs_lloyd_to_convergence():
+    """Found at scale review: the convergence test held on the first pass (inf - inertia <= tol * inf), so
+    every run (UTAL's clustering of each round included) stopped after ONE Lloyd iteration. A converged
+    result is a fixed point: its centres are its clusters' means and every point is nearest to its own."""
+    from models.kmeans import _sq_dists, centers_of
+
+    x = np.random.default_rng(3).uniform(size=(600, 2))  # no clear clusters: one iteration is far from done
+    for init in (None, np.random.default_rng(4).integers(0, 8, 600)):
+        res = kmeans(x, 8, seed=0, restarts=2, init_labels=init)
+        assert np.allclose(res.centers, centers_of(x, res.labels, 8), atol=1e-6)
+        assert np.array_equal(_sq_dists(x, res.centers).argmin(1), res.labels)
+
+
 def test_kmeans_warm_start_refines_the_previous_partition():
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(4, 5)) * 10
