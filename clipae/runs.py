@@ -268,6 +268,7 @@ def find_run(run_id: str, runs_dir: str | Path | None = None) -> RunRecord:
     if len(matches) != 1:
         raise KeyError(
             f"no run record matches {run_id!r}" if not matches
-            else f"{run_id!r} is ambiguous: {', '.join(r.run_id for r in matches)}"
+            else f"{run_id!r} is ambiguous: {len(matches)} runs match ("
+            + ", ".join(sorted(r.run_id for r in matches)[:10]) + (", ..." if len(matches) > 10 else "") + ")"
         )
     return matches[0]

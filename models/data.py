@@ -186,14 +186,24 @@ def feature_configs(store, video_ids: Iterable[str], features: Iterable[str],
     Features that some video holds from random-init networks are added to ``random_init`` when given."""
     if not hasattr(store, "provenance"):
         return {}
+    from storage import StoreDamageError
+
     wanted = set(features)
     configs: dict[str, dict[str, list[str]]] = {}
+    damaged: dict[str, str] = {}
     for v in video_ids:
-        for name, prov in store.provenance(v).items():
+        try:
+            provenance = store.provenance(v)
+        except StoreDamageError as e:  # (go on: every damaged video is named at once, not one per run)
+            damaged[v] = _damage_detail(e)
+            continue
+        for name, prov in provenance.items():
             if name in wanted:
                 configs.setdefault(name, {}).setdefault(prov.config_key(), []).append(v)
                 if prov.random_init and random_init is not None:
                     random_init.add(name)
+    if damaged:
+        raise StoreDamagedVideos(store, damaged)
     return configs
 
 

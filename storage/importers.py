@@ -41,10 +41,14 @@ class ImportReport:
     missing: list[str] = field(default_factory=list)  # annotated videos with no feature file
     not_annotated: list[str] = field(default_factory=list)  # feature files of videos absent from annotations
 
+    SHOWN = 20  # failures listed one per line; the rest are counted (a wrong grid fails every file alike)
+
     def format(self) -> str:
         lines = [f"imported {len(self.imported)}, skipped {len(self.skipped)} (unchanged), failed {len(self.failed)}"]
-        for vid, why in sorted(self.failed.items()):
+        for vid, why in sorted(self.failed.items())[: self.SHOWN]:
             lines.append(f"  FAILED {vid}: {why}")
+        if len(self.failed) > self.SHOWN:
+            lines.append(f"  ... and {len(self.failed) - self.SHOWN} more failures")
         if self.missing:
             lines.append(f"{len(self.missing)} annotated videos have no features: {', '.join(self.missing[:20])}"
                          + (" ..." if len(self.missing) > 20 else ""))

@@ -186,3 +186,21 @@ def test_import_refuses_zero_grid_values_and_unknown_features_before_creating_a_
                 str(tmp_path / "s.zarr")]) == 2
     assert "BaS-Net layout" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
     assert cli(base + ["--feature", "vggish"]) == 0
+
+
+def test_an_import_on_the_wrong_grid_reports_compactly_and_leaves_no_empty_store(tmp_path, capsys):
+    """Scale review: 3,000 files on a wrong grid printed 3,000 long FAILED lines (919 KB) and left the new,
+    empty store behind."""
+    src = tmp_path / "npy"
+    for vid in load_dataset("thumos14").videos("Test")[:3]:
+        _npy(src / f"{vid}.npy", np.zeros((4, 128), np.float32))  # far too few snippets for these videos
+    rc = cli(["import-features", "--layout", "generic", "--feature", "vggish", "--src", str(src), "--store",
+              str(tmp_path / "s.zarr"), "--dataset", "thumos14", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "failed 3" in out and out.count("FAILED") == 3
+    assert "nothing imported" in out and not (tmp_path / "s.zarr").exists()
+    from storage.importers import ImportReport
+
+    many = ImportReport(failed={f"v{i:04d}": "made on another grid" for i in range(500)})
+    text = many.format()
+    assert text.count("FAILED") == ImportReport.SHOWN and "and 480 more failures" in text

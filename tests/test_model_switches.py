@@ -275,6 +275,14 @@ def test_damaged_values_and_damage_elsewhere_in_the_store(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "2 video(s) damaged" in err and vids[1] in err and vids[3] in err and "wrong size" in err, err
 
+    # also when their METADATA is damaged: the provenance check named only the first such video (scale review:
+    # 300 damaged videos, 300 failed runs)
+    for v in (vids[1], vids[3]):
+        (store.path / "videos" / v / "zarr.json").write_text("{broken")
+    assert main([*args, "--out", str(tmp_path / "run4")]) == 2
+    err = capsys.readouterr().err
+    assert "2 video(s) damaged" in err and vids[1] in err and vids[3] in err, err
+
 
 def test_ablation_reads_every_video_before_the_first_row_trains(tmp_path):
     """A damaged test video stopped the ablation only in the first row's prediction, after its training."""

@@ -62,6 +62,10 @@ def test_find_by_prefix_and_ambiguity(tmp_path):
         find_run("abc", tmp_path)
     with pytest.raises(KeyError, match="no run record"):
         find_run("zzz", tmp_path)
+    for i in range(12):  # many matches: counted, ten named (was every id, one 9 KB line for 256 runs)
+        _publish(tmp_path, f"abf-{i:02d}", {"0.50": 0.1})
+    with pytest.raises(KeyError, match=r"14 runs match \(abcd-1, abce-2, abf-00, .*abf-07, \.\.\.\)"):
+        find_run("ab", tmp_path)
 
 
 def test_cli_list_show_compare(tmp_path, capsys):

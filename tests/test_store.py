@@ -379,3 +379,19 @@ def test_verify_names_a_missing_chunk_file(tmp_path, capsys):
     assert f"missing (read as zeros): {chunk}" in detail
     assert cli(["store", "verify", str(s.path)]) == 1
     assert f"MISMATCH vid/i3d_rgb: {detail}" in capsys.readouterr().out.splitlines()
+
+
+def test_store_info_counts_many_damaged_videos_instead_of_listing_them_all(tmp_path, capsys):
+    """Scale review: 300 damaged videos gave 300 long stderr lines (139 KB) and no count in the summary."""
+    from clipae.cli import main as cli
+    from clipae.commands.store import SHOWN_DAMAGED
+
+    s, f = _damaged_store(tmp_path)
+    for i in range(SHOWN_DAMAGED + 5):
+        s.write_video(f"v{i:02d}", f, info(f"v{i:02d}"), provs(f))
+        (s.path / "videos" / f"v{i:02d}" / "zarr.json").write_bytes(b"{broken")
+    assert cli(["store", "info", str(s.path)]) == 1
+    captured = capsys.readouterr()
+    assert f"damaged videos: {SHOWN_DAMAGED + 5}" in captured.out
+    assert captured.err.count("damaged video v") == SHOWN_DAMAGED
+    assert f"{SHOWN_DAMAGED + 5} damaged videos in all" in captured.err

@@ -63,4 +63,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"clipae import-features: error: {e}", file=sys.stderr)
         return 2
     print(report.format())
+    if existing is None and not store.list_videos():  # every file failed (e.g. a wrong grid): the store this
+        import shutil  # command created holds nothing; a retry with other flags (--fps ...) starts afresh
+
+        shutil.rmtree(store.path, ignore_errors=True)
+        print(f"nothing imported: the new store {store.path} was removed")
     return 1 if report.failed else 0

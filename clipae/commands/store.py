@@ -39,9 +39,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
 
-def _warn_damaged(damaged: dict[str, str]) -> None:
-    for vid, why in damaged.items():
+#: damaged videos named by `store info` (ls and verify list every one)
+SHOWN_DAMAGED = 20
+
+
+def _warn_damaged(damaged: dict[str, str], limit: int | None = None) -> None:
+    items = list(damaged.items())
+    for vid, why in items[:limit]:
         print(f"clipae store: damaged video {vid}: {why}", file=sys.stderr)
+    if limit is not None and len(items) > limit:
+        print(f"clipae store: ... {len(items)} damaged videos in all (`clipae store verify` lists every problem)",
+              file=sys.stderr)
 
 
 def _info(store, as_json: bool) -> int:
@@ -55,7 +63,9 @@ def _info(store, as_json: bool) -> int:
     if mixed:  # (JSON readers have configs_per_feature)
         print("warning: features made in different ways across videos:\n  " + mixed.replace("\n", "\n  "),
               file=sys.stderr)
-    _warn_damaged(summary["damaged_videos"])
+    if summary["damaged_videos"] and not as_json:
+        print(f"damaged videos: {len(summary['damaged_videos'])}")
+    _warn_damaged(summary["damaged_videos"], SHOWN_DAMAGED)
     return 1 if summary["damaged_videos"] else 0
 
 

@@ -32,7 +32,8 @@ def _run(args: argparse.Namespace) -> int:
     _write_inputs(res.out_dir, inputs)
     print(f"trained {res.mode} ({cfg.switches.describe()}): {res.epochs_completed} epochs in {res.seconds:.0f} s -> {res.checkpoint}")
     for ch in res.cluster_history:
-        print(f"  round {ch['round']}: inertia {ch['inertia']:.2f} changed {ch['changed']} purity {ch['purity']}")
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        print(f"  round {ch['round']}: inertia {ch['inertia']:.2f} changed {fmt(ch['changed'])} purity {fmt(ch['purity'])}")
     return 0
 
 
