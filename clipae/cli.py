@@ -94,6 +94,10 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `clipae store ls S | head`: the reader left; end quietly, as Unix tools do
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # (so the interpreter's final flush does not fail again)
+        return 141
     except (OSError, ValueError, LookupError, RuntimeError, _YAMLError) as e:
         # One clear line instead of a traceback for what users run into: a missing or unreadable file, a store
         # or dataset that is not what was asked for, no GPU. Exit 2 for bad input (our ValueError subclasses:

@@ -514,6 +514,31 @@ def test_cli_sigterm_is_handled_like_ctrl_c(tmp_path):
     assert (tmp_path / "done").read_text() == "cleanup ran"
 
 
+def test_cli_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    """`clipae store ls S | head` printed "error: [Errno 32] Broken pipe"."""
+    import subprocess
+    import sys
+
+    script = (
+        "import argparse, sys\n"
+        "import clipae.cli as cli\n"
+        "def work(args):\n"
+        "    for i in range(200000): print(f'video_{i:06d}\\tT=25')\n"
+        "def parser():\n"
+        "    p = argparse.ArgumentParser()\n"
+        "    p.set_defaults(func=work, command='store')\n"
+        "    return p\n"
+        "cli.build_parser = parser\n"
+        "sys.exit(cli.main([]))\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(f"{sys.executable} -c \"$SCRIPT\" | head -1; echo \"rc=${{PIPESTATUS[0]}}\"", shell=True,
+                       executable="/bin/bash", cwd=root, capture_output=True, text=True, timeout=60,
+                       env={**__import__("os").environ, "SCRIPT": script})
+    assert r.stdout.splitlines() == ["video_000000\tT=25", "rc=141"], r
+    assert r.stderr == "", r.stderr
+
+
 def test_decord_failure_mid_stream_is_redone_with_ffmpeg(env, tmp_path, monkeypatch):
     from extractors import decode
     from extractors.errors import DecodeError
