@@ -67,6 +67,11 @@ def _read_json(path: Path) -> dict:
     return out
 
 
+#: How recent a change of ``_staging/trash`` counts as a replacement in progress (seconds; generous for
+#: the clock skew of a network filesystem, whose server sets the mtime)
+TRASH_RECENT_S = 10.0
+
+
 class StoreConflict(StoreError):
     """A write planned on one version of a video found another one under the video's lock: another process
     wrote (or deleted) the video in between. Nothing was written; re-plan against the current version."""
@@ -229,10 +234,18 @@ class FeatureStore:
                 away = {n.rsplit(".", 2)[0] for n in os.listdir(trash)} - set(ids)
             except FileNotFoundError:
                 away = set()
-            if not away or delay is None:
-                return ids
+            if not away or delay is None or not self._trash_changed_recently():
+                return ids  # (an old trash entry is a killed writer's, which recovery handles: no wait for it)
             time.sleep(delay)
         return ids  # (unreachable)
+
+    def _trash_changed_recently(self) -> bool:
+        """An entry moved into or out of ``_staging/trash`` in the last seconds: a replacement may be between its
+        two renames (they are milliseconds apart). Older entries are killed writers' leftovers."""
+        try:
+            return time.time() - (self._staging / "trash").stat().st_mtime < TRASH_RECENT_S
+        except FileNotFoundError:
+            return False
 
     def __len__(self) -> int:
         return len(self.list_videos())
@@ -279,7 +292,8 @@ class FeatureStore:
                 return _read_json(vdir / "zarr.json")
             except FileNotFoundError:
                 if not vdir.is_dir():
-                    replacing = any(p.name.rsplit(".", 2)[0] == vdir.name for p in trash.glob(f"{vdir.name}.*.*"))
+                    replacing = self._trash_changed_recently() and any(
+                        p.name.rsplit(".", 2)[0] == vdir.name for p in trash.glob(f"{vdir.name}.*.*"))
                     if delay is None or not replacing:
                         return None
                 elif delay is None:
