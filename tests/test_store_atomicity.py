@@ -162,40 +162,23 @@ def test_store_wide_recovery_after_killed_writers(tmp_path):
     assert store.recover() == []
 
 
-def test_a_video_being_replaced_is_never_called_damaged_without_rename_exchange(tmp_path):
-    """Without rename-exchange a replacement renames the old directory away, then the new one in: a reader in
-    that gap found no zarr.json, then the directory, and called a healthy video damaged ("delete it"; and
-    extraction rewrites damaged videos). Such a reader now reads again before deciding."""
-    from storage import StoreDamageError
+def _replace_while_reading(store: FeatureStore, read_once, readers: int) -> int:
+    """Replace video "v" 150 times through a writer without rename-exchange (the two-renames fallback of
+    NFS/CIFS) while ``readers`` threads call ``read_once(reader_store)`` in a loop; returns the reads done."""
     from tests.store_helpers import feats, info, provs
 
-    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
-    f = feats(8)
-    store.write_video("v", f, info("v"), provs(f))
     writer = FeatureStore.open(store.path)
-    writer._exchange_ok = False  # (the fallback path: two renames)
+    writer._exchange_ok = False
     done = threading.Event()
-    damage: list[str] = []
-    reads = 0
+    reads = [0]
 
-    def read_loop():
-        nonlocal reads
+    def loop():
         reader = FeatureStore.open(store.path)
         while not done.is_set():
-            for op in (lambda: reader.load("v"), lambda: reader.verify_report("v"), reader.summary):
-                try:
-                    out = op()
-                except StoreDamageError as e:
-                    damage.append(str(e))
-                except Exception:  # noqa: BLE001 -- "not in store" for an instant is fine; damage is not
-                    continue
-                if isinstance(out, dict) and out.get("damaged_videos"):
-                    damage.append(str(out["damaged_videos"]))
-                elif isinstance(out, dict) and out and all(isinstance(v, str) for v in out.values()):
-                    damage.append(str(out))  # (verify_report: item -> problem)
-                reads += 1
+            read_once(reader)
+            reads[0] += 1
 
-    threads = [threading.Thread(target=read_loop) for _ in range(3)]
+    threads = [threading.Thread(target=loop) for _ in range(readers)]
     for t in threads:
         t.start()
     try:
@@ -206,7 +189,35 @@ def test_a_video_being_replaced_is_never_called_damaged_without_rename_exchange(
         done.set()
         for t in threads:
             t.join()
-    assert reads > 0 and not damage, damage[:3]
+    return reads[0]
+
+
+def test_a_video_being_replaced_is_never_called_damaged_without_rename_exchange(tmp_path):
+    """Without rename-exchange a replacement renames the old directory away, then the new one in: a reader in
+    that gap found no zarr.json, then the directory, and called a healthy video damaged ("delete it"; and
+    extraction rewrites damaged videos). Such a reader now reads again before deciding."""
+    from storage import StoreDamageError
+    from tests.store_helpers import feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    f = feats(8)
+    store.write_video("v", f, info("v"), provs(f))
+    damage: list[str] = []
+
+    def read_once(reader):
+        for op in (lambda: reader.load("v"), lambda: reader.verify_report("v"), reader.summary):
+            try:
+                out = op()
+            except StoreDamageError as e:
+                damage.append(str(e))
+            except Exception:  # noqa: BLE001 -- only damage counts here (absence: the next test)
+                continue
+            if isinstance(out, dict) and out.get("damaged_videos"):
+                damage.append(str(out["damaged_videos"]))
+            elif isinstance(out, dict) and out and all(isinstance(v, str) for v in out.values()):
+                damage.append(str(out))  # (verify_report: item -> problem)
+
+    assert _replace_while_reading(store, read_once, readers=3) > 0 and not damage, damage[:3]
 
 
 def test_a_video_being_replaced_never_reads_as_absent_without_rename_exchange(tmp_path):
@@ -219,37 +230,18 @@ def test_a_video_being_replaced_never_reads_as_absent_without_rename_exchange(tm
     f = feats(8)
     for vid in ("u", "v"):
         store.write_video(vid, f, info(vid), provs(f))
-    writer = FeatureStore.open(store.path)
-    writer._exchange_ok = False  # (the fallback path: two renames)
-    done = threading.Event()
     problems: list[str] = []
-    reads = 0
 
-    def read_loop():
-        nonlocal reads
-        reader = FeatureStore.open(store.path)
-        while not done.is_set():
-            try:
-                reader.load("v")
-                if reader.list_videos() != ["u", "v"]:
-                    problems.append(f"listing {reader.list_videos()}")
-                reader.fingerprint()
-            except Exception as e:  # noqa: BLE001 -- any failure of a healthy video is the defect
-                problems.append(f"{type(e).__name__}: {e}")
-            reads += 1
+    def read_once(reader):
+        try:
+            reader.load("v")
+            if reader.list_videos() != ["u", "v"]:
+                problems.append(f"listing {reader.list_videos()}")
+            reader.fingerprint()
+        except Exception as e:  # noqa: BLE001 -- any failure of a healthy video is the defect
+            problems.append(f"{type(e).__name__}: {e}")
 
-    threads = [threading.Thread(target=read_loop) for _ in range(2)]
-    for t in threads:
-        t.start()
-    try:
-        for i in range(150):
-            g = feats(8, seed=i)
-            writer.write_video("v", g, info("v"), provs(g))
-    finally:
-        done.set()
-        for t in threads:
-            t.join()
-    assert reads > 0 and not problems, (len(problems), problems[:3])
+    assert _replace_while_reading(store, read_once, readers=2) > 0 and not problems, (len(problems), problems[:3])
 
 
 def test_a_deletion_killed_halfway_never_comes_back_partial(tmp_path, monkeypatch):
