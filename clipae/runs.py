@@ -92,6 +92,8 @@ class RunRecordWriter:
         # of runs killed before they could publish (their checkpoints add up to tens of MB each).
         self.staging.parent.mkdir(parents=True, exist_ok=True)
         self._lock = _try_lock(self.staging.parent / f"{run_id}.lock")  # (taken before the directory exists)
+        if self._lock is None:
+            raise RuntimeError(f"run {run_id}: another live process is writing its record ({self.staging})")
         _drop_dead_staging(self.staging.parent, keep=run_id)
         if self.staging.exists():  # leftover of a crashed attempt of this same run: start clean
             _make_writable(self.staging)
@@ -151,10 +153,8 @@ class RunRecordWriter:
         os.rename(self.staging, final)
         _make_read_only(final)
         self.published = final
-        if self._lock is not None:
-            (self.staging.parent / f"{self.run_id}.lock").unlink(missing_ok=True)
-            self._lock.close()
-            self._lock = None
+        (self.staging.parent / f"{self.run_id}.lock").unlink(missing_ok=True)
+        self._lock.close()
         return final
 
 

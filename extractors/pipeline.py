@@ -608,8 +608,8 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
                 p.params["tvl1_backend"] = resolve_backend(config.tvl1, models.device)
             prov[f] = p
         with clock("store"):
-            replace_all = _write(store, video_id, fingerprint, feats, info, prov, replace_all, version)
-            replaced_source = replaced_source if replace_all else None
+            replaced_source = _write(store, video_id, fingerprint, feats, info, prov, replace_all, version,
+                                     replaced_source)
     except VideoError:
         raise
     except StoreError as e:
@@ -627,17 +627,24 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
 
 
 def _write(store: FeatureStore, video_id: str, fingerprint: str, feats: dict, info: VideoInfo, prov: dict,
-           replace_all: bool, version) -> bool:
-    """Publish this run's features on the version they were planned on; returns whether it replaced all.
+           replace_all: bool, version, replaced_source: str | None) -> str | None:
+    """Publish this run's features on the version they were planned on; returns the source whose features
+    it replaced (None when it kept or added to what was stored).
 
     Another process may have written the video since the plan (two runs on one store, a shard overlap).
     Then the plan is made again on what is stored now: from the same source, this run's features merge into
     it (what the other process added is kept); from another source, two files claim this video id and the
     video fails here, nothing written, rather than mixing features of two files."""
+    t = next(iter(feats.values())).shape[0]
     for _ in range(5):
+        if not replace_all and version is not None and version is not ANY_VERSION \
+                and _imported_only(store, video_id) and store.num_snippets(video_id) != t:
+            # imported features a snippet or two longer or shorter than the video's own (importers accept 2 %):
+            # they cannot sit beside this run's, so the video's own features replace them
+            replace_all, replaced_source = True, store.video_info(video_id).source
         try:
             store.write_video(video_id, feats, info, prov, replace_all=replace_all, expect_version=version)
-            return replace_all
+            return replaced_source if replace_all else None
         except StoreConflict:
             version = store.video_version(video_id)
             if version is not None and store.video_info(video_id).source_fingerprint != fingerprint \

@@ -120,7 +120,7 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
         reports, failures = run_extraction(todo, st, cfg, gpu_limit_name(p.device), key("progress"))
     except BaseException:  # stopped (cancel, SIGTERM) or failed midway: the videos it did publish are no longer
         # "new" to the next run's plan, so they are counted for training now or never
-        _remember_published(spath, state, st, todo)
+        _remember_published(spath, state, st, todo, log)
         raise
 
     fp_of = {i.video_id: i.source_fingerprint for i in todo}
@@ -165,7 +165,7 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
             "triggered": triggered}
 
 
-def _remember_published(spath: Path, state: dict[str, Any], store, todo: list) -> None:
+def _remember_published(spath: Path, state: dict[str, Any], store, todo: list, log) -> None:
     """Add the planned videos now in the store from the planned file to the pending list, and save."""
     try:
         done = [i.video_id for i in todo if store.has_video(i.video_id)
@@ -174,8 +174,9 @@ def _remember_published(spath: Path, state: dict[str, Any], store, todo: list) -
         for vid in done:
             state["failed"].pop(vid, None)
         save_state(spath, state)
-    except Exception:  # noqa: BLE001 -- (best effort while stopping: the original exception is what matters)
-        pass
+    except Exception as e:  # noqa: BLE001 -- (best effort while stopping: the original exception is what matters)
+        log.warning(f"could not save {spath} while stopping ({type(e).__name__}: {e}): videos this run published "
+                    "do not count towards training")
 
 
 def _summary_md(dataset: str, n_videos: int, done: list[str], failures: list[dict], known_bad: list[str],

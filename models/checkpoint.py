@@ -15,7 +15,8 @@ CONFIG_FILE = "config.json"
 
 #: What a training run writes in its directory (besides config.json), dropped when a fresh run starts there:
 #: a run stopped early must not leave the previous run's model beside its own config.
-RUN_OUTPUTS = (MODEL_FILE, RESUME_FILE, "train_log.json", "train_clusters.json", "inputs.json")
+RUN_OUTPUTS = (MODEL_FILE, RESUME_FILE, "train_log.json", "train_clusters.json", "inputs.json",
+               "predictions.json", "evaluation.json")  # (the last two: an ablation row's, made from the model)
 
 _UMASK = os.umask(0o022)
 os.umask(_UMASK)  # (read once, at import: mkstemp makes 0600 files; ours get the usual 0644 under umask 022)

@@ -226,26 +226,31 @@ class FeatureStore:
 
         (Without rename-exchange a video being replaced is briefly absent, its old version in
         ``_staging/trash``: then the listing is taken again, briefly, so it is not left out.)"""
-        trash = self._staging / "trash"
         for delay in (0.001, 0.01, 0.05, 0.2, None):
             with os.scandir(self._videos) as it:
                 ids = sorted(e.name for e in it if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
-            try:
-                away = {n.rsplit(".", 2)[0] for n in os.listdir(trash)} - set(ids)
-            except FileNotFoundError:
-                away = set()
-            if not away or delay is None or not self._trash_changed_recently():
-                return ids  # (an old trash entry is a killed writer's, which recovery handles: no wait for it)
+            if delay is None or not (self._recently_trashed() - set(ids)):
+                return ids
             time.sleep(delay)
         return ids  # (unreachable)
 
-    def _trash_changed_recently(self) -> bool:
-        """An entry moved into or out of ``_staging/trash`` in the last seconds: a replacement may be between its
-        two renames (they are milliseconds apart). Older entries are killed writers' leftovers."""
+    def _recently_trashed(self) -> set[str]:
+        """Ids of videos moved into ``_staging/trash`` (as ``<id>.<pid>.<random>``) in the last TRASH_RECENT_S
+        seconds, by each entry's own ctime (a rename sets it): a replacement may be between its two renames
+        (milliseconds apart). Older entries are killed writers' leftovers, for recovery; no reader waits on them."""
+        ids = set()
         try:
-            return time.time() - (self._staging / "trash").stat().st_mtime < TRASH_RECENT_S
+            with os.scandir(self._staging / "trash") as it:
+                for e in it:
+                    parts = e.name.rsplit(".", 2)
+                    try:
+                        if len(parts) == 3 and time.time() - e.stat(follow_symlinks=False).st_ctime < TRASH_RECENT_S:
+                            ids.add(parts[0])
+                    except FileNotFoundError:
+                        continue  # (removed meanwhile)
         except FileNotFoundError:
-            return False
+            pass
+        return ids
 
     def __len__(self) -> int:
         return len(self.list_videos())
@@ -286,15 +291,12 @@ class FeatureStore:
         own trash entry exists, or its directory stays without zarr.json, the file is read again (briefly)
         before the video counts as absent or damaged: a video being replaced must not read as "not in store"
         (a training run would fail) nor as damaged (extraction rewrites damaged videos)."""
-        trash = self._staging / "trash"
         for delay in (0.0, 0.001, 0.01, 0.05, 0.2, None):
             try:
                 return _read_json(vdir / "zarr.json")
             except FileNotFoundError:
                 if not vdir.is_dir():
-                    replacing = self._trash_changed_recently() and any(
-                        p.name.rsplit(".", 2)[0] == vdir.name for p in trash.glob(f"{vdir.name}.*.*"))
-                    if delay is None or not replacing:
+                    if delay is None or vdir.name not in self._recently_trashed():
                         return None
                 elif delay is None:
                     raise
@@ -831,7 +833,7 @@ class FeatureStore:
             os.rename(current, trash)
             # zarr.json first: a writer killed during the removal must leave a copy that recovery drops, not one
             # it restores as the video with some arrays gone (recovery restores a trash copy with zarr.json)
-            os.unlink(trash / "zarr.json")
+            (trash / "zarr.json").unlink(missing_ok=True)  # (a damaged video may have none)
             shutil.rmtree(trash)
 
 

@@ -187,5 +187,8 @@ def test_a_killed_writers_staging_is_dropped_by_the_next_writer_but_never_a_live
     left = sorted(p.name for p in (tmp_path / ".staging").iterdir() if p.is_dir())
     assert left == ["live", "next", "young-unlocked"]
     assert (tmp_path / ".staging" / "live" / "model" / "last.pt").exists()
+    with pytest.raises(RuntimeError, match="another live process"):  # (it would have deleted live's files)
+        RunRecordWriter("live", tmp_path)
+    assert (tmp_path / ".staging" / "live" / "model" / "last.pt").exists()
     published = live.publish({"status": "completed"})
     assert published.is_dir() and not (tmp_path / ".staging" / "live.lock").exists()

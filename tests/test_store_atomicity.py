@@ -280,22 +280,26 @@ def test_recovery_drops_a_killed_creators_scratch_copy(tmp_path):
     assert not stale.exists() and live.exists()
 
 
-def test_a_killed_writers_old_trash_entry_costs_readers_no_wait(tmp_path):
+def test_a_killed_writers_old_trash_entry_costs_readers_no_wait(tmp_path, monkeypatch):
     """Readers wait while a video's old version sits in trash (a replacement between its renames); a leftover
-    of a killed writer (minutes old) must not make every listing and read wait until recovery runs."""
+    of a killed writer (older than TRASH_RECENT_S, by its own ctime) must not make every listing and read wait
+    until recovery runs, even while other videos are being replaced (which touches the trash directory)."""
     import shutil
 
+    import storage.store as store_mod
     from tests.store_helpers import feats, info, provs
 
+    monkeypatch.setattr(store_mod, "TRASH_RECENT_S", 0.5)
     store = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
     f = feats(8)
     store.write_video("v", f, info("v"), provs(f))
     shutil.copytree(store.path / "videos" / "v", store.path / "_staging" / "trash" / "gone.123.abc")
-    old = time.time() - 600
-    os.utime(store.path / "_staging" / "trash", (old, old))
+    time.sleep(0.6)
+    (store.path / "_staging" / "trash" / "other.1.x").mkdir()  # (a fresh entry of a video that is present)
+    store.write_video("other", f, info("other"), provs(f))
     t = time.perf_counter()
     for _ in range(10):
-        assert store.list_videos() == ["v"] and not store.has_video("gone")
+        assert store.list_videos() == ["other", "v"] and not store.has_video("gone")
         with pytest.raises(Exception, match="not in store"):
             store.load("gone")
     assert time.perf_counter() - t < 1.0  # (waiting would take 10 x 2 x 0.26 s)

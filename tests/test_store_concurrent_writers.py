@@ -145,3 +145,17 @@ def test_an_import_never_replaces_a_stored_videos_info(env, tmp_path):
                       {"i3d_rgb": _prov("i3d_rgb")}, keep_info=True)
     assert store.video_info("a").source == str(video.resolve())
     assert extract_video(video, "a", store, cfg, models).skipped
+
+
+def test_imported_features_of_another_length_are_replaced_not_a_failure(env, tmp_path):
+    """Importers accept features within 2 snippets of the video's length; kept beside this run's they would
+    disagree on T, and the video failed on every run (and reextract remembered it as broken)."""
+    d, cfg, models, video = env
+    src = tmp_path / "npy"
+    src.mkdir()
+    np.save(src / "a.npy", np.zeros((5, 1024), np.float32))  # the video has 4 snippets
+    store = FeatureStore.create(tmp_path / "s")
+    assert import_features(store, "generic", src, "i3d_rgb", progress=False).imported == ["a"]
+    r = extract_video(video, "a", store, cfg, models)
+    assert r.computed == ["vggish"] and r.replaced_source == str(src / "a")
+    assert store.features_of("a") - {"audio_mask"} == {"vggish"} and store.num_snippets("a") == 4

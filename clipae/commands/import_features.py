@@ -54,17 +54,27 @@ def run(args: argparse.Namespace) -> int:
     pick = lambda given, default: default if given is None else given  # noqa: E731 -- (0 is refused, not defaulted)
     grid = SnippetGrid(fps=pick(args.fps, base.fps), snippet_frames=pick(args.snippet_frames, base.snippet_frames),
                        stride=pick(args.stride, base.stride))
+    created = False
     try:
-        store = FeatureStore.open_or_create(args.store, grid=grid, name=dataset.name if dataset else None,
-                                             codec=CodecSpec(args.codec))
+        if existing is None:
+            try:
+                store = FeatureStore.create(args.store, grid=grid, name=dataset.name if dataset else None,
+                                            codec=CodecSpec(args.codec))
+                created = True
+            except StoreError:  # (created meanwhile by another process: use it, as open_or_create would)
+                store = FeatureStore.open_or_create(args.store, grid=grid)
+        else:
+            store = FeatureStore.open_or_create(args.store, grid=grid)
         report = import_features(store, args.layout, args.src, args.feature, dataset, progress=not args.no_progress,
                                   found=found)
     except StoreError as e:
         print(f"clipae import-features: error: {e}", file=sys.stderr)
         return 2
     print(report.format())
-    if existing is None and not store.list_videos():  # every file failed (e.g. a wrong grid): the store this
-        import shutil  # command created holds nothing; a retry with other flags (--fps ...) starts afresh
+    if created and not store.list_videos() and not any((store.path / "_staging" / "tmp").iterdir()):
+        # every file failed (e.g. a wrong grid): the store this command created holds nothing and nobody is
+        # writing into it; a retry with other flags (--fps ...) starts afresh
+        import shutil
 
         shutil.rmtree(store.path, ignore_errors=True)
         print(f"nothing imported: the new store {store.path} was removed")

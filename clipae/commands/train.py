@@ -23,6 +23,14 @@ def _run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     store, ds = open_inputs(args.store, args.dataset)
     inputs = _inputs(store, ds, cfg)  # (before training: a store it cannot describe fails now, not after the schedule)
+    from pathlib import Path
+
+    from models import checkpoint as ckpt
+
+    previous = [n for n in (ckpt.MODEL_FILE, ckpt.RESUME_FILE) if (Path(args.out) / n).exists()]
+    if previous and not (args.resume and (Path(args.out) / ckpt.RESUME_FILE).exists()):
+        print(f"clipae train: {args.out} holds a previous run ({', '.join(previous)}): this run replaces it "
+              "(--resume would continue it)", file=sys.stderr)
     res = train(cfg, store, ds, args.out, resume=args.resume)
     after = store.fingerprint()
     if after != inputs["store_fingerprint"]:  # another process wrote videos while this run read them
