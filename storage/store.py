@@ -67,8 +67,9 @@ def _read_json(path: Path) -> dict:
     return out
 
 
-#: How recent a change of ``_staging/trash`` counts as a replacement in progress (seconds; generous for
-#: the clock skew of a network filesystem, whose server sets the mtime)
+#: How recently a video's old version must have been moved to ``_staging/trash`` (its entry's ctime) for
+#: readers to wait for the replacement to finish (seconds; generous for the clock skew of a network
+#: filesystem, whose server sets the ctime)
 TRASH_RECENT_S = 10.0
 
 
@@ -288,7 +289,8 @@ class FeatureStore:
         Where rename-exchange is not available (NFS, CIFS), a replacement renames the old directory away (to
         ``_staging/trash/<id>.<pid>.<random>``) and then the new one in: a reader between the two finds no
         directory, or a directory without its file, and the video back a moment later. So while the video's
-        own trash entry exists, or its directory stays without zarr.json, the file is read again (briefly)
+        old version was moved to trash in the last seconds, or its directory stays without zarr.json, the file
+        is read again (briefly)
         before the video counts as absent or damaged: a video being replaced must not read as "not in store"
         (a training run would fail) nor as damaged (extraction rewrites damaged videos)."""
         for delay in (0.0, 0.001, 0.01, 0.05, 0.2, None):
@@ -310,10 +312,10 @@ class FeatureStore:
             return None
         try:
             return self._video_meta(video_id).get("version")
-        except StoreError as e:
+        except StoreError:
             if not (self._videos / video_id).is_dir():  # (deleted meanwhile)
                 return None
-            raise e
+            raise
 
     def missing_arrays(self, video_id: str) -> set[str]:
         """The features (and ``audio_mask``) the video's metadata lists whose array is gone from disk (no
