@@ -236,6 +236,50 @@ def test_a_task_waiting_for_a_slot_says_so_and_gets_it_when_freed(harness, monke
     assert "waiting" not in caplog.text
 
 
+def test_the_flow_thread_sees_a_stop_signal_delivered_to_another_thread():
+    """Live check: the worker's SIGTERM reached an extraction thread; Python runs handlers in the main thread,
+    which sat in as_completed's untimed wait until the running extraction finished (27 s of the 30 s grace)."""
+    import concurrent.futures
+    import signal
+    import time
+
+    from flows.extraction_stage import finished
+
+    class Stop(BaseException):
+        pass
+
+    class Fut:  # (finished() needs add_done_callback only)
+        def __init__(self):
+            self.inner = concurrent.futures.Future()
+
+        def add_done_callback(self, fn):
+            self.inner.add_done_callback(lambda _: fn(self))
+
+    quick, slow = Fut(), Fut()
+    quick.inner.set_result(1)
+
+    def raise_stop(signum, frame):
+        raise Stop
+
+    def signal_another_thread():
+        time.sleep(0.3)
+        signal.pthread_kill(threading.get_ident(), signal.SIGUSR1)  # (delivered to THIS thread, not the main)
+        time.sleep(5)
+        slow.inner.set_result(2)  # (what the old wait needed before the handler could run)
+
+    previous = signal.signal(signal.SIGUSR1, raise_stop)
+    t0 = time.monotonic()
+    try:
+        threading.Thread(target=signal_another_thread, daemon=True).start()
+        got = []
+        with pytest.raises(Stop):
+            for fut in finished([quick, slow]):
+                got.append(fut)
+        assert got == [quick] and time.monotonic() - t0 < 2.5
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
 def test_a_stopped_run_stops_waiting_for_a_slot_and_gives_a_late_one_back(harness):
     """A task blocked in the slot acquisition ignored the stop: the flow process waited for it until the worker
     SIGKILLed it (live check: 38 s after the cancel, past the 30 s grace)."""
@@ -453,7 +497,7 @@ def test_a_stopped_run_cancels_its_extractions(harness, monkeypatch):
         raise KeyboardInterrupt  # (Prefect's TerminationSignal is a BaseException too)
 
     monkeypatch.setattr(tasks.extract_video, "map", fake_map)
-    monkeypatch.setattr(extraction_stage, "as_completed", stopped)
+    monkeypatch.setattr(extraction_stage, "finished", stopped)
     monkeypatch.setattr(extraction_stage, "ensure_gpu_limit", lambda name: None)
     monkeypatch.setattr(steps, "get_extractors", lambda cfg: None)
     monkeypatch.setattr(extraction_stage, "ProgressReporter", lambda *a: SimpleNamespace(advance=lambda: None))
