@@ -83,19 +83,27 @@ def extract_video(item: steps.PlannedVideo, store, config, limit_name: str,
 SLOT_LEASE_SECONDS = 60.0
 #: After this long without a slot the task says in its log that it is waiting, and for what.
 SLOT_WAIT_NOTICE_SECONDS = 30.0
+#: Longest sleep between two slot requests (the server's Retry-After is at most 30 s by default).
+SLOT_RETRY_MAX_SECONDS = 30.0
 
 
 @contextmanager
 def _slot(limit_name: str, video_id: str, cancel: threading.Event | None = None):
     """One slot of ``limit_name``; a wait longer than SLOT_WAIT_NOTICE_SECONDS is logged (a run that only
-    waits, e.g. on a slot a killed run still holds, otherwise looks hung). One acquisition, no timeout (a
-    timed-out request can leave a granted slot behind until its lease lapses); a timer says it is waiting.
-    A failed lease renewal (the server briefly away) is logged, not fatal: ending a running extraction for
-    it would lose more than the slot count is worth.
+    waits, e.g. on a slot a killed run still holds, otherwise looks hung). A failed lease renewal (the server
+    briefly away) is logged, not fatal: ending a running extraction for it would lose more than the slot
+    count is worth.
 
     The acquisition runs in a thread of its own, holding the slot until this context exits, so that the wait
     can end when ``cancel`` is set (the flow run is being stopped): a task blocked in the acquisition kept
-    its run alive until the worker SIGKILLed it. A slot granted after that is given back at once."""
+    its run alive until the worker SIGKILLed it. A slot granted after that is given back at once.
+
+    Each request is a single try (``max_retries=0``); on "all taken" (HTTP 423) this thread sleeps the
+    server's Retry-After itself, in a wait that the stop ends. Prefect's own retry loop sleeps inside its
+    acquisition service, and that service finishes every queued request before the process may exit: a
+    stopped run waiting for another run's slot was SIGKILLed at the end of the worker's grace. A timeout
+    per request would also end the wait, but a request cut off mid-flight can leave a granted slot behind
+    until its lease lapses; a single try that is answered never does."""
     from extractors.errors import ExtractionCancelled
 
     try:
@@ -111,11 +119,20 @@ def _slot(limit_name: str, video_id: str, cancel: threading.Event | None = None)
     errors: list[BaseException] = []
 
     def hold() -> None:
+        _quiet_slot_denials()
         try:
-            with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-"),
-                             lease_duration=SLOT_LEASE_SECONDS, raise_on_lease_renewal_failure=False):
-                granted.set()
-                release.wait()
+            while not release.is_set():
+                try:
+                    with concurrency(limit_name, occupy=1, strict=limit_name.startswith("gpu-"), max_retries=0,
+                                     lease_duration=SLOT_LEASE_SECONDS, raise_on_lease_renewal_failure=False):
+                        granted.set()
+                        release.wait()
+                    return
+                except ConcurrencySlotAcquisitionError as exc:
+                    wait = None if granted.is_set() else _retry_after(exc)
+                    if wait is None:  # (not "all taken": e.g. a missing limit, the server unreachable)
+                        raise
+                    release.wait(wait)  # (set when the task stops waiting: no further request)
         except BaseException as e:  # noqa: BLE001 -- handed to the task's thread below
             errors.append(e)
         finally:
@@ -144,6 +161,47 @@ def _slot(limit_name: str, video_id: str, cancel: threading.Event | None = None)
         if errors:  # (releasing failed: the lease lapses on its own; the video's work is done and kept)
             log.warning(f"{video_id}: releasing the slot of {limit_name!r} failed: {type(errors[0]).__name__}: "
                         f"{errors[0]}")
+
+
+class _QuietDenials(logging.Filter):
+    """Drops Prefect's ERROR "Service ... failed to process item" for a slot request answered "all taken" (423):
+    with single-try requests (``_slot``) each denial is an expected answer, not a failure, and one ERROR line
+    per Retry-After would bury the run's log. Any other failure of the service is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if record.msg != "Service %r failed to process item %r" or len(args) != 2 or not isinstance(args[1], tuple):
+            return True
+        future = args[1][-1] if args[1] else None
+        try:
+            exc = future.exception(timeout=0) if future is not None and future.done() else None
+        except Exception:  # noqa: BLE001 -- (cancelled, or not a future): keep the record
+            return True
+        return exc is None or _retry_after(exc) is None
+
+
+def _quiet_slot_denials() -> None:
+    log = logging.getLogger("prefect._internal.concurrency")
+    if not any(isinstance(f, _QuietDenials) for f in log.filters):
+        log.addFilter(_QuietDenials())
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    """Seconds the server asked a denied slot request to wait (HTTP 423's Retry-After, at least 0.1 s and at
+    most SLOT_RETRY_MAX_SECONDS), or None when ``exc`` is not a denial."""
+    import httpx
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == 423:
+            try:
+                wait = float(exc.response.headers.get("Retry-After", 1.0))
+            except ValueError:
+                wait = 1.0
+            return min(max(wait, 0.1), SLOT_RETRY_MAX_SECONDS)
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 @task(name="check-store", cache_policy=NO_CACHE)

@@ -108,6 +108,8 @@ def test_artifact_builders():
 
 @pytest.fixture(scope="module")
 def harness():
+    import prefect.main  # noqa: F401 -- Prefect replaces the root log handlers on this import: done here, not in a
+    # test's call phase, where it removed pytest's capture handler (a test using caplog failed when run alone)
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
@@ -322,6 +324,53 @@ def test_a_stopped_run_stops_waiting_for_a_slot_and_gives_a_late_one_back(harnes
         assert c.read_global_concurrency_limit_by_name("gpu-78").active_slots == 0
     with tasks._slot("gpu-78", "vid_b", threading.Event()):  # and the next one gets it
         pass
+
+
+_STOPPED_WAITER = """
+import threading, time
+from extractors.errors import ExtractionCancelled
+from flows import tasks
+cancel = threading.Event()
+threading.Timer(1.0, cancel.set).start()
+try:
+    with tasks._slot("gpu-79", "vid_a", cancel):
+        print("extracted", flush=True)
+except ExtractionCancelled:
+    print("cancelled", time.monotonic(), flush=True)
+"""
+
+
+def test_a_stopped_run_that_only_waited_for_a_slot_exits_at_once(harness):
+    """Live check: a run stopped while its tasks waited for another run's slot was SIGKILLed at the end of the
+    30 s grace. Its process could not exit: Prefect's acquisition service finishes every queued request first,
+    and an untimed request (Prefect's own retry loop) lasts until a slot is free."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.settings import PREFECT_API_URL
+
+    with get_client(sync_client=True) as c:
+        c.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-79", limit=1))
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))}
+    with concurrency("gpu-79", occupy=1, strict=True):  # another run holds the only slot throughout
+        child = subprocess.Popen([sys.executable, "-c", _STOPPED_WAITER], env=env, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = child.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            out, err = child.communicate()
+            pytest.fail(f"the stopped process did not exit while the slot was taken: {out} {err[-2000:]}")
+        exited = time.monotonic()
+    assert child.returncode == 0, err[-2000:]
+    words = out.split()
+    assert words[0] == "cancelled", out
+    assert exited - float(words[1]) < 10, "the process lingered after the stop"
 
 
 def test_zombie_automation_is_idempotent_and_follows_the_heartbeat_period(harness, monkeypatch):
