@@ -32,39 +32,21 @@ import torch
 import torch.nn.functional as F
 
 from extractors.arrays import as_tensor
+from extractors.clip_config import (  # noqa: F401 -- (re-exported: public names of this module)
+    CLIP_EXTRACTOR_VERSION,
+    CLIP_FEATURE_DIM,
+    ClipConfig,
+    clip_sample_positions,
+)
 from extractors.decode import resize_center_crop
 from extractors.weights import torch_load_reason
 
-CLIP_FEATURE_DIM = 512
-#: Bump when a change alters the features this module produces.
-CLIP_EXTRACTOR_VERSION = "clip_vitb16/1"
 # Non-tensor ints that OpenAI's TorchScript archive carries next to the weights.
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 
 
 class ClipWeightsError(ValueError):
     """The CLIP weights file is missing, unreadable or does not fit the model config."""
-
-
-@dataclass(frozen=True)
-class ClipConfig:
-    """Which CLIP model and how snippets are sampled and pooled."""
-
-    model_name: str = "ViT-B-16"
-    quick_gelu: bool = True
-    frames_per_snippet: int = 4
-    seed: int = 0  # random init is reproducible (tests, benchmarks)
-
-    def __post_init__(self) -> None:
-        if self.frames_per_snippet < 1:
-            raise ValueError(f"frames_per_snippet must be >= 1, got {self.frames_per_snippet}")
-
-
-def clip_sample_positions(snippet_frames: int, k: int) -> list[int]:
-    """Frame offsets inside a snippet that CLIP embeds: the centres of ``k`` equal sub-blocks."""
-    if not 1 <= k <= snippet_frames:
-        raise ValueError(f"cannot sample {k} frames from a {snippet_frames}-frame snippet")
-    return [int((j + 0.5) * snippet_frames / k) for j in range(k)]
 
 
 def pool_snippet_embeddings(embeddings: torch.Tensor) -> torch.Tensor:

@@ -16,10 +16,12 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from extractors.clip_features import CLIP_EXTRACTOR_VERSION, ClipConfig, clip_sample_positions
-from extractors.decode import RESAMPLING_RULE
+from extractors.clip_config import CLIP_EXTRACTOR_VERSION, ClipConfig, clip_sample_positions
 from extractors.errors import ConfigError
-from extractors.tvl1 import I3D_FLOW_BOUND, TVL1Config
+from extractors.tvl1_config import I3D_FLOW_BOUND, TVL1Config
+
+#: Name of decode's resampling rule (extractors/decode.py), part of every feature's preprocess hash.
+RESAMPLING_RULE = "sample_and_hold_at_or_before_v1"
 
 ALL_FEATURES: tuple[str, ...] = ("i3d_rgb", "i3d_flow", "clip_vitb16", "vggish")
 

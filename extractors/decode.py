@@ -46,8 +46,8 @@ _log = logging.getLogger(__name__)
 TIME_EPS = 1e-4
 #: Upper bound on native-resolution frames held at once by the decord backend (bytes).
 DECODE_CHUNK_BYTES = 64 * 1024 * 1024
-#: Name of the resampling rule, part of every feature's preprocess hash.
-RESAMPLING_RULE = "sample_and_hold_at_or_before_v1"
+# The resampling rule's name, part of every feature's preprocess hash, is extractors.config.RESAMPLING_RULE:
+# rename it there when the rule below changes.
 
 
 # --------------------------------------------------------------------------- probing

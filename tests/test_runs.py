@@ -192,3 +192,16 @@ def test_a_killed_writers_staging_is_dropped_by_the_next_writer_but_never_a_live
     assert (tmp_path / ".staging" / "live" / "model" / "last.pt").exists()
     published = live.publish({"status": "completed"})
     assert published.is_dir() and not (tmp_path / ".staging" / "live.lock").exists()
+
+
+def test_the_cli_and_extraction_configs_start_without_torch():
+    """`clipae --help`, `clipae runs list` and config files took 2-8 s: the extraction config imported torch
+    (through the TV-L1 and CLIP modules) only for their settings classes."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from clipae.cli import build_parser; build_parser(); "
+            "from extractors.config import ExtractConfig; ExtractConfig(); "
+            "print(sorted(m for m in ('torch', 'numpy', 'zarr', 'prefect') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "torch" not in out, out
