@@ -115,6 +115,8 @@ def _slot(limit_name: str, video_id: str, cancel: threading.Event | None = None)
         f"`prefect global-concurrency-limit inspect {limit_name}` shows them; a killed run's slot returns when "
         f"its lease lapses, within about {SLOT_LEASE_SECONDS:.0f} s)"))
     notice.daemon = True
+    if cancel is not None and cancel.is_set():  # (a task the pool starts after the stop: no request at all)
+        raise ExtractionCancelled()
     granted, release, over = threading.Event(), threading.Event(), threading.Event()
     errors: list[BaseException] = []
 

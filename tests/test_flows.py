@@ -326,6 +326,22 @@ def test_a_stopped_run_stops_waiting_for_a_slot_and_gives_a_late_one_back(harnes
         pass
 
 
+def test_a_task_started_after_the_stop_sends_no_slot_request(monkeypatch):
+    """Live check: each queued task the pool started after a stop still sent one slot request (a free slot was
+    then taken and given back, and the process waited for the requests at exit)."""
+    from extractors.errors import ExtractionCancelled
+    from flows import tasks
+
+    requests = []
+    monkeypatch.setattr(tasks, "concurrency", lambda *a, **k: requests.append(a) or pytest.fail("requested"))
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ExtractionCancelled):
+        with tasks._slot("gpu-80", "vid_a", cancel):
+            pass
+    assert requests == []
+
+
 _STOPPED_WAITER = """
 import threading, time
 from extractors.errors import ExtractionCancelled
