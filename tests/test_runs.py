@@ -194,6 +194,19 @@ def test_a_killed_writers_staging_is_dropped_by_the_next_writer_but_never_a_live
     assert published.is_dir() and not (tmp_path / ".staging" / "live.lock").exists()
 
 
+def test_an_unknown_flag_is_reported_by_its_command_with_its_usage(tmp_path, capsys):
+    """An unknown flag got the top-level `usage: clipae [-h] COMMAND ...` and `clipae: error:` (README: the
+    command's usage line and `clipae COMMAND: error:`)."""
+    for argv, prog in [(["store", "info", "--bogus", str(tmp_path)], "clipae store info"),
+                       (["runs", "list", "--bogus"], "clipae runs list"),
+                       (["train", "--store", "s", "--dataset", "demo", "--bogus", "3"], "clipae train")]:
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and f"usage: {prog} " in err, err
+        assert f"{prog}: error: unrecognized arguments: {' '.join(argv[argv.index('--bogus'):])}" in err, err
+
+
 def test_the_cli_and_extraction_configs_start_without_torch():
     """`clipae --help`, `clipae runs list` and config files took 2-8 s: the extraction config imported torch
     (through the TV-L1 and CLIP modules) only for their settings classes."""
