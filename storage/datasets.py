@@ -6,6 +6,7 @@ classes) by writing a YAML file; nothing in the code is specific to THUMOS or Ac
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -77,7 +78,12 @@ class DatasetConfig:
                     Segment(float(a["segment"][0]), float(a["segment"][1]), str(a["label"]))
                     for a in v.get("annotations", [])
                 )
-                out[vid] = VideoAnnotation(str(v["subset"]), float(v["duration"]), v.get("fps"), segs)
+                duration = float(v["duration"])
+                if not (math.isfinite(duration) and duration > 0):  # (NaN, inf, 0: every length check breaks)
+                    raise ValueError(f"duration must be a positive number of seconds, got {v['duration']!r}")
+                if not all(math.isfinite(x) for s in segs for x in (s.start, s.end)):
+                    raise ValueError("a segment's start or end is not a finite number")
+                out[vid] = VideoAnnotation(str(v["subset"]), duration, v.get("fps"), segs)
             except (KeyError, TypeError, ValueError, IndexError) as e:
                 raise DatasetError(f"dataset {self.name!r}: video {vid!r} has a malformed entry: {e!r}") from None
         return out

@@ -1,6 +1,8 @@
 """The snippet grid shared by every feature of a store."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import asdict, dataclass
 
 
@@ -16,8 +18,9 @@ class SnippetGrid:
     stride: int = 16
 
     def __post_init__(self) -> None:
-        if not (self.fps > 0 and self.snippet_frames > 0 and self.stride > 0):
-            raise ValueError(f"invalid snippet grid {self!r}: fps, snippet_frames and stride must be positive")
+        if not (0 < self.fps < math.inf and self.snippet_frames > 0 and self.stride > 0):
+            raise ValueError(f"invalid snippet grid {self!r}: fps, snippet_frames and stride must be positive"
+                             " (and fps finite)")
 
     def num_snippets(self, num_frames: int) -> int:
         """Number of whole snippets in ``num_frames`` resampled frames (0 when shorter than one snippet)."""

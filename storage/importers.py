@@ -24,7 +24,7 @@ from tqdm import tqdm
 from storage.datasets import DatasetConfig
 from storage.grid import SnippetGrid
 from storage.schema import AUDIO_MASK, FeatureProvenance, StoreError, VideoInfo, validate_video_id
-from storage.store import FeatureStore
+from storage.store import FeatureStore, StoreConflict
 
 LAYOUTS = ("basnet", "actionformer", "generic")
 IMPORTER_VERSION = "1"
@@ -46,7 +46,7 @@ class ImportReport:
     def format(self) -> str:
         lines = [f"imported {len(self.imported)}, skipped {len(self.skipped)} (unchanged), failed {len(self.failed)}"]
         for vid, why in sorted(self.failed.items())[: self.SHOWN]:
-            lines.append(f"  FAILED {vid}: {why}")
+            lines.append(f"  FAILED {_printable(vid)}: {_printable(why)}")
         if len(self.failed) > self.SHOWN:
             lines.append(f"  ... and {len(self.failed) - self.SHOWN} more failures")
         if self.missing:
@@ -54,20 +54,29 @@ class ImportReport:
                          + (" ..." if len(self.missing) > 20 else ""))
         if self.not_annotated:
             lines.append(f"{len(self.not_annotated)} feature files are not in the annotations: "
-                         + ", ".join(self.not_annotated[:20]) + (" ..." if len(self.not_annotated) > 20 else ""))
+                         + ", ".join(map(_printable, self.not_annotated[:20]))
+                         + (" ..." if len(self.not_annotated) > 20 else ""))
         return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with what a UTF-8 terminal cannot show escaped: a file name in another encoding (its bytes kept
+    as surrogates) made printing the report fail, and the report was lost."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def discover(layout: str, src: Path, feature: str | None = None) -> dict[str, dict[str, Path]]:
     """Map video id -> {source role -> npy path}. Roles: 'rgb', 'flow', 'rgb+flow', or a feature name."""
-    src = Path(src)
+    src = Path(src).absolute()  # (recorded in each feature's provenance: a path that means the same anywhere)
     if not src.is_dir():
         raise StoreError(f"import source {src}: not a directory")
     found: dict[str, dict[str, Path]] = {}
     if layout == "basnet":
         for role in ("rgb", "flow"):
             for p in sorted(src.glob(f"*/{role}/*.npy")) + sorted(src.glob(f"{role}/*.npy")):
-                found.setdefault(p.stem, {})[role] = p
+                roles = found.setdefault(p.stem, {})
+                n = sum(1 for r in roles if r.split("#")[0] == role)
+                roles[role if n == 0 else f"{role}#{n + 1}"] = p  # (one id in two splits: failed, not merged)
         if not found:
             raise StoreError(f"import source {src}: no {{train,test}}/{{rgb,flow}}/<video>.npy files (BaS-Net layout)")
     elif layout == "actionformer":
@@ -88,17 +97,33 @@ def discover(layout: str, src: Path, feature: str | None = None) -> dict[str, di
 
 
 def _load_npy(path: Path, video_id: str) -> np.ndarray:
+    if not path.is_file():  # (a directory, a FIFO (np.load would wait on it forever), a broken link)
+        raise StoreError(f"video {video_id!r}: {path} is not a regular file")
     try:
-        return np.load(path, allow_pickle=False)
+        arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - any unreadable file is reported for this video only
         raise StoreError(f"video {video_id!r}: cannot read {path}: {e}") from None
+    if not isinstance(arr, np.ndarray):  # an .npz archive under an .npy name
+        getattr(arr, "close", lambda: None)()
+        raise StoreError(f"video {video_id!r}: {path} is an .npz archive, not one .npy array")
+    if arr.ndim == 0:
+        raise StoreError(f"video {video_id!r}: {path} holds a single number, not (T, D) features")
+    return arr
 
 
 def _to_features(layout: str, video_id: str, files: dict[str, Path]) -> dict[str, np.ndarray]:
     if layout == "basnet":
+        twice = sorted(r.split("#")[0] for r in files if "#" in r)
+        if twice:
+            paths = sorted(str(p) for r, p in files.items() if r.split("#")[0] == twice[0])
+            raise StoreError(f"video {video_id!r}: {twice[0]} features found more than once ({', '.join(paths)}): "
+                             "one id in two splits; keep one")
         if set(files) != {"rgb", "flow"}:
             missing = {"rgb", "flow"} - set(files)
             raise StoreError(f"video {video_id!r}: {'/'.join(sorted(missing))} file missing (BaS-Net needs both)")
+        if files["rgb"].parent.parent != files["flow"].parent.parent:
+            raise StoreError(f"video {video_id!r}: its rgb ({files['rgb']}) and flow ({files['flow']}) files are in "
+                             "different splits")
         return {"i3d_rgb": _load_npy(files["rgb"], video_id), "i3d_flow": _load_npy(files["flow"], video_id)}
     if layout == "actionformer":
         arr = _load_npy(files["rgb+flow"], video_id)
@@ -113,9 +138,11 @@ def _to_features(layout: str, video_id: str, files: dict[str, Path]) -> dict[str
     return out
 
 
-def _sha256_files(paths: list[Path]) -> str:
+def _sha256_files(paths: list[Path], video_id: str) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
+        if not p.is_file():
+            raise StoreError(f"video {video_id!r}: {p} is not a regular file")
         with open(p, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
@@ -137,8 +164,8 @@ def import_features(
     report = ImportReport()
     if dataset is not None and layout == "actionformer":  # ActionFormer names ActivityNet files v_<id>.npy
         annotated = set(dataset.videos())
-        found = {(v[2:] if v.startswith("v_") and v not in annotated and v[2:] in annotated else v): f
-                 for v, f in found.items()}
+        found = {(v[2:] if v.startswith("v_") and v not in annotated and v[2:] in annotated and v[2:] not in found
+                  else v): f for v, f in found.items()}  # (both <id>.npy and v_<id>.npy: <id> is <id>.npy)
     if dataset is not None:
         annotated = set(dataset.videos())
         report.missing = sorted(annotated - set(found))
@@ -146,13 +173,16 @@ def import_features(
     for vid, files in tqdm(sorted(found.items()), desc=f"import {layout}", disable=not progress, unit="video"):
         try:
             validate_video_id(vid)
-            source_sha = _sha256_files(list(files.values()))
-            if store.has_video(vid):
+            source_sha = _sha256_files(list(files.values()), vid)
+            version = store.video_version(vid)
+            imported_only = True  # (a video that only holds imported features takes the new import's info)
+            if store.has_video(vid):  # (not ``version``: a store written before versions has none)
                 prov = store.provenance(vid)
                 names = set(_feature_names(layout, feature))
                 if names <= set(prov) and all(prov[n].params.get("source_sha256") == source_sha for n in names):
                     report.skipped.append(vid)
                     continue
+                imported_only = all(p.extractor.startswith("import:") for p in prov.values())
             feats = _to_features(layout, vid, files)
             t = next(iter(feats.values())).shape[0]
             grid = store.grid
@@ -176,10 +206,16 @@ def import_features(
                 )
                 for name in feats if name != AUDIO_MASK
             }
-            store.write_video(vid, feats, info, provenance, keep_info=True)  # (a stored video keeps its info)
+            # An extracted video keeps its info (decoded, not inferred); one that holds imports only is described
+            # by this import (a re-import of a changed file kept the old one: a wrong length and fingerprint).
+            store.write_video(vid, feats, info, provenance, keep_info=not imported_only, expect_version=version)
             report.imported.append(vid)
+        except StoreConflict:
+            report.failed[vid] = f"video {vid!r}: written by another process during this import; run it again"
         except StoreError as e:
             report.failed[vid] = str(e)
+        except (OSError, ValueError, ArithmeticError) as e:  # (a file unreadable on the way: this video only)
+            report.failed[vid] = f"video {vid!r}: {type(e).__name__}: {e}"
     return report
 
 

@@ -32,6 +32,8 @@ def validate_video_id(video_id: str) -> str:
         )
     # A leading '_' or '-' is allowed: YouTube ids start with them (126 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
     # video groups live under videos/, apart from the store's own _staging.
+    if video_id == "zarr.json":  # (the videos/ group's own metadata file)
+        raise StoreError(f"video id {video_id!r}: the name of Zarr's metadata file; give the video another id")
     if video_id.startswith(".") or video_id != video_id.strip():
         raise StoreError(f"video id {video_id!r}: must not start with '.' or have surrounding spaces")
     try:

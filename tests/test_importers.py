@@ -16,6 +16,15 @@ THUMOS_TRAIN = ["video_validation_0000051", "video_validation_0000052"]
 THUMOS_TEST = ["video_test_0000004"]
 
 
+_DATASET_YAML = """name: d
+annotations: {ann}
+train_subset: test
+test_subset: test
+tiou_thresholds: [0.5]
+grid: {{fps: 25.0, snippet_frames: 16, stride: 16}}
+"""
+
+
 def _npy(path, arr):
     path.parent.mkdir(parents=True, exist_ok=True)
     np.save(path, arr)
@@ -204,3 +213,134 @@ def test_an_import_on_the_wrong_grid_reports_compactly_and_leaves_no_empty_store
     many = ImportReport(failed={f"v{i:04d}": "made on another grid" for i in range(500)})
     text = many.format()
     assert text.count("FAILED") == ImportReport.SHOWN and "and 480 more failures" in text
+
+
+def test_an_import_that_imports_nothing_never_removes_the_users_directory(tmp_path, capsys):
+    """Adversarial review: an import into an existing (empty but for hidden files) directory where every file
+    failed removed the directory, its .git and notes with it."""
+    src = tmp_path / "npy"
+    _npy(src / "v1.npy", np.full((5, 512), np.nan, np.float32))
+    mine = tmp_path / "mine"
+    (mine / ".git").mkdir(parents=True)
+    (mine / ".git" / "config").write_text("precious")
+    (mine / ".notes").write_text("notes")
+    rc = cli(["import-features", "--layout", "generic", "--feature", "clip_vitb16", "--src", str(src), "--store",
+              str(mine), "--no-progress"])
+    assert rc == 1 and "nothing imported" in capsys.readouterr().out
+    assert (mine / ".git" / "config").read_text() == "precious" and (mine / ".notes").read_text() == "notes"
+    assert sorted(p.name for p in mine.iterdir()) == [".git", ".notes"]  # (the store's parts are gone)
+
+
+def test_an_import_stopped_by_an_error_after_creating_its_store_leaves_none(tmp_path, capsys):
+    """A dataset whose annotation file is missing failed mid-import, after the new store (and its grid) was made."""
+    src = tmp_path / "npy"
+    _npy(src / "v1.npy", np.zeros((5, 128), np.float32))
+    cfg = tmp_path / "d.yaml"
+    cfg.write_text(_DATASET_YAML.format(ann=tmp_path / "none.json"))
+    rc = cli(["import-features", "--layout", "generic", "--feature", "vggish", "--src", str(src), "--store",
+              str(tmp_path / "s.zarr"), "--dataset", str(cfg), "--no-progress"])
+    assert rc == 2 and "none.json" in capsys.readouterr().err and not (tmp_path / "s.zarr").exists()
+
+
+def test_odd_files_fail_alone_and_the_rest_is_imported(tmp_path, capsys):
+    """Adversarial review: a directory, a FIFO (np.load waited forever), a broken link, an .npz under an .npy
+    name, a 0-d array and a file named zarr.json.npy each aborted the whole import (or hung it)."""
+    import os
+
+    src = tmp_path / "npy"
+    _npy(src / "a_good.npy", np.zeros((5, 128), np.float32))
+    _npy(src / "z_good.npy", np.ones((5, 128), np.float32))
+    (src / "dir.npy").mkdir()
+    os.mkfifo(src / "fifo.npy")
+    (src / "broken.npy").symlink_to(tmp_path / "nowhere.npy")
+    np.savez(tmp_path / "arch.npz", a=np.zeros((5, 128), np.float32))
+    (tmp_path / "arch.npz").rename(src / "archive.npy")
+    np.save(src / "scalar.npy", np.float32(3))
+    _npy(src / "zarr.json.npy", np.zeros((5, 128), np.float32))
+    rc = cli(["import-features", "--layout", "generic", "--feature", "vggish", "--src", str(src), "--store",
+              str(tmp_path / "s.zarr"), "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1 and "imported 2" in out and "failed 6" in out, out
+    for vid, why in [("dir", "not a regular file"), ("fifo", "not a regular file"), ("broken", "not a regular file"),
+                     ("archive", ".npz archive"), ("scalar", "single number"), ("zarr.json", "Zarr's metadata")]:
+        assert f"FAILED {vid}: " in out and why in out.split(f"FAILED {vid}: ")[1].splitlines()[0], (vid, out)
+    store = FeatureStore.open(tmp_path / "s.zarr")
+    assert sorted(store.list_videos()) == ["a_good", "z_good"]
+    assert cli(["store", "verify", str(tmp_path / "s.zarr")]) == 0
+
+
+def test_a_report_with_a_non_utf8_file_name_still_prints(tmp_path, capsys, monkeypatch):
+    from storage.importers import ImportReport
+
+    text = ImportReport(failed={"bad\udcff": "video 'bad\\udcff': not valid UTF-8"},
+                        not_annotated=["x\udcfe"]).format()
+    assert "bad\\udcff" in text and "x\\udcfe" in text
+    text.encode("utf-8")  # (printable on a strict UTF-8 terminal)
+
+
+def test_duplicate_and_mixed_split_files_fail_instead_of_merging(tmp_path):
+    """BaS-Net: one id in train/ and test/ was merged (the last split silently won, or rgb of one split was paired
+    with flow of the other); ActionFormer: v_<id>.npy silently replaced <id>.npy."""
+    rng = np.random.default_rng(6)
+    data = _basnet_tree(tmp_path / "f", rng)
+    vid, other = THUMOS_TEST[0], THUMOS_TRAIN[0]
+    rgb, flow = data[vid]
+    _npy(tmp_path / "f" / "train" / "rgb" / f"{vid}.npy", rgb)  # (the test video's rgb in train too)
+    (tmp_path / "f" / "train" / "flow" / f"{other}.npy").rename(tmp_path / "f" / "test" / "flow" / f"{other}.npy")
+    store = FeatureStore.create(tmp_path / "s.zarr")
+    rep = import_features(store, "basnet", tmp_path / "f", progress=False)
+    assert "found more than once" in rep.failed[vid] and "different splits" in rep.failed[other]
+    assert store.list_videos() == [THUMOS_TRAIN[1]]
+
+    ds = load_dataset("activitynet12")
+    avid = "_-JNaelSKO8"
+    ann = ds.annotations(avid)
+    grid = SnippetGrid(float(ann.fps or 30.0), 16, 16)
+    t = grid.num_snippets(int(round(ann.duration * grid.fps)))
+    _npy(tmp_path / "af" / f"{avid}.npy", np.zeros((t, 2048), np.float32))
+    _npy(tmp_path / "af" / f"v_{avid}.npy", np.ones((t, 2048), np.float32))
+    store = FeatureStore.create(tmp_path / "a.zarr", grid=grid)
+    rep = import_features(store, "actionformer", tmp_path / "af", dataset=ds, progress=False)
+    assert store.load(avid, ["i3d_rgb"])["i3d_rgb"].sum() == 0  # <id>.npy is <id>
+    assert rep.not_annotated == [f"v_{avid}"]  # (and the other is not hidden)
+
+
+def test_a_changed_file_re_imported_describes_the_video_anew(tmp_path):
+    """A re-import of a changed file kept the first import's VideoInfo: its length and fingerprint were wrong."""
+    src = tmp_path / "npy"
+    _npy(src / "v.npy", np.zeros((10, 512), np.float32))
+    store = FeatureStore.create(tmp_path / "s.zarr")
+    import_features(store, "generic", src, feature="clip_vitb16", progress=False)
+    _npy(src / "v.npy", np.zeros((500, 512), np.float32))
+    rep = import_features(store, "generic", src, feature="clip_vitb16", progress=False)
+    assert rep.imported == ["v"] and store.num_snippets("v") == 500
+    info = store.video_info("v")
+    assert info.num_frames == 499 * 16 + 16 and info.source_fingerprint == store.provenance("v")[
+        "clip_vitb16"].params["source_sha256"]
+    assert str(src) in store.provenance("v")["clip_vitb16"].params["source_files"][0]
+
+
+def test_layout_features_are_not_put_on_an_existing_store_of_another_grid(tmp_path, capsys):
+    """BaS-Net's files (25 fps, 16/16) imported into a 10 fps store silently got that store's times."""
+    _basnet_tree(tmp_path / "f", np.random.default_rng(7))
+    FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(10.0, 8, 8))
+    base = ["import-features", "--layout", "basnet", "--src", str(tmp_path / "f"), "--store", str(tmp_path / "s.zarr"),
+            "--no-progress"]
+    assert cli(base) == 2
+    assert "is not the basnet features' (25 fps, 16/16)" in capsys.readouterr().err
+    assert FeatureStore.open(tmp_path / "s.zarr").list_videos() == []
+    assert cli(base + ["--fps", "10", "--snippet-frames", "8", "--stride", "8"]) == 0  # (said explicitly)
+
+
+def test_non_finite_grid_and_annotation_values_are_refused(tmp_path):
+    from storage.datasets import DatasetError
+
+    with pytest.raises(ValueError, match="fps finite"):
+        SnippetGrid(float("inf"), 16, 16)
+    for bad in ("inf", "nan", 0, -5):
+        ann = tmp_path / f"a{bad}.json"
+        ann.write_text(json.dumps({"database": {"v": {"subset": "test", "duration": bad, "annotations": []}}}))
+        cfg = tmp_path / f"d{bad}.yaml"
+        cfg.write_text(_DATASET_YAML.format(ann=ann))
+        with pytest.raises(DatasetError, match="duration must be a positive number"):
+            load_dataset(str(cfg)).videos()
