@@ -437,3 +437,68 @@ def test_cli_wrongly_shaped_json_is_bad_input_naming_where(tmp_path, capsys):
     p = parse_predictions({"results": {"v": [{**det, "score": "0.25", "label": 3.0},
                                              {**det, "score": np.array(0.75)}]}, "video_clusters": {"v": "2"}})
     assert p.score.tolist() == [0.25, 0.75] and p.labels[0] == "3.0" and p.video_clusters == {"v": 2}
+
+
+def test_a_huge_but_finite_time_costs_one_false_positive_not_the_whole_map():
+    """Adversarial review: one extra detection ending at 1e306 s overflowed the search windows' keys, and every
+    detection of every video stopped matching (mAP 100 -> 0, exit 0)."""
+    gt = gt_json({"v1": [("a", 0, 10)], "v2": [("b", 5, 20)]})
+    perfect = {"v1": [("a", 0.9, 0, 10)], "v2": [("b", 0.9, 5, 20)]}
+    assert evaluate_detection(gt, pred_json(perfect), tiou_thresholds=[0.5]).average_mAP == 1.0
+    perfect["v1"].append(("a", 0.1, 0, 1e308))  # (finite; the keys of 2 groups 1e308 apart are not)
+    assert evaluate_detection(gt, pred_json(perfect), tiou_thresholds=[0.5]).average_mAP == 1.0
+
+
+def test_segments_labels_and_thresholds_are_read_strictly(tmp_path, capsys):
+    """Adversarial review: "12" was read as [1, 2], a third time dropped, [false, true] read as [0, 1], a
+    401-digit number a traceback; "cluster_01", "cluster_3\\n" and "cluster_٣" merged into cluster 1 / 3;
+    class labels with video_clusters said "not a cluster label"; --tiou 0.5 0.5 weighed 0.5 twice and an
+    unsorted list printed a wrong range."""
+    from clipae.cli import main
+
+    det = {"label": "x", "score": 0.9, "segment": [1, 3]}
+    for seg in ("12", [0.2, 1.1, 5], [False, True], {"0": 1, "1": 2}):
+        with pytest.raises(ValueError, match="segment"):
+            parse_predictions({"results": {"v": [{**det, "segment": seg}]}})
+    assert parse_predictions({"results": {"v": [{**det, "segment": np.array([1.0, 3.0])}]}}).end.tolist() == [3.0]
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json({"v": [("x", 0, 10)]})))
+    for name, data, message in [
+        ("big.json", {"results": {"v": [{**det, "segment": [0, 10**400]}]}}, "is too large"),
+        ("bigscore.json", {"results": {"v": [{**det, "score": 10**400}]}}, "is too large"),
+        ("bigcl.json", {"results": {"v": [{**det, "label": "cluster_1"}]}, "video_clusters": {"v": 10**400}},
+         "is too large"),
+        ("hugecl.json", {"results": {"v": [{**det, "label": "cluster_99999999999999999999999"}]}},
+         "not a cluster label"),
+        ("classes.json", {"results": {"v": [det]}, "video_clusters": {"v": 0}}, "labels are class names"),
+    ]:
+        (tmp_path / name).write_text(json.dumps(data))
+        assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / name)]) == 2, name
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, (name, err)
+    for odd in ("cluster_01", "cluster_3\n", "cluster_\u0663"):
+        p = parse_predictions({"results": {"v": [{**det, "label": odd}]}})
+        assert not p.is_clustered()  # (a class name, not a cluster)
+    with pytest.raises(ValueError, match="repeat"):
+        evaluate_detection(gt_json({"v": [("x", 0, 10)]}), pred_json({"v": [("x", 0.9, 0, 10)]}),
+                           tiou_thresholds=[0.5, 0.5, 0.1])
+    r = evaluate_detection(gt_json({"v": [("x", 0, 10)]}), pred_json({"v": [("x", 0.9, 0, 10)]}),
+                           tiou_thresholds=[0.3, 0.7, 0.1])
+    assert r.tiou == [0.1, 0.3, 0.7] and "average mAP (0.1:0.7)" in r.format_table()
+
+
+def test_output_paths_are_checked_before_the_work(tmp_path, capsys):
+    from clipae.cli import main
+
+    (tmp_path / "gt.json").write_text(json.dumps(gt_json({"v": [("x", 0, 10)]})))
+    (tmp_path / "ok.json").write_text(json.dumps(pred_json({"v": [("x", 0.9, 0, 10)]})))
+    (tmp_path / "afile").write_text("")
+    assert main(["evaluate", "--gt", str(tmp_path / "gt.json"), "--pred", str(tmp_path / "ok.json"),
+                 "--json", str(tmp_path / "afile" / "out.json")]) == 2
+    out = capsys.readouterr()
+    assert "is a file, not a folder" in out.err and "mAP" not in out.out
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), "--store", str(tmp_path / "none.zarr"),
+                 "--dataset", "thumos14", "--out", str(tmp_path / "afile" / "p.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["predict", "--checkpoint", str(tmp_path / "none"), "--store", str(tmp_path / "none.zarr"),
+                 "--dataset", "thumos14", "--out", str(tmp_path)]) == 2
+    assert "is a directory" in capsys.readouterr().err

@@ -44,8 +44,10 @@ def _read_json(path: Path, what: str):
 def run(args: argparse.Namespace) -> int:
     from models.evaluation import evaluate_detection, parse_predictions
 
-    if args.json is not None and args.json.is_dir():  # (checked before the work, not after it)
-        raise IsADirectoryError(f"--json {args.json}: is a directory; give a file path")
+    if args.json is not None:  # (checked before the work, not after it)
+        from clipae.commands._output import check_output_file
+
+        check_output_file(args.json, "--json")
     subset, thresholds, ambiguous, gt = args.subset, args.tiou, None, None
     if args.dataset:
         # Imported lazily: only --dataset needs the dataset configs.

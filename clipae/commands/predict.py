@@ -17,8 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from clipae.commands._model_args import open_inputs
+    from clipae.commands._output import check_output_file
     from models.predict import predict, write_predictions
 
+    check_output_file(args.out, "--out")
     store, ds = open_inputs(args.store, args.dataset)
     pred = predict(args.checkpoint, store, ds, args.subset, device=args.device)
     write_predictions(pred, args.out)

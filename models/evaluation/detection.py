@@ -17,6 +17,8 @@ Only predictions that compete for the same GT segments depend on each other, so:
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import numpy as np
@@ -101,6 +103,8 @@ def _pairs(gt: GroundTruth, s_cls, s_start, s_end, s_vid, n_videos: int, min_thr
         t_lo = min(float(starts.min()), float(s_start[rows].min()))
         t_hi = max(float(gt.end.max()), float(s_end[rows].max()))
         span = (t_hi - t_lo) + 2.0 * lmax + 2.0
+    if min_threshold > 0 and rows.size and math.isfinite(float(n_groups) * span + span):
+        # (not with times so large that the keys overflow: one segment at 1e306 s made every window empty)
         offset = np.arange(n_groups) * span + (lmax + 1.0 - t_lo)
         keyed = starts + np.repeat(offset, counts)  # ascending: groups side by side
         margin = 8.0 * float(np.spacing(n_groups * span + span))

@@ -135,6 +135,9 @@ def evaluate_detection(
     thresholds = [float(t) for t in thresholds]
     if not thresholds or any(not (0.0 <= t <= 1.0) or math.isnan(t) for t in thresholds):
         raise ValueError(f"tIoU thresholds must be in [0, 1], got {thresholds}")
+    if len(set(thresholds)) != len(thresholds):  # (a repeated one would weigh twice in the average mAP)
+        raise ValueError(f"tIoU thresholds repeat a value: {thresholds}")
+    thresholds = sorted(thresholds)  # (the table's columns and the "average mAP (lo:hi)" range)
     n_pred = len(pred_t)
     if n_pred and not (codes_into(pred_t.videos, gt_t.videos) >= 0).any():
         # Every prediction would be a false positive and the mapping would see no video: almost surely the

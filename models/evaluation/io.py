@@ -14,7 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-CLUSTER_LABEL = re.compile(r"^cluster_(\d+)$")
+#: ``cluster_<k>``, k a plain ASCII decimal (matched whole with ``fullmatch``: "cluster_3\n", "cluster_٣" and
+#: "cluster_03" are not cluster 3, so distinct labels never merge into one cluster).
+CLUSTER_LABEL = re.compile(r"cluster_(0|[1-9][0-9]*)", re.ASCII)
+#: Largest cluster id read (they index arrays as int64; a 30-digit id is a corrupt file, not a clustering).
+MAX_CLUSTER_ID = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -69,22 +73,24 @@ class Predictions:
 
     def is_clustered(self) -> bool:
         """True for UTAL output: labels ``cluster_<k>`` and/or a ``video_clusters`` map."""
-        if self.video_clusters is not None:
-            return True
         used = {self.labels[i] for i in np.unique(self.label)}
-        if not used:
-            return False
-        clustered = [bool(CLUSTER_LABEL.match(lab)) for lab in used]
+        clustered = [bool(CLUSTER_LABEL.fullmatch(lab)) for lab in used]
         if any(clustered) and not all(clustered):
             raise ValueError("predictions mix 'cluster_<k>' labels with class labels")
-        return all(clustered)
+        if self.video_clusters is not None:
+            if used and not all(clustered):
+                raise ValueError("predictions give 'video_clusters' but their labels are class names, not "
+                                 "'cluster_<k>': drop 'video_clusters' for class-labelled detections")
+            return True
+        return bool(used) and all(clustered)
 
 
 def _segment(raw, where: str) -> tuple[float, float]:
-    try:
-        s, e = float(raw[0]), float(raw[1])
-    except (TypeError, ValueError, IndexError) as exc:
-        raise ValueError(f"{where}: segment must be [start, end], got {raw!r}") from exc
+    """``[start, end]``: a list of exactly two numbers (a string "12" was read as [1, 2], a third value dropped,
+    [false, true] read as [0, 1])."""
+    if not isinstance(raw, (list, tuple, np.ndarray)) or np.ndim(raw) != 1 or len(raw) != 2:
+        raise ValueError(f"{where}: segment must be [start, end], got {_short(raw)}")
+    s, e = (_number(x, where, "each segment time") for x in raw)
     if not (math.isfinite(s) and math.isfinite(e)):
         raise ValueError(f"{where}: non-finite segment {raw!r}")
     if e < s:
@@ -121,6 +127,8 @@ def _number(raw, where: str, what: str) -> float:
             return float(raw)
         except (TypeError, ValueError):
             pass
+        except OverflowError:  # (an integer of hundreds of digits)
+            raise ValueError(f"{where}: {what} is too large, got {_short(raw)}") from None
     raise ValueError(f"{where}: {what} must be a number, got {_short(raw)}")
 
 
@@ -200,8 +208,9 @@ def parse_predictions(data: dict) -> Predictions:
         out = {}
         for vid, k in clusters.items():  # (integers as other tools write them: 1, 1.0, "1", numpy ints)
             f = _number(k, f"prediction 'video_clusters' {vid}", "its cluster")
-            if not f.is_integer():
-                raise ValueError(f"prediction 'video_clusters' {vid}: cluster must be an integer, got {_short(k)}")
+            if not f.is_integer() or not 0 <= f <= MAX_CLUSTER_ID:
+                raise ValueError(f"prediction 'video_clusters' {vid}: cluster must be an integer in 0..{MAX_CLUSTER_ID}"
+                                 f", got {_short(k)}")
             out[str(vid)] = int(f)
         clusters = out
     return Predictions(

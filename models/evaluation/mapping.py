@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from models.evaluation.io import CLUSTER_LABEL, GroundTruth, Predictions
+from models.evaluation.io import CLUSTER_LABEL, MAX_CLUSTER_ID, GroundTruth, Predictions
 
 MAPPING_METHODS = ("hungarian", "majority")
 
@@ -43,9 +43,9 @@ class ClusterMapping:
 
 def cluster_id(label: str) -> int:
     """``"cluster_7"`` -> 7."""
-    m = CLUSTER_LABEL.match(label)
-    if not m:
-        raise ValueError(f"not a cluster label: {label!r} (expected 'cluster_<k>')")
+    m = CLUSTER_LABEL.fullmatch(label)
+    if not m or int(m.group(1)) > MAX_CLUSTER_ID:
+        raise ValueError(f"not a cluster label: {label!r:.60} (expected 'cluster_<k>', k in 0..{MAX_CLUSTER_ID})")
     return int(m.group(1))
 
 
