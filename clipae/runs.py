@@ -145,9 +145,13 @@ class RunRecordWriter:
         self.write_json(RECORD_FILE, full)
         final = self.final_path()
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.exists():  # a retry of the same flow run: never overwrite a published record
+
+        def taken(name: str) -> bool:  # (under any date: a retry after midnight UTC lands in another date folder)
+            return any((d / name).exists() for d in self.runs_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+
+        if taken(self.run_id):  # a retry of the same flow run: never overwrite a published record
             k = 2
-            while (final.parent / f"{self.run_id}-{k}").exists():
+            while taken(f"{self.run_id}-{k}"):
                 k += 1
             final = final.parent / f"{self.run_id}-{k}"
         os.rename(self.staging, final)
@@ -228,12 +232,30 @@ class RunRecord:
 
     @property
     def map_by_tiou(self) -> dict[str, float]:
-        return {str(k): float(v) for k, v in (self.data.get("metrics", {}).get("map_by_tiou") or {}).items()}
+        """tIoU ("0.30", two decimals whatever the record wrote: "0.3" and "0.30" are one row) -> mAP; entries
+        that are not numbers are left out (a record edited or written by another tool must not break listing)."""
+        metrics = self.data.get("metrics")
+        table = metrics.get("map_by_tiou") if isinstance(metrics, dict) else None
+        out: dict[str, float] = {}
+        for k, v in (table.items() if isinstance(table, dict) else ()):
+            key, value = _as_float(k), _as_float(v)
+            if key is not None and value is not None:
+                out.setdefault(f"{key:.2f}", value)
+        return out
 
     @property
     def average_map(self) -> float | None:
-        value = self.data.get("metrics", {}).get("average_map")
-        return None if value is None else float(value)
+        metrics = self.data.get("metrics")
+        return _as_float(metrics.get("average_map")) if isinstance(metrics, dict) else None
+
+
+def _as_float(value) -> float | None:
+    if isinstance(value, bool):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def list_runs(runs_dir: str | Path | None = None) -> list[RunRecord]:
@@ -243,32 +265,43 @@ def list_runs(runs_dir: str | Path | None = None) -> list[RunRecord]:
     if not root.is_dir():
         return records
     for day in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for run in day.iterdir():
+        try:
+            runs = sorted(day.iterdir())
+        except OSError as e:  # (one unreadable folder must not hide every other run)
+            _log.warning("skipping run records under %s: unreadable (%s)", day, e.strerror or e)
+            continue
+        for run in runs:
             rec = run / RECORD_FILE
-            if rec.is_file():
-                try:
-                    data = json.loads(rec.read_text())
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-                    data = e
-                if not isinstance(data, dict):  # (one bad record must not hide every other run)
-                    why = data if isinstance(data, Exception) else f"a JSON {type(data).__name__}, not an object"
-                    _log.warning("skipping run record %s: unreadable (%s)", rec, why)
+            try:
+                if not rec.is_file():  # (a staging or unrelated folder)
                     continue
-                records.append(RunRecord(run, data))
+                data = json.loads(rec.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:  # (unreadable folder or file)
+                data = e
+            if not isinstance(data, dict):  # (one bad record must not hide every other run)
+                why = data if isinstance(data, Exception) else f"a JSON {type(data).__name__}, not an object"
+                _log.warning("skipping run record %s: unreadable (%s)", rec, why)
+                continue
+            records.append(RunRecord(run, data))
     records.sort(key=lambda r: (str(r.data.get("started") or ""), r.run_id))
     return records
 
 
 def find_run(run_id: str, runs_dir: str | Path | None = None) -> RunRecord:
-    """A record by full id or unique prefix."""
+    """A record by full id or unique prefix, optionally as ``DATE/ID`` (as `clipae runs list` prints them)."""
     records = list_runs(runs_dir)
-    matches = [r for r in records if r.run_id == run_id]
+    date, _, ident = run_id.rpartition("/")
+    if date:
+        records = [r for r in records if r.date == date]
+    matches = [r for r in records if r.run_id == ident]
     if not matches:
-        matches = [r for r in records if r.run_id.startswith(run_id)]
+        matches = [r for r in records if r.run_id.startswith(ident)]
     if len(matches) != 1:
+        same_id = len({r.run_id for r in matches}) < len(matches)  # (one id under two dates: name them DATE/ID)
+        names = sorted(f"{r.date}/{r.run_id}" if same_id else r.run_id for r in matches)
         raise KeyError(
             f"no run record matches {run_id!r}" if not matches
-            else f"{run_id!r} is ambiguous: {len(matches)} runs match ("
-            + ", ".join(sorted(r.run_id for r in matches)[:10]) + (", ..." if len(matches) > 10 else "") + ")"
+            else f"{run_id!r} is ambiguous: {len(matches)} runs match (" + ", ".join(names[:10])
+            + (", ..." if len(matches) > 10 else "") + ")" + ("; give DATE/ID" if same_id else "")
         )
     return matches[0]

@@ -114,6 +114,8 @@ def _meta_problem(meta) -> str | None:
                       ("fingerprint", str)):
         if not isinstance(meta.get(key), kind):
             return f"{VIDEO_ATTR!r} attributes lack a valid {key!r}"
+    if isinstance(meta["num_snippets"], bool) or meta["num_snippets"] < 1:  # (a stored video has >= 1 snippet)
+        return f"{VIDEO_ATTR!r} attributes lack a valid 'num_snippets' (got {meta['num_snippets']!r})"
     for name, f in meta["features"].items():
         if not (isinstance(f, dict) and isinstance(f.get("provenance"), dict) and isinstance(f.get("sha256"), str)):
             return f"feature {name!r} lacks its sha256 or provenance"
@@ -197,12 +199,24 @@ class FeatureStore:
             raise StoreError(f"store {path}: not a feature store (no zarr.json); stores are made by `clipae extract` "
                              "or `clipae import-features`")
         attrs = _read_json(root_meta).get("attributes", {})
-        meta = attrs.get(STORE_ATTR)
+        meta = attrs.get(STORE_ATTR) if isinstance(attrs, dict) else None
         if meta is None:
             raise StoreError(f"store {path}: a Zarr group but not a clipae feature store (no {STORE_ATTR!r} attrs)")
-        if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-            raise StoreError(f"store {path}: format {meta['format_version']} is newer than this code understands")
-        return cls(path, meta)
+        try:  # (valid JSON can still be malformed: a hand edit, another tool; say which key, not a traceback)
+            if not isinstance(meta, dict):
+                raise ValueError(f"{STORE_ATTR!r} is not an object")
+            version = meta.get("format_version", 0)
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ValueError(f"'format_version' must be an integer, got {version!r}")
+            if version > FORMAT_VERSION:
+                raise StoreError(f"store {path}: format {version} is newer than this code understands")
+            return cls(path, meta)
+        except StoreError:
+            raise
+        except KeyError as e:
+            raise StoreError(f"store {path}: metadata file {root_meta}: {STORE_ATTR!r} lacks {e.args[0]!r}") from None
+        except (TypeError, ValueError, AttributeError) as e:
+            raise StoreError(f"store {path}: metadata file {root_meta}: invalid {STORE_ATTR!r} attributes: {e}") from None
 
     @classmethod
     def open_or_create(
@@ -235,6 +249,13 @@ class FeatureStore:
             time.sleep(delay)
         return ids  # (unreachable)
 
+    def _listed(self, name: str) -> bool:
+        """``name`` is an entry of videos/ as it is (not a path that leads elsewhere)."""
+        try:
+            return "/" not in name and name not in (".", "..") and name in os.listdir(self._videos)
+        except OSError:
+            return False
+
     def _recently_trashed(self) -> set[str]:
         """Ids of videos moved into ``_staging/trash`` (as ``<id>.<pid>.<random>``) in the last TRASH_RECENT_S
         seconds, by each entry's own ctime (a rename sets it): a replacement may be between its two renames
@@ -249,7 +270,7 @@ class FeatureStore:
                             ids.add(parts[0])
                     except FileNotFoundError:
                         continue  # (removed meanwhile)
-        except FileNotFoundError:
+        except OSError:  # (absent, or unreadable: readers ignore _staging, a listing does not fail for it)
             pass
         return ids
 
@@ -263,7 +284,13 @@ class FeatureStore:
         return (self._videos / video_id / "zarr.json").exists()
 
     def _video_meta(self, video_id: str) -> dict:
-        validate_video_id(video_id)
+        try:
+            validate_video_id(video_id)
+        except StoreError as e:
+            if self._listed(video_id):  # (a directory someone put in videos/ under a name no id can have)
+                detail = f"directory {self._videos / video_id} is not a valid video id ({e})"
+                raise StoreDamageError(f"{detail}; rename or remove it", detail) from None
+            raise
         vdir = self._videos / video_id
         try:
             doc = self._read_video_json(vdir)
@@ -272,6 +299,9 @@ class FeatureStore:
             raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
         except StoreError as e:  # (not valid JSON, not an object)
             raise StoreDamageError(f"video {video_id!r}: {e}; {_repair_hint(self.path, vdir)}", f"unreadable {e}") from None
+        except OSError as e:  # (permission denied, a directory or a symlink loop in its place)
+            detail = f"unreadable metadata file {vdir / 'zarr.json'}: {e.strerror or e}"
+            raise StoreDamageError(f"video {video_id!r}: {detail}; {_repair_hint(self.path, vdir)}", detail) from None
         if doc is None:
             raise StoreError(f"video {video_id!r}: not in store {self.path}")
         attrs = doc.get("attributes")
@@ -595,16 +625,53 @@ class FeatureStore:
             if meta.get("audio_mask"):
                 expected[AUDIO_MASK] = meta["audio_mask"]
             problems = {}
+            t = int(meta["num_snippets"])
             for name, sha in expected.items():
-                problem = self._check_array(video_id, name, sha)
+                width = () if name == AUDIO_MASK else (self.feature_dims.get(name),)
+                problem = self._shape_problem(video_id, name, (t, *width)) or self._check_array(video_id, name, sha)
                 if problem:
                     problems[name] = problem
-            problem = self._check_time(video_id, int(meta["num_snippets"]))
+            problem = self._shape_problem(video_id, TIME_ARRAY, (t,)) or self._check_time(video_id, t)
             if problem:
                 problems[TIME_ARRAY] = problem
             if self._same_version(video_id, meta):  # (else a writer replaced it meanwhile: check the new one)
                 return problems
         raise StoreError(f"video {video_id!r}: kept changing while being verified (5 attempts)")
+
+    def layout_problems(self) -> dict[str, str]:
+        """Damage outside the videos' groups, which zarr/xarray readers meet first: the ``videos`` group's own
+        metadata (plain zarr cannot open the group without it), and entries of videos/ this store does not list
+        as videos but a plain listing of the group would (symbolic links)."""
+        problems = {}
+        group = self._videos / "zarr.json"
+        try:
+            if _read_json(group).get("node_type") != "group":
+                problems["videos/zarr.json"] = f"{group}: not a Zarr group's metadata"
+        except FileNotFoundError:
+            problems["videos/zarr.json"] = f"{group}: missing (zarr.open_group cannot open the videos group)"
+        except (OSError, StoreError) as e:
+            problems["videos/zarr.json"] = f"{group}: unreadable ({e})"
+        try:
+            with os.scandir(self._videos) as it:
+                links = sorted(e.name for e in it if e.is_symlink())
+        except OSError:
+            links = []
+        for name in links:
+            problems[f"videos/{name}"] = (f"{self._videos / name}: a symbolic link, not a video of this store "
+                                          "(ignored here; plain zarr readers follow it); remove it")
+        return problems
+
+    def _shape_problem(self, video_id: str, name: str, want: tuple) -> str | None:
+        """The array's recorded shape when it is not ``want`` (checked before reading it: a corrupted shape of
+        10^12 rows made verify allocate petabytes); None when it fits or is unreadable (reading reports that)."""
+        adir = self._videos / video_id / name
+        try:
+            shape = tuple(_read_json(adir / "zarr.json")["shape"])
+        except (OSError, StoreError, KeyError, TypeError):
+            return None
+        if None in want or shape == want:
+            return None
+        return f"array shape {shape} in {adir / 'zarr.json'}, but the video has {want[0]} snippets (expected {want})"
 
     def _check_array(self, video_id: str, name: str, sha256: str | None) -> str | None:
         try:
@@ -642,14 +709,17 @@ class FeatureStore:
             return f"array missing: {e.filename or self._videos / video_id / TIME_ARRAY}"
         except StoreError as e:
             return getattr(e, "detail", str(e))
-        want = np.array([self.grid.snippet_center_seconds(i) for i in range(t)], dtype=np.float64)
-        if got.shape != want.shape:
+        if got.shape != (t,):
             return f"time coordinate off: {got.shape[0] if got.ndim else got.shape} snippet times, expected {t}"
+        want = np.array([self.grid.snippet_center_seconds(i) for i in range(t)], dtype=np.float64)
         off = np.flatnonzero(got != want)
         if off.size:
             i = int(off[0])
+            absent = self._absent_chunks(self._videos / video_id / TIME_ARRAY)
             return (f"time coordinate off at {off.size} of {t} snippets: snippet {i} is at {float(got[i])!r} s, "
-                    f"the grid says {float(want[i])!r} s")
+                    f"the grid says {float(want[i])!r} s" + (
+                        f"; chunk file(s) missing (read as zeros): {', '.join(str(p) for p in absent[:3])}"
+                        if absent else ""))
         return None
 
     # ----------------------------------------------------------------- writing

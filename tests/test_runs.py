@@ -219,3 +219,44 @@ def test_the_cli_and_extraction_configs_start_without_torch():
             "print(sorted(m for m in ('torch', 'numpy', 'zarr', 'prefect') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "torch" not in out, out
+
+
+def test_one_id_under_two_dates_is_published_apart_and_selectable(tmp_path, capsys):
+    """A retry of a flow run after midnight UTC published the same id under a new date: neither could be shown."""
+    day1 = dt.datetime(2025, 1, 1, 23, 0, tzinfo=dt.timezone.utc)
+    day2 = dt.datetime(2025, 1, 2, 1, 0, tzinfo=dt.timezone.utc)
+    _publish(tmp_path, "dup0", {"0.50": 0.1}, started=day1)
+    _, second = _publish(tmp_path, "dup0", {"0.50": 0.2}, started=day2)
+    assert second.name == "dup0-2" and second.parent.name == "2025-01-02"
+    assert find_run("2025-01-02/dup0", tmp_path).path == second
+    assert find_run("dup0", tmp_path).date == "2025-01-01"  # (the exact id wins over the prefix)
+    # records other tools wrote with one id in two dates are still told apart
+    os.chmod(tmp_path / "2025-01-02", 0o755)
+    os.rename(second, tmp_path / "2025-01-02" / "dup0")
+    with pytest.raises(KeyError, match=r"2 runs match \(2025-01-01/dup0, 2025-01-02/dup0\); give DATE/ID"):
+        find_run("dup0", tmp_path)
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "2025-01-02/dup0"]) == 0
+    assert "20.00" in capsys.readouterr().out
+
+
+def test_records_of_odd_shapes_are_listed_shown_and_compared(tmp_path, capsys):
+    """Valid JSON with wrong types (metrics null, dataset null, failures a string, timings a list) broke
+    `runs list` for every run or gave tracebacks; "0.3" and "0.30" were two rows; compare said "same settings"
+    for runs on different datasets and averaged over different tIoU sets without a word."""
+    _publish(tmp_path, "good", {"0.30": 0.5, "0.70": 0.1}, config={"x": 1})
+    _publish(tmp_path, "odd1", {"0.3": 0.4, "0.7": 0.2}, config={"x": 1}, dataset=None, failures="oops",
+             timings_s=[1, 2])
+    _publish(tmp_path, "odd2", {"0.5": 0.3}, config={"x": 1}, dataset="activitynet12",
+             metrics=None, random_init_features=["clip_vitb16"])
+    assert main(["runs", "--runs-dir", str(tmp_path), "list"]) == 0
+    out = capsys.readouterr().out
+    assert "good" in out and "odd1" in out and "odd2" in out
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "odd1"]) == 0
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "odd2"]) == 0
+    capsys.readouterr()
+    assert main(["runs", "--runs-dir", str(tmp_path), "compare", "good", "odd1"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("0.30") == 1 and out.count("0.70") == 1
+    assert main(["runs", "--runs-dir", str(tmp_path), "compare", "good", "odd2"]) == 0
+    out = capsys.readouterr().out
+    assert "different tIoU thresholds" in out and "dataset:" in out and "random_init_features" in out

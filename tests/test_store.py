@@ -395,3 +395,70 @@ def test_store_info_counts_many_damaged_videos_instead_of_listing_them_all(tmp_p
     assert f"damaged videos: {SHOWN_DAMAGED + 5}" in captured.out
     assert captured.err.count("damaged video v") == SHOWN_DAMAGED
     assert f"{SHOWN_DAMAGED + 5} damaged videos in all" in captured.err
+
+
+def test_inspecting_a_store_damaged_in_odd_ways_names_the_damage(tmp_path, capsys):
+    """Adversarial review: an unreadable video zarr.json (here a directory in its place, or a symlink loop), a
+    directory under a name no id can have, or a file in place of _staging/trash made info/ls fail for the whole
+    store; a damaged videos/zarr.json (outside readers cannot open the group) and symlinked video folders (that
+    they follow) passed verify; a corrupted array shape made verify allocate petabytes; a missing time chunk was
+    not named; an empty path inspected the current directory."""
+    import os
+    import shutil
+
+    from clipae.cli import main as cli
+
+    s = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS, codec=CodecSpec("none"))
+    f = feats(12)
+    for vid in ("a", "b", "c", "d", "e"):
+        s.write_video(vid, f, info(vid), provs(f))
+    videos = s.path / "videos"
+    (videos / "a" / "zarr.json").unlink()
+    (videos / "a" / "zarr.json").mkdir()  # (OSError other than "missing")
+    (videos / "b" / "zarr.json").unlink()
+    (videos / "b" / "zarr.json").symlink_to("zarr.json")  # (a loop)
+    shutil.copytree(videos / "e", videos / "bad:name")
+    shutil.rmtree(s.path / "_staging" / "trash")
+    (s.path / "_staging" / "trash").write_text("")
+    assert cli(["store", "ls", str(s.path)]) == 1
+    out = capsys.readouterr().out
+    assert "a\tDAMAGED" in out and "b\tDAMAGED" in out and "bad:name\tDAMAGED" in out and "not a valid video id" in out
+    assert "c\tT=12" in out and "e\tT=12" in out
+    assert cli(["store", "info", str(s.path)]) == 1
+    capsys.readouterr()
+
+    ameta = videos / "c" / "i3d_rgb" / "zarr.json"
+    doc = json.loads(ameta.read_text())
+    doc["shape"] = [10**12, 16]
+    ameta.write_text(json.dumps(doc))
+    (videos / "d" / "time" / "c" / "0").unlink()
+    (videos / "zarr.json").write_text('{"zarr_for')
+    os.symlink(videos / "e", videos / "elink")
+    assert cli(["store", "verify", str(s.path)]) == 1
+    out = capsys.readouterr().out
+    assert "MISMATCH videos/zarr.json: " in out and "MISMATCH videos/elink: " in out and "symbolic link" in out
+    assert "MISMATCH c/i3d_rgb: array shape (1000000000000, 16)" in out
+    assert "MISMATCH d/time: " in out and "chunk file(s) missing" in out
+    assert cli(["store", "info", ""]) == 2 and "empty store path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a.update(clipae_store=[1]), "is not an object"),
+    (lambda a: a["clipae_store"].update(format_version=None), "'format_version' must be an integer"),
+    (lambda a: a["clipae_store"].update(format_version="2.0"), "'format_version' must be an integer"),
+    (lambda a: a["clipae_store"].pop("grid"), "lacks 'grid'"),
+    (lambda a: a["clipae_store"].update(features={"clip_vitb16": "x"}), "invalid 'clipae_store' attributes"),
+])
+def test_malformed_root_metadata_is_one_line_naming_the_file(tmp_path, capsys, edit, message):
+    from clipae.cli import main as cli
+
+    s = FeatureStore.create(tmp_path / "s.zarr", features=SMALL_DIMS)
+    doc = json.loads((s.path / "zarr.json").read_text())
+    edit(doc["attributes"])
+    (s.path / "zarr.json").write_text(json.dumps(doc))
+    assert cli(["store", "info", str(s.path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(s.path / "zarr.json") in err and "Traceback" not in err, err
+    doc["attributes"] = None
+    (s.path / "zarr.json").write_text(json.dumps(doc))
+    assert cli(["store", "info", str(s.path)]) == 2 and "not a clipae feature store" in capsys.readouterr().err

@@ -15,11 +15,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst = sub.add_parser("list", help="one line per run")
     lst.set_defaults(func=_list)
     show = sub.add_parser("show", help="a run's record and metrics")
-    show.add_argument("run_id", help="flow-run id or a unique prefix")
+    show.add_argument("run_id", help="flow-run id or a unique prefix (DATE/ID when one id is under two dates)")
     show.add_argument("--json", action="store_true", help="print record.json verbatim")
     show.set_defaults(func=_show)
     cmp_ = sub.add_parser("compare", help="mAP per tIoU and differing settings, side by side")
-    cmp_.add_argument("run_ids", nargs="+")
+    cmp_.add_argument("run_ids", nargs="+", help="run ids or unique prefixes (or DATE/ID)")
     cmp_.set_defaults(func=_compare)
     for action in (lst, show, cmp_):  # also after the action (`runs list --runs-dir X`); SUPPRESS keeps the outer value
         action.add_argument("--runs-dir", default=argparse.SUPPRESS, help="records root (as before the action)")
@@ -48,7 +48,7 @@ def _list(args: argparse.Namespace) -> int:
     for r in records:
         d = r.data
         print(
-            f"{r.date:<10}  {r.run_id:<36}  {d.get('flow', '-'):<18}  {d.get('dataset', '-'):<14}  "
+            f"{r.date:<10}  {r.run_id:<36}  {str(d.get('flow', '-')):<18}  {str(d.get('dataset', '-')):<14}  "
             f"{str(d.get('status', '-'))[:9]:<9}  {_fmt_map(r.average_map):>7}  {str(d.get('store_fingerprint', '-'))[:12]:<12}  "
             f"{str(d.get('code_revision', '-'))[:12]}" + ("  (random-init features)" if d.get("random_init_features") else "")
         )
@@ -67,19 +67,23 @@ def _show(args: argparse.Namespace) -> int:
         print(f"{key:<10} {d.get(key, '-')}")
     if d.get("error"):  # (why a failed run failed)
         print(f"error      {d['error']}")
-    timings = d.get("timings_s") or {}
+    # (what another tool or a hand edit wrote is shown as it is, not a traceback)
+    timings = d.get("timings_s") if isinstance(d.get("timings_s"), dict) else {}
     if timings:
-        print("timings    " + ", ".join(f"{k} {v:.1f}s" for k, v in timings.items()))
-    failures = d.get("failures") or []
-    print(f"failures   {len(failures)}" + "".join(f"\n  {f['video_id']}: {f['error']}" for f in failures))
+        print("timings    " + ", ".join(f"{k} {v:.1f}s" if isinstance(v, (int, float)) else f"{k} {v}"
+                                        for k, v in timings.items()))
+    failures = d.get("failures") if isinstance(d.get("failures"), list) else []
+    print(f"failures   {len(failures)}" + "".join(
+        f"\n  {f.get('video_id', '?')}: {f.get('error', '?')}" if isinstance(f, dict) else f"\n  {f}" for f in failures))
     if d.get("random_init_features"):
-        print(f"RANDOM-INIT features {', '.join(d['random_init_features'])}: from randomly initialised networks "
+        print(f"RANDOM-INIT features {', '.join(map(str, d['random_init_features']))}: from randomly initialised networks "
               "(--allow-random-weights): not comparable with results on pretrained features")
     settings = _flatten(d.get("config") or {})
     if settings:
         print("settings\n" + "\n".join(f"  {k}: {json.dumps(v, default=str)}" for k, v in sorted(settings.items())))
     print(_map_table([r]))
-    print("files      " + ", ".join(sorted(d.get("files", {}))))
+    files = d.get("files")
+    print("files      " + ", ".join(sorted(map(str, files)) if isinstance(files, (dict, list)) else "-"))
     return 0
 
 
@@ -106,8 +110,12 @@ def _compare(args: argparse.Namespace) -> int:
     _check_runs_dir(args)
     records = [find_run(i, args.runs_dir) for i in args.run_ids]
     print(_map_table(records))
+    if len({tuple(sorted(r.map_by_tiou)) for r in records}) > 1:
+        print("\nnote: the runs were evaluated at different tIoU thresholds: their averages are not comparable")
     flats = [_flatten({"config": r.data.get("config", {}), "store_fingerprint": r.data.get("store_fingerprint"),
-                       "code_revision": r.data.get("code_revision")}) for r in records]
+                       "code_revision": r.data.get("code_revision"), "flow": r.data.get("flow"),
+                       "dataset": r.data.get("dataset"), "status": r.data.get("status"),
+                       "random_init_features": r.data.get("random_init_features") or []}) for r in records]
     keys = sorted({k for f in flats for k in f})
     diffs = [k for k in keys if len({json.dumps(f.get(k), sort_keys=True, default=str) for f in flats}) > 1]
     if diffs:

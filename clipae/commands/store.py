@@ -31,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from storage import FeatureStore, StoreError
 
+    if not args.path.strip():  # (an unset $STORE: not the current directory)
+        print(f"clipae store {args.store_command}: error: empty store path", file=sys.stderr)
+        return 2
     try:
         store = FeatureStore.open(args.path)
         return {"info": _info, "ls": _ls, "verify": _verify}[args.store_command](store, args.json)
@@ -96,6 +99,10 @@ def _ls(store, as_json: bool) -> int:
 def _verify(store, as_json: bool) -> int:
     mismatches = []
     store.recover()  # finish what killed writers left first: verify the store as readers will see it
+    for item, detail in store.layout_problems().items():  # (what outside readers meet before any video)
+        mismatches.append({"video": None, "item": item, "detail": detail})
+        if not as_json:
+            print(f"MISMATCH {item}: {detail}")
     ids = store.list_videos()
     for vid in ids:  # features and audio mask against their recorded sha256, the time coordinate against the grid
         try:
