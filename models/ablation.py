@@ -58,6 +58,10 @@ def run_ablation(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, rows: l
     out = Path(out_dir)
     seeds = list(seeds) if seeds else [cfg.train.seed]
     names = rows or DEFAULT_ROWS
+    for what, values in (("seed", seeds), ("row", names)):  # (a repeat trained twice into one folder and
+        repeated = sorted({str(v) for v in values if list(values).count(v) > 1})  # reported a fake ± 0.0)
+        if repeated:
+            raise ValueError(f"ablation: {what}s repeat ({', '.join(repeated)}); give each once")
     unknown = [n for n in names if n not in ROWS]
     if unknown:
         raise ValueError(f"unknown ablation row(s) {unknown}; known: {sorted(ROWS)}")

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -169,28 +171,89 @@ def _build(cls: type, d: dict[str, Any], where: str):
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
     kwargs = {}
+    hints = typing.get_type_hints(cls)
     for name, value in d.items():
         f = known[name]
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
         else:
-            kwargs[name] = value
+            kwargs[name] = _typed(value, hints[name], f"{where}.{name}")
     obj = cls(**kwargs)
     _check(obj, where)
     return obj
 
 
+def _typed(value: Any, kind: Any, where: str) -> Any:
+    """``value`` as the field's type: a YAML `epochs_per_round: '2'`, `batch_size: 2.5` or `audio: 'no'` failed
+    deep in training (or, for the switch, silently meant True). Integers are accepted for floats."""
+    def bad(what: str):
+        return ValueError(f"{where}: must be {what}, got {value!r}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if typing.get_origin(kind) is list:
+        (item,) = typing.get_args(kind)
+        if not isinstance(value, list):
+            raise bad("a list")
+        return [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    return value
+
+
 def _check(obj: Any, where: str) -> None:
+    def need(ok: bool, names: str, what: str) -> None:
+        if not ok:
+            raise ValueError(f"{where}: {names} must be {what}, got " + ", ".join(
+                f"{n.strip()}={getattr(obj, n.strip())!r}" for n in names.split(",")))
+
     if isinstance(obj, TrainConfig):
         if obj.mode not in ("utal", "weak"):
             raise ValueError(f"{where}.mode: must be 'utal' or 'weak', got {obj.mode!r}")
         if obj.rounds < 1 or obj.epochs_per_round < 1 or obj.batch_size < 1 or obj.max_len < 8:
             raise ValueError(f"{where}: rounds, epochs_per_round, batch_size must be >= 1 and max_len >= 8")
-    if isinstance(obj, ModelConfig) and obj.caf_stages < 1:
-        raise ValueError(f"{where}.caf_stages must be >= 1")
-    if isinstance(obj, ModelConfig) and obj.caf_ccp not in CAF_CCP:
-        raise ValueError(f"{where}.caf_ccp must be one of {CAF_CCP}, got {obj.caf_ccp!r}")
+        need(obj.weak_epochs >= 1, "weak_epochs", ">= 1")
+        need(obj.kmeans_restarts >= 1 and obj.kmeans_iters >= 1, "kmeans_restarts, kmeans_iters", ">= 1")
+        need(obj.lr > 0 and obj.weight_decay >= 0, "lr, weight_decay", "> 0 and >= 0")
+        need(obj.seed >= 0, "seed", ">= 0")
+        need(bool(obj.cluster_features), "cluster_features", "a non-empty list")
+    if isinstance(obj, ModelConfig):
+        if obj.caf_stages < 1:
+            raise ValueError(f"{where}.caf_stages must be >= 1")
+        if obj.caf_ccp not in CAF_CCP:
+            raise ValueError(f"{where}.caf_ccp must be one of {CAF_CCP}, got {obj.caf_ccp!r}")
+        need(min(obj.d_x, obj.ccp_dim, obj.embed_dim) >= 1, "d_x, ccp_dim, embed_dim", ">= 1")
+        need(0 <= obj.dropout < 1, "dropout", "in [0, 1)")
+        need(obj.leaky_slope >= 0, "leaky_slope", ">= 0")
+    if isinstance(obj, LossConfig):
+        need(obj.tau > 0, "tau", "> 0 (the temperature divides the similarities)")
+        need(0 < obj.topk_ratio <= 1, "topk_ratio", "in (0, 1]")
+        weights = ("w_base", "w_fg", "w_bg", "w_guide", "w_sparse", "w_co", "w_self", "w_decor", "w_insdis")
+        need(all(getattr(obj, w) >= 0 for w in weights), ", ".join(weights), ">= 0")
+        need(0 <= obj.co_bg <= obj.co_fg <= 1, "co_bg, co_fg", "0 <= co_bg <= co_fg <= 1")
+        need(obj.co_warmup_epochs >= 0 and 0 <= obj.bank_momentum <= 1, "co_warmup_epochs, bank_momentum",
+             ">= 0 and in [0, 1]")
+    if isinstance(obj, InferenceConfig):
+        need(bool(obj.thresholds) and all(0 < t < 1 for t in obj.thresholds), "thresholds",
+             "a non-empty list of numbers in (0, 1)")
+        need(obj.nms_sigma > 0, "nms_sigma", "> 0")
+        need(obj.max_proposals >= 1 and obj.max_classes >= 1, "max_proposals, max_classes", ">= 1")
+        need(0 <= obj.attention_weight <= 1 and 0 <= obj.class_threshold <= 1, "attention_weight, class_threshold",
+             "in [0, 1]")
+        need(obj.oic_inflation >= 0, "oic_inflation", ">= 0")
 
 
 def load_config(path: str | Path | None = None) -> ClipAEConfig:

@@ -105,7 +105,9 @@ def video_level_features(videos, names: list[str], weights: list[np.ndarray] | N
         if weights is None:
             return a.mean(0)
         w = np.asarray(weights[i], dtype=np.float64)
-        return (w[:, None] * a).sum(0) / max(w.sum(), 1e-9)
+        if not w.sum() > 1e-9:  # (a 1-snippet video, or a flat attention, normalises to all zeros: pool uniformly,
+            return a.mean(0)    # not into a zero vector that every such video would share)
+        return (w[:, None] * a).sum(0) / w.sum()
 
     parts = []
     for n in names:

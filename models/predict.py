@@ -33,6 +33,24 @@ def load_model(checkpoint, device: str = "auto") -> tuple[ClipAENet, dict, ClipA
     return model.to(dev), meta, cfg
 
 
+def check_checkpoint_fits(meta: dict, dataset, checkpoint) -> None:
+    """A weakly supervised checkpoint labels detections with the classes it was trained on: on a dataset with
+    other classes every detection is silently an unknown label (mAP 0). A UTAL one with another cluster count
+    than the dataset's classes, or from another dataset, is allowed (the cluster mapping copes) but named."""
+    import warnings
+
+    classes = list(getattr(dataset, "classes", []) or [])
+    trained = list(meta.get("classes") or [])
+    if meta.get("mode") == "weak" and classes and trained and trained != classes:
+        raise ValueError(f"checkpoint {checkpoint}: trained (weakly supervised) on the {len(trained)} classes of "
+                         f"dataset {meta.get('dataset')!r}, not on the {len(classes)} of {dataset.name!r} "
+                         f"(e.g. {trained[0]!r} vs {classes[0]!r}): its labels would match none")
+    name = getattr(dataset, "name", None)
+    if meta.get("mode") == "utal" and meta.get("dataset") and name and meta["dataset"] != name:
+        warnings.warn(f"checkpoint {checkpoint} was trained on dataset {meta['dataset']!r}, predicting on {name!r}",
+                      stacklevel=3)
+
+
 def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: list[VideoFeatures] | None = None,
             inference: InferenceConfig | None = None, device: str = "auto", video_ids: list[str] | None = None) -> dict:
     """Detections for every video of ``subset`` (default: the dataset's test subset) that the store holds.
@@ -40,6 +58,8 @@ def predict(checkpoint, store, dataset, subset: str | None = None, *, videos: li
     UTAL checkpoints label detections ``cluster_<k>`` and add ``video_clusters``; weak ones use class names.
     """
     model, meta, cfg = load_model(checkpoint, device)
+    if dataset is not None:
+        check_checkpoint_fits(meta, dataset, checkpoint)
     dev = next(model.parameters()).device
     if dev.type == "cpu" and cfg.train.num_threads > 0:
         torch.set_num_threads(cfg.train.num_threads)

@@ -4,6 +4,7 @@ Entry point for the CLI and the Prefect flow: ``train(cfg, store, dataset, out_d
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -142,12 +143,26 @@ def _float32(x):
     return x
 
 
-def _save_resume(path: Path, model, opt, cfg, round_i, epoch, targets, clusters, history, cluster_history) -> None:
+def _save_resume(path: Path, model, opt, cfg, round_i, epoch, targets, clusters, history, cluster_history,
+                 inputs: dict) -> None:
     ckpt.atomic_save({
         "model": model.state_dict(), "optimizer": opt.state_dict(), "round": round_i, "epoch": epoch,
         "targets": torch.from_numpy(targets), "clusters": None if clusters is None else torch.from_numpy(clusters),
-        "history": history, "cluster_history": cluster_history, "config": cfg.to_json(),
+        "history": history, "cluster_history": cluster_history, "config": cfg.to_json(), "inputs": inputs,
     }, path)
+
+
+def _training_inputs(store, videos) -> dict:
+    """What a resume must train on again: the videos, in order, and their stored content (each video's
+    fingerprint in the store, which changes when any of its features is rewritten)."""
+    h = hashlib.sha256()
+    for v in videos:
+        try:
+            fp = store.video_meta(v.video_id)["fingerprint"] if store is not None else ""
+        except Exception:  # noqa: BLE001 -- (videos given in memory, or a store without that video)
+            fp = ""
+        h.update(f"{v.video_id}\0{fp}\n".encode())
+    return {"video_ids": [v.video_id for v in videos], "content": h.hexdigest()}
 
 
 def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: bool = False,
@@ -180,12 +195,27 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     targets: np.ndarray | None = None
     clusters: np.ndarray | None = None
     resume_path = out / ckpt.RESUME_FILE
-    out.mkdir(parents=True, exist_ok=True)  # (only now: inputs that cannot be read leave no empty run directory)
-    ckpt.clear_run_dir(out, fresh=not (resume and resume_path.exists()))
-    if resume and resume_path.exists():
+    resuming = resume and resume_path.exists()
+    inputs = _training_inputs(store, videos)
+    if tc.mode == "utal" and len(videos) < k:  # (k-means would fail after the run directory was replaced)
+        raise ValueError(f"{len(videos)} training videos for {k} clusters (the dataset's classes): UTAL clusters "
+                         f"videos, so it needs at least as many training videos as classes")
+    # A fresh run replaces the previous run's outputs in ``out`` only once its first epoch is done (begin(),
+    # below): a run that fails before (bad input found late, a diverging loss) leaves the previous run as it
+    # was, and no empty run directory.
+    if out.is_dir():  # (what a writer killed mid-write left: temporaries, never anyone's output)
+        ckpt.clear_run_dir(out, fresh=False)
+    if resuming:
         state = ckpt.load(resume_path, device, required=("config", "model", "optimizer", "round", "epoch", "targets"))
         if ClipAEConfig.from_saved(json.loads(state["config"])).to_dict() != cfg.to_dict():
             raise ValueError(f"{resume_path}: saved with a different config; resume needs the same config")
+        saved = state.get("inputs")  # (absent in resume files of older versions: not checked)
+        if isinstance(saved, dict) and saved != inputs:
+            what = ("other training videos" if saved.get("video_ids") != inputs["video_ids"]
+                    else "the same videos with changed features")
+            raise ValueError(f"{resume_path}: saved while training on {len(saved.get('video_ids', []))} videos; the "
+                             f"store and dataset now give {what} ({len(inputs['video_ids'])} videos): resume needs "
+                             "the same inputs (train afresh without --resume)")
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_round, start_epoch = int(state["round"]), int(state["epoch"])
@@ -194,7 +224,18 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
         history, cluster_history = list(state["history"]), list(state["cluster_history"])
         if start_epoch >= epochs:
             start_round, start_epoch = start_round + 1, 0
-    ckpt.atomic_write_text(cfg.to_json(), out / ckpt.CONFIG_FILE)
+    begun = False
+
+    def begin() -> None:
+        nonlocal begun
+        if not begun:
+            out.mkdir(parents=True, exist_ok=True)
+            ckpt.clear_run_dir(out, fresh=not resuming)
+            ckpt.atomic_write_text(cfg.to_json(), out / ckpt.CONFIG_FILE)
+            begun = True
+
+    if resuming:
+        begin()
 
     for r in range(start_round, rounds):
         if start_epoch == 0:  # (re)make the video-level labels of this round
@@ -216,11 +257,17 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
         for e in range(start_epoch, epochs):
             g = r * epochs + e
             stats = _train_epoch(model, opt, items, targets, cfg, device, r, e, g)
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise ValueError(f"round {r} epoch {e}: the loss is not finite ({stats}): training diverged; lower "
+                                 "train.lr or check the loss settings (" + ("the last finished epoch is in "
+                                 f"{resume_path}" if begun else f"nothing was written to {out}") + ")")
             history.append({"round": r, "epoch": e, **stats})
             if tc.progress:
                 tqdm.write(f"round {r} epoch {e}: " + " ".join(f"{k_}={v:.3f}" for k_, v in stats.items()))
-            _save_resume(resume_path, model, opt, cfg, r, e + 1, targets, clusters, history, cluster_history)
+            begin()
+            _save_resume(resume_path, model, opt, cfg, r, e + 1, targets, clusters, history, cluster_history, inputs)
         start_epoch = 0
+    begin()  # (a resume of a finished run trains no epoch)
 
     meta = {
         "mode": tc.mode, "num_classes": k, "dims": feature_dims(videos).__dict__,

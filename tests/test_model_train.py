@@ -69,13 +69,31 @@ def test_a_fresh_run_in_a_used_directory_never_leaves_the_old_runs_files(tmp_pat
     assert stat.S_IMODE(os.stat(out / ckpt.MODEL_FILE).st_mode) == 0o666 & ~ckpt._UMASK  # (mkstemp: 0600)
     (out / ".last.pt.k2j3h4").write_bytes(b"half a checkpoint")
 
-    def stopped(*a, **k):
-        raise KeyboardInterrupt
+    before = {p.name: p.read_bytes() for p in out.iterdir() if not p.name.startswith(".")}
+    real_epoch = train_mod._train_epoch
+    calls = []
 
-    monkeypatch.setattr(train_mod, "_train_epoch", stopped)
+    def stopped_at(n):
+        def epoch(*a, **k):
+            calls.append(1)
+            if len(calls) > n:
+                raise KeyboardInterrupt
+            return real_epoch(*a, **k)
+        return epoch
+
+    # Stopped (or failed: a late bad input, a diverging loss) before its first epoch: the previous run stays
+    # whole (adversarial review: a failed train had deleted it and left only its own config.json).
+    monkeypatch.setattr(train_mod, "_train_epoch", stopped_at(0))
     with pytest.raises(KeyboardInterrupt):
         train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=2, seed=5), store, ds, out)
-    assert sorted(p.name for p in out.iterdir()) == [ckpt.CONFIG_FILE]
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # (and the temporary is gone)
+    # Stopped after it: the new run's config and last.pt, never the old model beside them.
+    calls.clear()
+    monkeypatch.setattr(train_mod, "_train_epoch", stopped_at(1))
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=2, seed=5), store, ds, out)
+    assert sorted(p.name for p in out.iterdir()) == sorted([ckpt.CONFIG_FILE, ckpt.RESUME_FILE])
+    assert '"seed": 5' in (out / ckpt.CONFIG_FILE).read_text()
 
 
 def test_resume_after_interruption_is_exact(tmp_path, monkeypatch):
@@ -189,3 +207,111 @@ def test_pick_device_checks_the_name_and_the_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match="CUDA is not available"):
         pick_device("cuda")
+
+
+def test_config_values_of_the_wrong_type_or_range_are_refused_by_name():
+    """Adversarial review: `epochs_per_round: '2'`, `batch_size: 2.5`, `lr: abc` failed deep in training with
+    tracebacks; `switches.audio: 'no'` trained WITH audio; `loss.tau: 0` trained a model full of NaN;
+    `inference.thresholds: 0.5` trained and then crashed every predict; weak `--epochs 0` wrote an untrained
+    model; `kmeans_iters: 0` ran no Lloyd iteration."""
+    from models.config import ClipAEConfig
+
+    good = ClipAEConfig()
+    assert ClipAEConfig.from_dict({"train": {"lr": 1}}).train.lr == 1.0  # (an integer is a number)
+    for section, values, message in [
+        ("train", {"epochs_per_round": "2"}, "train.epochs_per_round: must be an integer"),
+        ("train", {"batch_size": 2.5}, "train.batch_size: must be an integer"),
+        ("train", {"lr": "abc"}, "train.lr: must be a finite number"),
+        ("switches", {"audio": "no"}, "switches.audio: must be true or false"),
+        ("inference", {"thresholds": 0.5}, "inference.thresholds: must be a list"),
+        ("inference", {"thresholds": []}, "thresholds must be a non-empty list"),
+        ("loss", {"tau": 0}, "tau must be > 0"),
+        ("train", {"weak_epochs": 0}, "weak_epochs must be >= 1"),
+        ("train", {"kmeans_iters": 0}, "kmeans_restarts, kmeans_iters must be >= 1"),
+        ("train", {"lr": -1}, "lr, weight_decay must be > 0 and >= 0"),
+        ("train", {"seed": -1}, "seed must be >= 0"),
+        ("model", {"dropout": 2.0}, "dropout must be in [0, 1)"),
+        ("model", {"d_x": 0}, "d_x, ccp_dim, embed_dim must be >= 1"),
+        ("inference", {"nms_sigma": 0}, "nms_sigma must be > 0"),
+        ("inference", {"max_proposals": 0}, "max_proposals, max_classes must be >= 1"),
+    ]:
+        with pytest.raises(ValueError, match=__import__("re").escape(message)):
+            good.replace(**{section: values})
+
+
+def test_a_run_that_fails_before_its_first_epoch_keeps_the_previous_run(tmp_path):
+    """Adversarial review: a UTAL dataset with fewer training videos than classes failed in k-means after the
+    previous run in --out had been deleted; a diverging loss kept training and saved a NaN model."""
+    ds, _, store = tiny_problem()
+    out = tmp_path / "run"
+    train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=1), store, ds, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    few = ds.videos(ds.train_subset)[:2]
+    with pytest.raises(ValueError, match="2 training videos for 4 clusters"):
+        train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=1), store, ds, out, video_ids=few)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    import unittest.mock
+
+    with unittest.mock.patch.object(train_mod, "_train_epoch", lambda *a, **k: {"total": float("nan")}):
+        with pytest.raises(ValueError, match="the loss is not finite.*nothing was written"):
+            train_mod.train(tiny_config(mode="utal", rounds=1, epochs_per_round=1), store, ds, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_resume_refuses_other_training_inputs(tmp_path, monkeypatch):
+    """Adversarial review: a resume on a store with one training video fewer died in load_state_dict with a size
+    mismatch dump; on the same videos with changed features it continued silently."""
+    ds, _, store = tiny_problem()
+    cfg = tiny_config(mode="utal", rounds=1, epochs_per_round=2)
+    calls = []
+    real = train_mod._train_epoch
+
+    def once(*a, **k):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train_mod, "_train_epoch", once)
+    with pytest.raises(KeyboardInterrupt):
+        train_mod.train(cfg, store, ds, tmp_path / "run")
+    monkeypatch.setattr(train_mod, "_train_epoch", real)
+    fewer = ds.videos(ds.train_subset)[:-1]
+    with pytest.raises(ValueError, match="resume needs the same inputs"):
+        train_mod.train(cfg, store, ds, tmp_path / "run", resume=True, video_ids=fewer)
+    done = train_mod.train(cfg, store, ds, tmp_path / "run", resume=True)  # (the same inputs: resumes)
+    assert done.epochs_completed == 2
+
+
+def test_a_one_snippet_video_is_pooled_uniformly_not_to_zero():
+    import numpy as np
+
+    from models.kmeans import video_level_features
+    from models.data import VideoFeatures
+
+    v = VideoFeatures("v", {"i3d_rgb": np.ones((1, 4), np.float32)}, 1.0)
+    got = video_level_features([v], ["i3d_rgb"], weights=[np.zeros(1)])
+    assert np.allclose(got, 0.5)  # (the unit vector of ones, not zero)
+
+
+def test_predict_refuses_a_weak_checkpoint_of_other_classes(tmp_path):
+    from models.synthetic import ClassSubsetDataset
+    from storage.datasets import load_dataset
+
+    ds, _, store = tiny_problem()
+    train_mod.train(tiny_config(mode="weak", weak_epochs=1), store, ds, tmp_path / "weak")
+    other = ClassSubsetDataset(load_dataset("thumos14"), ["CliffDiving", "Diving", "GolfSwing", "HighJump"],
+                               max_duration=240.0)
+    with pytest.raises(ValueError, match="its labels would match none"):
+        predict(tmp_path / "weak", store, other)
+
+
+def test_ablation_refuses_repeated_seeds_and_rows(tmp_path):
+    """Adversarial review: `--seeds 3 3` trained one folder twice and reported "± 0.0"; repeated rows too."""
+    from models.ablation import run_ablation
+
+    ds, _, store = tiny_problem()
+    for kw in ({"seeds": [3, 3]}, {"rows": ["baseline", "baseline"]}):
+        with pytest.raises(ValueError, match="repeat"):
+            run_ablation(tiny_config(), store, ds, tmp_path / "abl", **kw)
+    assert not (tmp_path / "abl").exists()

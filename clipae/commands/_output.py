@@ -1,6 +1,7 @@
 """Output paths of commands, checked before the work instead of after it."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -15,5 +16,7 @@ def check_output_file(path: str | Path, flag: str) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise NotADirectoryError(f"{flag} {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise PermissionError(f"{flag} {path}: cannot write in {parent}")
             break
     return path

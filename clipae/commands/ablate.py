@@ -38,7 +38,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.same_cluster_input:
         cfg = cfg.replace(train={"cluster_features_follow_switches": False})
     ds = load_dataset(args.dataset)
-    rows = args.rows.split(",") if args.rows else None
+    rows = [r.strip() for r in args.rows.split(",")] if args.rows is not None else None
+    if rows is not None and not all(rows):  # (--rows "" silently ran the whole default grid)
+        raise ValueError(f"--rows {args.rows!r}: an empty row name; give comma-separated rows, e.g. baseline,caf")
     train_v = test_v = None
     refs = {}
     if args.synthetic:
