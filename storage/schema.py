@@ -134,11 +134,13 @@ def validate_features(
             )
         if not np.issubdtype(arr.dtype, np.floating):
             raise StoreError(f"video {video_id!r}: feature {name!r} has dtype {arr.dtype}, expected a float type")
-        arr32 = np.ascontiguousarray(arr, dtype=np.float32)
+        with np.errstate(over="ignore"):  # (values beyond float32's range become inf: reported below)
+            arr32 = np.ascontiguousarray(arr, dtype=np.float32)
         if not np.isfinite(arr32).all():
             bad = np.argwhere(~np.isfinite(arr32))[0]
+            what = "NaN/Inf" if not np.isfinite(arr[tuple(bad)]) else "a value beyond float32's range"
             raise StoreError(
-                f"video {video_id!r}: feature {name!r} contains NaN/Inf (first at snippet {bad[0]}, dim {bad[1]})"
+                f"video {video_id!r}: feature {name!r} contains {what} (first at snippet {bad[0]}, dim {bad[1]})"
             )
         out[name] = arr32
         t_seen[name] = arr.shape[0]

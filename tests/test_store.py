@@ -128,6 +128,15 @@ def test_rejects_nan_inf(store, bad):
     assert store.list_videos() == []
 
 
+def test_a_float64_value_beyond_float32_is_named_as_such(store, recwarn):
+    f = feats(10)
+    f["clip_vitb16"] = f["clip_vitb16"].astype(np.float64)
+    f["clip_vitb16"][3, 2] = 1e300  # (was reported as NaN/Inf, with numpy's overflow warning)
+    with pytest.raises(StoreError, match=r"clip_vitb16.*a value beyond float32's range.*snippet 3, dim 2"):
+        _write(store, "v", f)
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 def test_rejects_wrong_dimension(store):
     f = feats(10)
     f["i3d_rgb"] = np.zeros((10, 15), np.float32)
