@@ -260,3 +260,10 @@ def test_records_of_odd_shapes_are_listed_shown_and_compared(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path), "compare", "good", "odd2"]) == 0
     out = capsys.readouterr().out
     assert "different tIoU thresholds" in out and "dataset:" in out and "random_init_features" in out
+
+
+def test_show_json_is_strict_json(tmp_path, capsys):
+    _publish(tmp_path, "nanrun", {"0.50": float("nan")})
+    assert main(["runs", "--runs-dir", str(tmp_path), "show", "--json", "nanrun"]) == 0
+    out = capsys.readouterr().out
+    assert "NaN" not in out and json.loads(out)["metrics"]["map_by_tiou"]["0.50"] is None

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 
 from clipae.runs import RunRecord, default_runs_dir, find_run, list_runs
@@ -58,8 +59,8 @@ def _list(args: argparse.Namespace) -> int:
 def _show(args: argparse.Namespace) -> int:
     _check_runs_dir(args)
     r = find_run(args.run_id, args.runs_dir)
-    if args.json:
-        print(json.dumps(r.data, indent=2))
+    if args.json:  # (strict JSON: a non-finite metric becomes null, as parsers other than Python's require)
+        print(json.dumps(_finite(r.data), indent=2, allow_nan=False))
         return 0
     d = r.data
     print(f"run        {r.run_id}  ({r.path})")
@@ -85,6 +86,16 @@ def _show(args: argparse.Namespace) -> int:
     files = d.get("files")
     print("files      " + ", ".join(sorted(map(str, files)) if isinstance(files, (dict, list)) else "-"))
     return 0
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _map_table(records: list[RunRecord]) -> str:
