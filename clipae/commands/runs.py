@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lst.set_defaults(func=_list)
     show = sub.add_parser("show", help="a run's record and metrics")
     show.add_argument("run_id", help="flow-run id or a unique prefix (DATE/ID when one id is under two dates)")
-    show.add_argument("--json", action="store_true", help="print record.json verbatim")
+    show.add_argument("--json", action="store_true", help="print record.json (non-finite numbers as null)")
     show.set_defaults(func=_show)
     cmp_ = sub.add_parser("compare", help="mAP per tIoU and differing settings, side by side")
     cmp_.add_argument("run_ids", nargs="+", help="run ids or unique prefixes (or DATE/ID)")
