@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipae.fields import check_fields
+
 CLIP_FEATURE_DIM = 512
 #: Bump when a change alters the features extractors/clip_features.py produces.
 CLIP_EXTRACTOR_VERSION = "clip_vitb16/1"
@@ -21,6 +23,7 @@ class ClipConfig:
     seed: int = 0  # random init is reproducible (tests, benchmarks)
 
     def __post_init__(self) -> None:
+        check_fields(self, "clip")  # (types first: a YAML "5" for a count, "no" for a switch)
         if self.frames_per_snippet < 1:
             raise ValueError(f"frames_per_snippet must be >= 1, got {self.frames_per_snippet}")
 

@@ -16,6 +16,7 @@ import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from clipae.fields import check_fields
 from extractors.clip_config import CLIP_EXTRACTOR_VERSION, ClipConfig, clip_sample_positions
 from extractors.errors import ConfigError
 from extractors.tvl1_config import I3D_FLOW_BOUND, TVL1Config
@@ -85,6 +86,10 @@ class ExtractConfig:
     torch_threads: int | None = None  # None: leave torch's setting alone
 
     def __post_init__(self) -> None:
+        try:  # (a YAML `allow_random_weights: "no"` is a string, hence true: types first, then values)
+            check_fields(self, "")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         feats = tuple(self.features)
         unknown = [f for f in feats if f not in ALL_FEATURES]
         if unknown or not feats:
@@ -101,9 +106,16 @@ class ExtractConfig:
             raise ConfigError(f"decode_backend must be auto, decord or ffmpeg, got {self.decode_backend!r}")
         if not _DEVICE_RE.fullmatch(str(self.device)):
             raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-        for name in ("batch_size", "flow_batch_pairs", "window_snippets", "queue_windows", "video_workers"):
+        for name in ("batch_size", "flow_batch_pairs", "window_snippets", "queue_windows", "video_workers",
+                     "audio_sample_rate"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.torch_threads is not None and self.torch_threads < 1 or self.decode_threads < 0:
+            raise ConfigError(f"torch_threads must be >= 1 (or unset) and decode_threads >= 0, got "
+                              f"{self.torch_threads}, {self.decode_threads}")
+        if not (0 < self.autocast_min_cosine <= 1 and self.flow_bound > 0):
+            raise ConfigError(f"autocast_min_cosine must be in (0, 1] and flow_bound > 0, got "
+                              f"{self.autocast_min_cosine}, {self.flow_bound}")
 
     def with_(self, **changes) -> "ExtractConfig":
         return replace(self, **changes)
@@ -199,20 +211,29 @@ def config_from_dict(data: dict, **overrides) -> ExtractConfig:
             merged["clip"] = ClipConfig(**merged["clip"])
         if "features" in merged:
             f = merged["features"]
+            if not isinstance(f, (str, list, tuple)):
+                raise ConfigError(f"features: must be a list of feature names, got {f!r}")
             merged["features"] = tuple(x.strip() for x in f.split(",") if x.strip()) if isinstance(f, str) else tuple(f)
         return ExtractConfig(**merged)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"invalid extraction settings: {e}") from e
 
 
-def load_config_file(path: str | Path, **overrides) -> ExtractConfig:
-    """Read a YAML (or JSON) file of ExtractConfig fields; see :func:`config_from_dict`."""
+def read_config_file(path: str | Path) -> dict:
+    """The settings a YAML (or JSON) extraction config file holds, as plain data."""
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        text = Path(path).read_text(encoding="utf-8-sig")
+        # (JSON is YAML, except that YAML refuses the tabs JSON files are often indented with)
+        data = (json.loads(text) if Path(path).suffix.lower() == ".json" else yaml.safe_load(text)) or {}
+    except (OSError, ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read extraction config {path}: {e}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"extraction config {path}: expected a mapping of settings, got {type(data).__name__}")
-    return config_from_dict(data, **overrides)
+    return data
+
+
+def load_config_file(path: str | Path, **overrides) -> ExtractConfig:
+    """Read a YAML (or JSON) file of ExtractConfig fields; see :func:`config_from_dict`."""
+    return config_from_dict(read_config_file(path), **overrides)

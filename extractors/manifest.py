@@ -91,22 +91,26 @@ def _glob(pattern: str) -> list[tuple[str, Path, str]]:
 
 def _read_lines(f: Path) -> list[tuple[str | None, Path | None, str]]:
     try:
-        text = f.read_text(encoding="utf-8")
+        text = f.read_text(encoding="utf-8-sig")  # (-sig: a byte-order mark, as Excel writes, is not part of an id)
     except UnicodeDecodeError as e:
         raise ManifestError(f"{f}: not a text manifest (not UTF-8 at byte {e.start}); pass a directory, a glob, a "
                             f"video file ({' '.join(sorted(VIDEO_EXTENSIONS))}) or a manifest (.txt/.csv/.json)") from e
     out = []
+    first = True  # (the header, when there is one, is the first row that is not blank or a comment)
     with io.StringIO(text, newline="") as fh:
         for lineno, row in enumerate(csv.reader(fh), 1):
             raw, cells = row, [c.strip() for c in row]
             if not cells or not any(cells) or cells[0].startswith("#"):
                 continue
-            if lineno == 1 and [c.lower() for c in cells[:2]] == ["video_id", "path"]:
+            header, first = first and [c.lower() for c in cells[:2]] == ["video_id", "path"], False
+            if header:
                 continue
             where = f"{f.name}:{lineno}"
             if len(cells) == 1:
                 p = _resolve_cell(f, raw[0])
                 out.append((p.stem, p, where))
+            elif len(cells) == 2 and not cells[1]:
+                out.append((None, None, f"{where}: empty path"))
             elif len(cells) == 2:
                 out.append((cells[0], _resolve_cell(f, raw[1]), where))
             else:
@@ -116,7 +120,7 @@ def _read_lines(f: Path) -> list[tuple[str | None, Path | None, str]]:
 
 def _read_json(f: Path) -> list[tuple[str | None, Path | None, str]]:
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = json.loads(f.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as e:
         raise ManifestError(f"{f}: not valid JSON: {e}") from e
     items = list(data.items()) if isinstance(data, dict) else data
@@ -132,7 +136,11 @@ def _read_json(f: Path) -> list[tuple[str | None, Path | None, str]]:
         else:
             out.append((None, None, f"{where}: expected {{'video_id', 'path'}} or [id, path], got {item!r}"))
             continue
-        out.append((str(vid), _resolve(f, str(p)), where))
+        if not isinstance(vid, str) or not isinstance(p, str) or not p.strip():  # (null was stored as id "None")
+            out.append((None, None, f"{where}: video_id and path must be strings (a path not empty), got "
+                                    f"{vid!r}, {p!r}"))
+            continue
+        out.append((vid, _resolve(f, p), where))
     return out
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from clipae.fields import check_fields
+
 I3D_FLOW_BOUND = 20.0  # pixels; the I3D flow stream clips flow to [-20, 20] and maps it to [-1, 1]
 BACKENDS = ("auto", "torch", "triton", "triton-grid")
 #: Storage types of the solver's state (extractors/tvl1.py maps them to torch dtypes).
@@ -44,6 +46,7 @@ class TVL1Config:
     # float32 end to end (1,152 vs 1,063 frames/s), too little to change the default features for.
 
     def __post_init__(self) -> None:
+        check_fields(self, "tvl1")  # (types first: a YAML "5" for a count, "no" for a switch)
         positive = {"tau": self.tau, "lambda_": self.lambda_, "theta": self.theta, "scale_step": self.scale_step}
         for name, value in positive.items():
             if not value > 0:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 import yaml
 
 from clipae import CONFIG_DIR
+from clipae.fields import check_value
 
 DEFAULT_CONFIG = CONFIG_DIR / "models" / "clipae.yaml"
 
@@ -178,40 +178,10 @@ def _build(cls: type, d: dict[str, Any], where: str):
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
         else:
-            kwargs[name] = _typed(value, hints[name], f"{where}.{name}")
+            kwargs[name] = check_value(value, hints[name], f"{where}.{name}", int_as_float=True)
     obj = cls(**kwargs)
     _check(obj, where)
     return obj
-
-
-def _typed(value: Any, kind: Any, where: str) -> Any:
-    """``value`` as the field's type: a YAML `epochs_per_round: '2'`, `batch_size: 2.5` or `audio: 'no'` failed
-    deep in training (or, for the switch, silently meant True). Integers are accepted for floats."""
-    def bad(what: str):
-        return ValueError(f"{where}: must be {what}, got {value!r}")
-
-    if kind is bool:
-        if not isinstance(value, bool):
-            raise bad("true or false")
-        return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad("an integer")
-        return value
-    if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise bad("a finite number")
-        return float(value)
-    if kind is str:
-        if not isinstance(value, str):
-            raise bad("a string")
-        return value
-    if typing.get_origin(kind) is list:
-        (item,) = typing.get_args(kind)
-        if not isinstance(value, list):
-            raise bad("a list")
-        return [_typed(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    return value
 
 
 def _check(obj: Any, where: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -32,6 +33,8 @@ def validate_video_id(video_id: str) -> str:
         )
     # A leading '_' or '-' is allowed: YouTube ids start with them (126 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
     # video groups live under videos/, apart from the store's own _staging.
+    if any(unicodedata.category(c) == "Cf" for c in video_id):  # (e.g. a byte-order mark: an invisible id part)
+        raise StoreError(f"video id {video_id!r}: contains an invisible formatting character")
     if video_id == "zarr.json":  # (the videos/ group's own metadata file)
         raise StoreError(f"video id {video_id!r}: the name of Zarr's metadata file; give the video another id")
     if video_id.startswith(".") or video_id != video_id.strip():

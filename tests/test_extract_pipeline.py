@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -371,6 +372,67 @@ def test_config_from_dict_validates():
         config_from_dict({"tvl1": {"backend": "cuda"}})
 
 
+def test_config_values_of_the_wrong_type_are_refused_by_name(tmp_path):
+    """Adversarial review: `allow_random_weights: "no"` (a string, hence true) allowed random weights, and
+    `vggish_final_relu: "no"` applied the ReLU; `tvl1: 5`, `video_workers: 2.7`, `weights_dir: 5` were
+    tracebacks; `batch_size: 2.5`, `window_snippets: 1.5`, `random_seed: "x"`, `audio_sample_rate: 0` failed
+    every video one by one; `autocast_min_cosine: 5` and `flow_bound: -1` were accepted."""
+    from extractors.config import load_config_file
+    from extractors.errors import ConfigError
+
+    for bad, message in [({"allow_random_weights": "no"}, "allow_random_weights: must be true or false"),
+                         ({"vggish_final_relu": "no"}, "vggish_final_relu: must be true or false"),
+                         ({"tvl1": 5}, "tvl1: must be a mapping of TVL1Config settings"),
+                         ({"clip": None}, "clip: must be a mapping of ClipConfig settings"),
+                         ({"video_workers": 2.7}, "video_workers: must be an integer"),
+                         ({"weights_dir": 5}, "weights_dir: must be a string or unset"),
+                         ({"batch_size": "8"}, "batch_size: must be an integer"),
+                         ({"batch_size": True}, "batch_size: must be an integer"),
+                         ({"random_seed": "x"}, "random_seed: must be an integer"),
+                         ({"fps": "25"}, "fps: must be a finite number"),
+                         ({"clip": {"frames_per_snippet": "4"}}, "clip.frames_per_snippet: must be an integer"),
+                         ({"tvl1": {"nscales": "5"}}, "tvl1.nscales: must be an integer"),
+                         ({"features": 5}, "features: must be a list"),
+                         ({"audio_sample_rate": 0}, "audio_sample_rate must be >= 1"),
+                         ({"torch_threads": -2}, "torch_threads must be >= 1"),
+                         ({"autocast_min_cosine": 5}, "autocast_min_cosine must be in (0, 1]"),
+                         ({"flow_bound": -1}, "flow_bound > 0")]:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            config_from_dict(bad)
+    assert config_from_dict({"fps": 25, "features": ["vggish"]}).fps == 25  # (an integer is a number)
+    (tmp_path / "tabs.json").write_text('{\n\t"batch_size": 4\n}\n')  # (valid JSON, not valid YAML)
+    assert load_config_file(tmp_path / "tabs.json").batch_size == 4
+    (tmp_path / "bom.yaml").write_bytes(b"\xef\xbb\xbfbatch_size: 3\n")
+    assert load_config_file(tmp_path / "bom.yaml").batch_size == 3
+
+
+def test_manifest_headers_after_comments_byte_order_marks_and_odd_json_entries(tmp_path):
+    """Adversarial review: the CSV header was recognised on line 1 only (a comment or an Excel byte-order mark
+    before it made it a video); a BOM became part of the first id; JSON null/5/true ids were stored as "None",
+    "5", "True"; an empty path cell failed as a video instead of an entry."""
+    (tmp_path / "a.mp4").write_bytes(b"x")
+    (tmp_path / "m.csv").write_text("# generated\n\nvideo_id,path\nA,a.mp4\n")
+    assert discover_videos(tmp_path / "m.csv") == [("A", tmp_path / "a.mp4")]
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfvideo_id,path\nA,a.mp4\n")
+    assert discover_videos(tmp_path / "bom.csv") == [("A", tmp_path / "a.mp4")]
+    (tmp_path / "bom2.csv").write_bytes(b"\xef\xbb\xbfA,a.mp4\n")
+    assert discover_videos(tmp_path / "bom2.csv") == [("A", tmp_path / "a.mp4")]
+    (tmp_path / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps([["A", "a.mp4"]]).encode())
+    assert discover_videos(tmp_path / "bom.json") == [("A", tmp_path / "a.mp4")]
+    (tmp_path / "odd.json").write_text(json.dumps([{"video_id": None, "path": "a.mp4"}, [5, "a.mp4"],
+                                                   {"video_id": "x", "path": ""}, ["ok", "a.mp4"]]))
+    with pytest.raises(ManifestError, match=r"(?s)3 bad entries.*odd.json\[0\]: video_id and path must be strings"):
+        discover_videos(tmp_path / "odd.json")
+    (tmp_path / "empty_cell.csv").write_text("x,\nok,a.mp4\n")
+    with pytest.raises(ManifestError, match=r"empty_cell.csv:1: empty path"):
+        discover_videos(tmp_path / "empty_cell.csv")
+    from storage import StoreError
+    from storage.schema import validate_video_id
+
+    with pytest.raises(StoreError, match="invisible formatting character"):
+        validate_video_id("\ufeffA")
+
+
 def test_device_setting_takes_cuda_index_and_checks_it(monkeypatch):
     import torch
 
@@ -695,3 +757,25 @@ def test_a_deleted_time_array_is_rewritten(env, tmp_path):
     cfg = replace(env.cfg, features=("vggish",))
     r = extract_video(env.video, "a", store, cfg, Extractors(cfg))
     assert r.computed == ["vggish"] and store.missing_arrays("a") == set() and store.verify("a") == []
+
+
+def test_cli_refuses_empty_paths_and_a_config_grid_unlike_the_stores(tmp_path, capsys):
+    """Adversarial review: `--videos ""` extracted the current directory, `--store ""` made a store there,
+    `--config ""` was ignored; a --config file's fps/snippet_frames/stride were silently replaced by an
+    existing store's grid (while --fps was checked)."""
+    from clipae.cli import main
+    from storage import SnippetGrid
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    base = ["extract", "--allow-random-weights", "--device", "cpu", "--features", "vggish", "--no-progress"]
+    for flag in ("--videos", "--store", "--config"):
+        argv = {"--videos": str(tmp_path / "v"), "--store": str(tmp_path / "s"), flag: ""}
+        assert main(base + [x for kv in argv.items() for x in kv]) == 2
+        assert f"{flag}: empty path" in capsys.readouterr().err
+    FeatureStore.create(tmp_path / "s", grid=SnippetGrid(25.0, 16, 16))
+    (tmp_path / "c.yaml").write_text("fps: 30\nbatch_size: 4\n")
+    assert main(base + ["--videos", str(tmp_path / "v"), "--store", str(tmp_path / "s"),
+                        "--config", str(tmp_path / "c.yaml")]) == 2
+    assert "fps: 30 differs from the store's grid (25 fps" in capsys.readouterr().err
+    assert FeatureStore.open(tmp_path / "s").list_videos() == []

@@ -79,9 +79,18 @@ def _build_config(args, store_grid) -> ExtractConfig:
         overrides.update(fps=store_grid.fps, snippet_frames=store_grid.snippet_frames, stride=store_grid.stride)
     else:
         overrides["fps"] = args.fps
-    if args.config:
-        return load_config_file(args.config, **overrides)
-    return config_from_dict({}, **overrides)
+    if args.config is None:
+        return config_from_dict({}, **overrides)
+    if store_grid is not None:  # (the store's grid overrides the file's below: a file that says another is refused)
+        from extractors.config import read_config_file
+
+        grid = {"fps": store_grid.fps, "snippet_frames": store_grid.snippet_frames, "stride": store_grid.stride}
+        wrong = {k: v for k, v in read_config_file(args.config).items() if k in grid and v != grid[k]}
+        if wrong:
+            raise ConfigError(f"--config {args.config}: {', '.join(f'{k}: {v}' for k, v in wrong.items())} differs from "
+                              f"the store's grid ({store_grid.fps:g} fps, {store_grid.snippet_frames}-frame snippets "
+                              f"every {store_grid.stride})")
+    return load_config_file(args.config, **overrides)
 
 
 def run(args) -> int:
@@ -94,13 +103,16 @@ def run(args) -> int:
     from storage import FeatureStore, SnippetGrid, StoreError
 
     try:
+        for flag, value in (("--videos", args.videos), ("--store", args.store), ("--config", args.config)):
+            if value is not None and not str(value).strip():  # (an unset $VAR: not the current directory)
+                raise ConfigError(f"{flag}: empty path")
         videos = discover_videos(args.videos, recursive=args.recursive)
         if args.shard:
             listed = len(videos)
             videos = [v for v in videos if in_shard(v[0], *args.shard)]
             print(f"shard {args.shard[0]}/{args.shard[1]}: {len(videos)} of the {listed} videos", file=sys.stderr)
         existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
-        config = _build_config(args, existing.grid if existing else None)
+        config = _build_config(args, existing.grid if existing is not None else None)  # (an empty store is falsy)
         # Weights first (every missing file in one message), before a new store is created.
         models = Extractors(config)
         if models.random_init_features:  # (said up front: a long run should not reveal it only at its end)
@@ -108,7 +120,7 @@ def run(args) -> int:
                   "what this run extracts of them comes from randomly initialised networks", file=sys.stderr)
         if existing is not None:
             existing.recover()  # what killed runs left (a video caught between two renames comes back)
-        store = existing or FeatureStore.open_or_create(
+        store = existing if existing is not None else FeatureStore.open_or_create(
             args.store, grid=SnippetGrid(config.fps, config.snippet_frames, config.stride), name=args.name
         )
         t0 = time.perf_counter()
@@ -136,7 +148,7 @@ def _run_with_progress(videos, store, config, models, progress: bool):
 
     overall = tqdm(total=len(videos), desc="videos", unit="video", disable=not progress, position=0)
     bars: dict[str, tuple[tqdm, int]] = {}
-    free = list(range(1, max(1, config.video_workers) + 1))  # screen lines below the overall bar
+    free = list(range(1, max(1, min(config.video_workers, len(videos))) + 1))  # screen lines below the overall bar
     lock = threading.Lock()
 
     def start(vid, path):

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     existing = FeatureStore.open(args.store) if (Path(args.store) / "zarr.json").exists() else None
     known = existing.feature_dims if existing is not None else FEATURE_DIMS
     if args.layout == "generic" and args.feature not in known:
-        raise StoreError(f"--feature {args.feature!r}: not a feature of {'this' if existing else 'a'} store; "
+        raise StoreError(f"--feature {args.feature!r}: not a feature of {'this' if existing is not None else 'a'} store; "
                          f"choose one of {sorted(known)}")
     # ActionFormer's grid is that of its THUMOS'14 features; for another dataset the dataset's (the snippet
     # count check then says whether it fits).

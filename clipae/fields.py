@@ -1,0 +1,75 @@
+"""Type checks of config values read from YAML/JSON, by the dataclass field they go into.
+
+YAML hands over what it parsed: `"no"` (a string, hence true), `2.5` for a count, `"8"` for a number. Without a
+check these failed deep inside training or extraction with a traceback, or silently meant something else
+(`allow_random_weights: "no"` allowed random weights). Used by the model config (models/config.py) and the
+extraction config (extractors/config.py).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from typing import Any
+
+
+def check_value(value: Any, kind: Any, where: str, *, int_as_float: bool = False) -> Any:
+    """``value`` if it fits the annotation ``kind`` (bool, int, float, str, ``X | None``, ``list[X]``,
+    ``tuple[X, ...]``, a dataclass), else ValueError naming ``where``. An int fits a float field; with
+    ``int_as_float`` it is returned as a float. Lists and tuples are interchangeable (YAML has lists only)."""
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{where}: must be {what}, got {value!r}")
+
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return check_value(value, option, where, int_as_float=int_as_float)
+            except ValueError:
+                continue
+        raise bad(" or ".join(_name(o) for o in options))
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad("an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad("a finite number")
+        return float(value) if int_as_float else value
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise bad("a list")
+        args = [a for a in typing.get_args(kind) if a is not Ellipsis]
+        if len(args) == 1:
+            return type(value)(check_value(v, args[0], f"{where}[{i}]", int_as_float=int_as_float)
+                               for i, v in enumerate(value))
+        return value
+    if isinstance(kind, type) and dataclasses.is_dataclass(kind):
+        if not isinstance(value, kind):
+            raise bad(f"a mapping of {kind.__name__} settings")
+        return value
+    return value
+
+
+def check_fields(obj: Any, where: str) -> None:
+    """Every field of the dataclass instance ``obj`` fits its annotation (see :func:`check_value`)."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        check_value(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}" if where else f.name)
+
+
+def _name(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a finite number", str: "a string",
+            type(None): "unset (null)"}.get(kind, getattr(kind, "__name__", str(kind)))
