@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import types
 import typing
 from typing import Any
 
 
-def check_value(value: Any, kind: Any, where: str, *, int_as_float: bool = False) -> Any:
+def check_value(value: Any, kind: Any, where: str, *, coerce: bool = False) -> Any:
     """``value`` if it fits the annotation ``kind`` (bool, int, float, str, ``X | None``, ``list[X]``,
-    ``tuple[X, ...]``, a dataclass), else ValueError naming ``where``. An int fits a float field; with
-    ``int_as_float`` it is returned as a float. Lists and tuples are interchangeable (YAML has lists only)."""
+    ``tuple[X, ...]``, a dataclass), else ValueError naming ``where``. An int fits a float field, and numpy
+    scalars fit; with ``coerce`` numbers come back as plain Python int/float (JSON-serialisable). Lists and
+    tuples are interchangeable (YAML has lists only)."""
     def bad(what: str) -> ValueError:
         return ValueError(f"{where}: must be {what}, got {value!r}")
 
@@ -28,7 +30,7 @@ def check_value(value: Any, kind: Any, where: str, *, int_as_float: bool = False
             return None
         for option in (o for o in options if o is not type(None)):
             try:
-                return check_value(value, option, where, int_as_float=int_as_float)
+                return check_value(value, option, where, coerce=coerce)
             except ValueError:
                 continue
         raise bad(" or ".join(_name(o) for o in options))
@@ -36,14 +38,14 @@ def check_value(value: Any, kind: Any, where: str, *, int_as_float: bool = False
         if not isinstance(value, bool):
             raise bad("true or false")
         return value
-    if kind is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+    if kind is int:  # (numbers.Integral: numpy integers from Python callers count too)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise bad("an integer")
-        return value
+        return int(value) if coerce else value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
             raise bad("a finite number")
-        return float(value) if int_as_float else value
+        return float(value) if coerce else value
     if kind is str:
         if not isinstance(value, str):
             raise bad("a string")
@@ -53,7 +55,7 @@ def check_value(value: Any, kind: Any, where: str, *, int_as_float: bool = False
             raise bad("a list")
         args = [a for a in typing.get_args(kind) if a is not Ellipsis]
         if len(args) == 1:
-            return type(value)(check_value(v, args[0], f"{where}[{i}]", int_as_float=int_as_float)
+            return type(value)(check_value(v, args[0], f"{where}[{i}]", coerce=coerce)
                                for i, v in enumerate(value))
         return value
     if isinstance(kind, type) and dataclasses.is_dataclass(kind):

@@ -178,7 +178,7 @@ def _build(cls: type, d: dict[str, Any], where: str):
         if dataclasses.is_dataclass(default):
             kwargs[name] = _build(type(default), value, f"{where}.{name}")
         else:
-            kwargs[name] = check_value(value, hints[name], f"{where}.{name}", int_as_float=True)
+            kwargs[name] = check_value(value, hints[name], f"{where}.{name}", coerce=True)
     obj = cls(**kwargs)
     _check(obj, where)
     return obj

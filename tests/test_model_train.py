@@ -218,6 +218,10 @@ def test_config_values_of_the_wrong_type_or_range_are_refused_by_name():
 
     good = ClipAEConfig()
     assert ClipAEConfig.from_dict({"train": {"lr": 1}}).train.lr == 1.0  # (an integer is a number)
+    import numpy as np
+
+    cfg = good.replace(train={"seed": np.int64(3), "lr": np.float32(0.5)})  # (numpy scalars: plain numbers)
+    assert type(cfg.train.seed) is int and type(cfg.train.lr) is float and '"seed": 3' in cfg.to_json()
     for section, values, message in [
         ("train", {"epochs_per_round": "2"}, "train.epochs_per_round: must be an integer"),
         ("train", {"batch_size": 2.5}, "train.batch_size: must be an integer"),
