@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
+import os
 import types
 import typing
 from typing import Any
@@ -21,7 +22,8 @@ def check_value(value: Any, kind: Any, where: str, *, coerce: bool = False) -> A
     scalars fit; with ``coerce`` numbers come back as plain Python int/float (JSON-serialisable). Lists and
     tuples are interchangeable (YAML has lists only)."""
     def bad(what: str) -> ValueError:
-        return ValueError(f"{where}: must be {what}, got {value!r}")
+        shown = repr(value)
+        return ValueError(f"{where}: must be {what}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
 
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
@@ -34,23 +36,31 @@ def check_value(value: Any, kind: Any, where: str, *, coerce: bool = False) -> A
             except ValueError:
                 continue
         raise bad(" or ".join(_name(o) for o in options))
-    if kind is bool:
-        if not isinstance(value, bool):
+    if kind is bool:  # (numpy's bool too: a Python caller's np.bool_)
+        if not (isinstance(value, bool) or getattr(getattr(value, "dtype", None), "kind", "") == "b"):
             raise bad("true or false")
-        return value
+        return bool(value) if coerce else value
     if kind is int:  # (numbers.Integral: numpy integers from Python callers count too)
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise bad("an integer")
         return int(value) if coerce else value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        try:
+            finite = not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+        except OverflowError:  # (an integer of hundreds of digits)
+            finite = False
+        if not finite:
             raise bad("a finite number")
         return float(value) if coerce else value
-    if kind is str:
-        if not isinstance(value, str):
+    if kind is str:  # (a path object too: a Python caller's weights_dir=Path(...))
+        if not isinstance(value, (str, os.PathLike)):
             raise bad("a string")
-        return value
-    if origin in (list, tuple):
+        return os.fspath(value) if coerce else value
+    if origin in (list, tuple):  # (YAML gives lists; Python callers also sets and numpy arrays)
+        if isinstance(value, (set, frozenset)):
+            value = list(value)
+        elif not isinstance(value, (list, tuple)) and hasattr(value, "tolist"):
+            value = value.tolist()  # (a 0-d array gives a scalar: refused below)
         if not isinstance(value, (list, tuple)):
             raise bad("a list")
         args = [a for a in typing.get_args(kind) if a is not Ellipsis]

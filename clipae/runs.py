@@ -146,8 +146,16 @@ class RunRecordWriter:
         final = self.final_path()
         final.parent.mkdir(parents=True, exist_ok=True)
 
-        def taken(name: str) -> bool:  # (under any date: a retry after midnight UTC lands in another date folder)
-            return any((d / name).exists() for d in self.runs_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+        names = set()  # every published run's name, under any date (a retry after midnight UTC is another date)
+        for d in self.runs_dir.iterdir():
+            try:
+                if d.is_dir() and not d.name.startswith("."):
+                    names.update(os.listdir(d))
+            except OSError:  # (an unreadable date folder: list_runs skips it too)
+                continue
+
+        def taken(name: str) -> bool:
+            return name in names or (final.parent / name).exists()
 
         if taken(self.run_id):  # a retry of the same flow run: never overwrite a published record
             k = 2

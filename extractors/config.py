@@ -225,8 +225,11 @@ def read_config_file(path: str | Path) -> dict:
 
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
-        # (JSON is YAML, except that YAML refuses the tabs JSON files are often indented with)
-        data = (json.loads(text) if Path(path).suffix.lower() == ".json" else yaml.safe_load(text)) or {}
+        try:  # (JSON first: YAML refuses the tabs JSON files are often indented with; YAML reads the rest)
+            data = json.loads(text)
+        except ValueError:
+            data = yaml.safe_load(text)
+        data = data or {}
     except (OSError, ValueError, yaml.YAMLError) as e:
         raise ConfigError(f"cannot read extraction config {path}: {e}") from e
     if not isinstance(data, dict):

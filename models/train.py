@@ -153,15 +153,18 @@ def _save_resume(path: Path, model, opt, cfg, round_i, epoch, targets, clusters,
 
 
 def _training_inputs(store, videos) -> dict:
-    """What a resume must train on again: the videos, in order, and their stored content (each video's
-    fingerprint in the store, which changes when any of its features is rewritten)."""
+    """What a resume must train on again: the videos, in order, and the stored content of the features it
+    reads (their recorded sha256; a feature added since, e.g. vggish under --no-audio, changes nothing)."""
     h = hashlib.sha256()
     for v in videos:
         try:
-            fp = store.video_meta(v.video_id)["fingerprint"] if store is not None else ""
-        except Exception:  # noqa: BLE001 -- (videos given in memory, or a store without that video)
-            fp = ""
-        h.update(f"{v.video_id}\0{fp}\n".encode())
+            meta = store.video_meta(v.video_id) if store is not None else {}
+        except Exception:  # noqa: BLE001 -- (a store without that video: the ids alone)
+            meta = {}
+        feats = meta.get("features") or {}
+        for n in sorted(v.features):
+            sha = meta.get("audio_mask") if n == "audio_mask" else (feats.get(n) or {}).get("sha256")
+            h.update(f"{v.video_id}\0{n}\0{sha or ''}\n".encode())
     return {"video_ids": [v.video_id for v in videos], "content": h.hexdigest()}
 
 

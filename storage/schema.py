@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -14,6 +13,7 @@ FEATURE_DIMS: dict[str, int] = {"i3d_rgb": 1024, "i3d_flow": 1024, "clip_vitb16"
 AUDIO_MASK = "audio_mask"
 
 _UNSAFE_ID = re.compile(r"[\x00-\x1f\x7f/\\:*?\"<>|]")
+_INVISIBLE_ID = re.compile("[\ufeff\u202a-\u202e\u2066-\u2069]")
 
 
 class StoreError(ValueError):
@@ -33,8 +33,9 @@ def validate_video_id(video_id: str) -> str:
         )
     # A leading '_' or '-' is allowed: YouTube ids start with them (126 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
     # video groups live under videos/, apart from the store's own _staging.
-    if any(unicodedata.category(c) == "Cf" for c in video_id):  # (e.g. a byte-order mark: an invisible id part)
-        raise StoreError(f"video id {video_id!r}: contains an invisible formatting character")
+    if _INVISIBLE_ID.search(video_id):  # (a byte-order mark from a manifest, or text-direction overrides: an id
+        # part nobody sees; the zero-width (non-)joiners of ordinary Persian or Indic words are fine)
+        raise StoreError(f"video id {video_id!r}: contains a byte-order mark or a text-direction control character")
     if video_id == "zarr.json":  # (the videos/ group's own metadata file)
         raise StoreError(f"video id {video_id!r}: the name of Zarr's metadata file; give the video another id")
     if video_id.startswith(".") or video_id != video_id.strip():

@@ -429,8 +429,10 @@ def test_manifest_headers_after_comments_byte_order_marks_and_odd_json_entries(t
     from storage import StoreError
     from storage.schema import validate_video_id
 
-    with pytest.raises(StoreError, match="invisible formatting character"):
+    with pytest.raises(StoreError, match="byte-order mark"):
         validate_video_id("\ufeffA")
+    assert validate_video_id("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645")  # (a zero-width non-joiner
+    # in an ordinary Persian word is part of the name)
 
 
 def test_device_setting_takes_cuda_index_and_checks_it(monkeypatch):
@@ -779,3 +781,15 @@ def test_cli_refuses_empty_paths_and_a_config_grid_unlike_the_stores(tmp_path, c
                         "--config", str(tmp_path / "c.yaml")]) == 2
     assert "fps: 30 differs from the store's grid (25 fps" in capsys.readouterr().err
     assert FeatureStore.open(tmp_path / "s").list_videos() == []
+
+
+def test_python_callers_pass_paths_numpy_scalars_and_sets():
+    """Review: the type checks refused a Path for weights_dir, numpy scalars, a set of features; a huge integer
+    raised OverflowError past the config's error handling."""
+    from extractors.config import ExtractConfig
+    from extractors.errors import ConfigError
+
+    cfg = ExtractConfig(weights_dir=Path("/tmp"), features={"vggish"}, batch_size=np.int64(4), fps=np.float32(25))
+    assert cfg.features == ("vggish",) and cfg.weights_dir_path() == Path("/tmp")
+    with pytest.raises(ConfigError, match=r"fps: must be a finite number, got 1000.*\.\.\."):
+        ExtractConfig(fps=10**400)

@@ -319,3 +319,27 @@ def test_ablation_refuses_repeated_seeds_and_rows(tmp_path):
         with pytest.raises(ValueError, match="repeat"):
             run_ablation(tiny_config(), store, ds, tmp_path / "abl", **kw)
     assert not (tmp_path / "abl").exists()
+
+
+def test_resume_inputs_cover_only_the_features_training_reads():
+    """Review: the resume check hashed each video's whole fingerprint, so extracting vggish into the store of an
+    interrupted --no-audio run made --resume refuse unchanged inputs."""
+    import numpy as np
+
+    from models.data import VideoFeatures
+
+    class Store:
+        def __init__(self, meta):
+            self.meta = meta
+
+        def video_meta(self, vid):
+            return self.meta
+
+    v = VideoFeatures("v", {"i3d_rgb": np.zeros((2, 4), np.float32)}, 1.0)
+    before = {"features": {"i3d_rgb": {"sha256": "a"}}, "fingerprint": "f1"}
+    added = {"features": {"i3d_rgb": {"sha256": "a"}, "vggish": {"sha256": "b"}}, "audio_mask": "m",
+             "fingerprint": "f2"}
+    changed = {"features": {"i3d_rgb": {"sha256": "c"}}, "fingerprint": "f3"}
+    key = train_mod._training_inputs(Store(before), [v])
+    assert train_mod._training_inputs(Store(added), [v]) == key
+    assert train_mod._training_inputs(Store(changed), [v]) != key
