@@ -21,6 +21,7 @@ import os
 import shutil
 import struct
 import time
+import unicodedata
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -661,6 +662,20 @@ class FeatureStore:
                                           "(ignored here; plain zarr readers follow it); remove it")
         return problems
 
+    def _refuse_case_twin(self, video_id: str) -> None:
+        """A new id equal to a stored one up to case or Unicode normalisation ("Clip" and "clip", NFC and NFD
+        "café") is refused: on macOS/Windows file systems the two are one directory, so the store (or a copy
+        of it there) would hold one video's features under the other's id."""
+        names = os.listdir(self._videos)
+        if video_id in names:
+            return
+        key = unicodedata.normalize("NFC", video_id).casefold()
+        twin = next((n for n in names if not n.startswith(".") and n != "zarr.json"
+                     and unicodedata.normalize("NFC", n).casefold() == key), None)
+        if twin is not None:
+            raise StoreError(f"video {video_id!r}: the store holds {twin!r}, the same id up to case or Unicode "
+                             "normalisation (one directory on macOS/Windows file systems); give it another id")
+
     def _shape_problem(self, video_id: str, name: str, want: tuple) -> str | None:
         """The array's recorded shape when it is not ``want`` (checked before reading it: a corrupted shape of
         10^12 rows made verify allocate petabytes); None when it fits or is unreadable (reading reports that)."""
@@ -752,6 +767,7 @@ class FeatureStore:
         with file_lock(locks / f"{video_id}.lock"):
             self._recover(video_id)
             current = self._videos / video_id
+            self._refuse_case_twin(video_id)
             if expect_version is not ANY_VERSION:
                 now = self._video_meta(video_id).get("version") if current.exists() else None
                 if now != expect_version:

@@ -471,3 +471,17 @@ def test_malformed_root_metadata_is_one_line_naming_the_file(tmp_path, capsys, e
     doc["attributes"] = None
     (s.path / "zarr.json").write_text(json.dumps(doc))
     assert cli(["store", "info", str(s.path)]) == 2 and "not a clipae feature store" in capsys.readouterr().err
+
+
+def test_a_new_id_equal_to_a_stored_one_up_to_case_is_refused(store):
+    """Adversarial review: `Clip` from one run and `clip` from another were both stored: one directory on
+    macOS/Windows file systems (within one manifest such ids were already refused)."""
+    f = feats(5)
+    _write(store, "Clip", f)
+    with pytest.raises(StoreError, match=r"video 'clip': the store holds 'Clip'"):
+        _write(store, "clip", f)
+    with pytest.raises(StoreError, match="the store holds 'caf\u00e9'"):
+        _write(store, "caf\u00e9", f)
+        _write(store, "cafe\u0301", f)
+    _write(store, "Clip", feats(5, seed=1))  # (the same id: a rewrite, not a twin)
+    assert sorted(store.list_videos()) == ["Clip", "caf\u00e9"]
