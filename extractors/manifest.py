@@ -18,10 +18,10 @@ import hashlib
 import io
 import json
 import os
-import unicodedata
 from pathlib import Path
 
 from storage import StoreError, validate_video_id
+from storage.schema import folded_video_id
 
 VIDEO_EXTENSIONS = frozenset(
     ".mp4 .m4v .mkv .webm .avi .mov .mpg .mpeg .flv .wmv .3gp .ts .mts .m2ts .ogv".split()
@@ -171,7 +171,7 @@ def _validated(src: Path, pairs: list[tuple[str | None, Path | None, str]]) -> l
             problems.append(f"{where}: {e}")
         # Ids are directory names: ids equal up to case or Unicode normalisation (NFC/NFD "café") would be one
         # directory on macOS/Windows file systems, so one video would replace the other there.
-        key = unicodedata.normalize("NFC", vid).casefold()
+        key = folded_video_id(vid)
         if key in seen:
             first_vid, first_where = seen[key]
             same = "" if first_vid == vid else f" (same as {first_vid!r} up to case or Unicode normalisation)"

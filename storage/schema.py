@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 
@@ -48,6 +49,12 @@ def validate_video_id(video_id: str) -> str:
     if len(encoded) > 200:
         raise StoreError(f"video id {video_id[:40]!r}...: longer than 200 bytes")
     return video_id
+
+
+def folded_video_id(video_id: str) -> str:
+    """The id as case-insensitive, normalising file systems see it (macOS, Windows): two ids with one folded form
+    ("Clip"/"clip", NFC/NFD "café") are one directory there."""
+    return unicodedata.normalize("NFC", video_id).casefold()
 
 
 def utc_now() -> str:

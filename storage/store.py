@@ -21,7 +21,6 @@ import os
 import shutil
 import struct
 import time
-import unicodedata
 import uuid
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ from storage.schema import (
     FeatureProvenance,
     StoreError,
     VideoInfo,
+    folded_video_id,
     utc_now,
     validate_features,
     validate_video_id,
@@ -669,9 +669,9 @@ class FeatureStore:
         names = os.listdir(self._videos)
         if video_id in names:
             return
-        key = unicodedata.normalize("NFC", video_id).casefold()
-        twin = next((n for n in names if not n.startswith(".") and n != "zarr.json"
-                     and unicodedata.normalize("NFC", n).casefold() == key), None)
+        key = folded_video_id(video_id)
+        twin = next((n for n in names if not n.startswith(".") and n != "zarr.json" and folded_video_id(n) == key),
+                    None)
         if twin is not None:
             raise StoreError(f"video {video_id!r}: the store holds {twin!r}, the same id up to case or Unicode "
                              "normalisation (one directory on macOS/Windows file systems); give it another id")
