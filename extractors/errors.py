@@ -31,6 +31,22 @@ class DecodeError(VideoError):
         return (type(self), (self.video, self.reason, self.backend))
 
 
+class ResourceError(RuntimeError):
+    """The machine failed a video's extraction, not the video: the store's disk full or read-only, no
+    permission to write it, out of (GPU) memory. Not a :class:`VideoError`: the run stops (or its task is
+    retried) and the video is not remembered as bad; ``str(e)`` reads ``<file>: <stage>: <reason>``."""
+
+    def __init__(self, video: str, stage: str, reason: str) -> None:
+        self.video = str(video)
+        self.stage = stage
+        self.reason = reason
+        super().__init__(f"{self.video}: {stage}: {reason} (a problem of this machine, not of the video: "
+                         "nothing of the video was stored; fix it and run again)")
+
+    def __reduce__(self):
+        return (type(self), (self.video, self.stage, self.reason))
+
+
 class ExtractionCancelled(BaseException):
     """Raised inside a video's extraction when its run is cancelled (``extract_many`` after Ctrl-C, or after
     an error that is not one video's). A BaseException, as KeyboardInterrupt is, so that no handler turns it

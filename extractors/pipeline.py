@@ -9,6 +9,7 @@ entries instead of stopping. docs/extraction.md describes the design.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import threading
@@ -42,7 +43,7 @@ from extractors.decode import (
     open_frames,
     probe_video,
 )
-from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, VideoError
+from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, ResourceError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
 from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
@@ -513,7 +514,7 @@ def extract_video(
             with torch.cuda.device(models.device), torch.cuda.stream(_worker_stream(models.device)):
                 return _extract_video(video_path, video_id, store, config, models, progress, cancel)
         return _extract_video(video_path, video_id, store, config, models, progress, cancel)
-    except VideoError as e:
+    except (VideoError, ResourceError) as e:
         # A failure is kept (ExtractFailure, Prefect's task state): drop the finished frames its
         # traceback holds, or they would pin that video's GPU tensors (flow, batches) meanwhile.
         _release_frames(e)
@@ -549,7 +550,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         todo, reused, replace_all, replaced_source, repaired = list(models.config.features), [], True, None, e.detail
         version = ANY_VERSION
     except StoreError as e:  # (this video's failure, not the run's)
-        raise VideoError(path, "store", str(e)) from e
+        raise _video_or_machine(path, "store", e) from e
     if not todo:
         return ExtractReport(video_id, path, [], reused, seconds=time.perf_counter() - t0)
     stage = "probe"
@@ -613,17 +614,38 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
     except VideoError:
         raise
     except StoreError as e:
-        raise VideoError(path, "store", str(e)) from e
+        raise _video_or_machine(path, "store", e) from e
     except (KeyboardInterrupt, SystemExit):
         raise
     except Exception as e:  # anything else is still this video's failure, named by stage
-        raise VideoError(path, stage, f"{type(e).__name__}: {e}") from e
+        raise _video_or_machine(path, stage, e, f"{type(e).__name__}: {e}") from e
     return ExtractReport(
         video_id, path, todo, reused, num_frames=end.num_frames, num_snippets=t, decode_backend=end.backend,
         has_audio=probe.has_audio, seconds=time.perf_counter() - t0,
         precision={f: models.precision_name(f) for f in todo}, stage_seconds=clock.rounded(),
         replaced_source=replaced_source, repaired_damage=repaired,
     )  # fmt: skip
+
+
+#: OS errors that say the machine is out of something, whatever the stage (never the video's fault)
+_MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+def _video_or_machine(path: str, stage: str, exc: BaseException, reason: str | None = None
+                      ) -> VideoError | ResourceError:
+    """The error to raise for ``exc``, met while extracting ``path`` at ``stage``: a ResourceError when the
+    machine is at fault (out of memory or GPU memory, a disk full or read-only, writing the store refused by
+    the OS), which the flows retry and reextract does not hold against the file; else the video's VideoError."""
+    reason = reason or str(exc)
+    seen, e = set(), exc
+    while e is not None and id(e) not in seen:  # (the store wraps what the OS said)
+        seen.add(id(e))
+        if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError):
+            return ResourceError(path, stage, reason)
+        if isinstance(e, OSError) and (e.errno in _MACHINE_ERRNOS or stage == "store"):
+            return ResourceError(path, stage, reason)
+        e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
+    return VideoError(path, stage, reason)
 
 
 def _write(store: FeatureStore, video_id: str, fingerprint: str, feats: dict, info: VideoInfo, prov: dict,

@@ -318,15 +318,18 @@ def resolve_all(
     that a user fixes them in one go, not one run per file). Keys in ``never_random`` must exist even with
     ``allow_random``."""
     out, problems = {}, []
+    keys = list(keys)  # (iterated twice)
     fixed = set(never_random)
     chosen = weights_dir if weights_dir is not None else os.environ.get(WEIGHTS_DIR_ENV) or None
     if chosen is not None and not Path(chosen).expanduser().is_dir():
         # A directory someone named and that is not there is a typo or an unmounted volume: with
         # allow_random it would otherwise turn into random-init features with only a note.
         where = "--weights-dir / weights_dir" if weights_dir is not None else f"${WEIGHTS_DIR_ENV}"
+        files = "".join(f"\n  {k}: put the file at {weights_path(k, chosen)}\n"
+                        f"    (published at {get_spec(k).published_url})" for k in keys)
         raise WeightsError(f"weights directory {Path(chosen).expanduser()} (from {where}) "
                            f"{'is not a directory' if Path(chosen).expanduser().exists() else 'does not exist'}; "
-                           "see docs/weights.md for the expected layout")
+                           f"see docs/weights.md for the expected layout. The files this run needs:{files}")
     for key in keys:
         try:
             out[key] = resolve_weights(key, weights_dir, allow_random=allow_random and key not in fixed)

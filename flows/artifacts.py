@@ -58,6 +58,8 @@ class RunSummary:
     random_init: bool = False
     record_path: str | None = None
     code_revision: str = "unknown"
+    evaluated_videos: int | None = None  # videos of the evaluated subset that were predicted
+    not_evaluated: list[str] = field(default_factory=list)  # of the subset, absent or incomplete in the store
 
 
 def summary_markdown(s: RunSummary) -> str:
@@ -78,6 +80,11 @@ def summary_markdown(s: RunSummary) -> str:
     ]
     if s.average_map is not None:
         lines.append(f"| average mAP | **{100 * s.average_map:.2f} %** |")
+    if s.evaluated_videos is not None:
+        lines.append(f"| videos evaluated | {s.evaluated_videos}" + (
+            f" (**{len(s.not_evaluated)} of the subset not in the store complete, not evaluated**: "
+            + ", ".join(s.not_evaluated[:10]) + (" ..." if len(s.not_evaluated) > 10 else "") + ")"
+            if s.not_evaluated else "") + " |")
     if s.random_init:
         lines.append("| weights | **random initialisation (explicit opt-in; features are not the paper's)** |")
     if s.record_path:

@@ -110,6 +110,8 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         extract_cfg = params.extract.build(params.features, params.weights_dir, params.device,
                                            params.allow_random_init, dataset.grid)
         training_cfg = params.training.build(params.device)
+        needed = steps.check_run_inputs(dataset, training_cfg, list(params.features), params.training.predict_subset,
+                                        params.min_train_videos)
         with _timed(timings, "discover+plan"):
             videos = call(tasks.discover_videos, steps.discover, params.source)
             # (after the source and the networks: a typo or missing weights leave no empty store)
@@ -117,6 +119,9 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
             plan = call(tasks.plan_extraction, steps.plan_extraction, store, videos, list(params.features),
                         extract_cfg)
         log.info(f"{len(videos)} videos; plan: {plan.counts()}")
+        if plan.unreadable:
+            log.warning(f"{len(plan.unreadable)} stored video(s) whose source file cannot be read now; their stored "
+                        "features are used: " + ", ".join(plan.unreadable[:20]) + (" ..." if len(plan.unreadable) > 20 else ""))
         with _timed(timings, "extract"):
             if orchestrated:
                 reports, failures = run_extraction(
@@ -126,17 +131,30 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
                 reports, failures = _extract_direct(plan.todo, store, extract_cfg)
         if failures:
             log.warning(f"{len(failures)} video(s) failed: " + ", ".join(f["video_id"] for f in failures))
+        not_theirs = [f for f in failures if not f.get("video_fault")]
+        if not_theirs:  # (a disk full, no memory, the server away: training on what is left would hide it)
+            raise RuntimeError(
+                f"{len(not_theirs)} video(s) failed for a reason that is not the file's (a run again extracts them): "
+                + "; ".join(f"{f['video_id']}: {f['error']}" for f in not_theirs[:5])
+                + (" ..." if len(not_theirs) > 5 else ""))
         with _timed(timings, "check-store"):
-            check = call(tasks.check_store, steps.check_store, store, dataset, list(params.features),
-                         params.min_train_videos)
+            check = call(tasks.check_store, steps.check_store, store, dataset, needed, params.min_train_videos,
+                         params.training.predict_subset, training_cfg.train.mode)
         with _timed(timings, "train"):
-            train_result = call(tasks.train, steps.train_model, training_cfg, store, dataset, writer.path / "model")
+            train_result = call(tasks.train, steps.train_model, training_cfg, store, dataset, writer.path / "model",
+                                check.train_videos)
         subset = steps.subset_name(dataset, params.training.predict_subset)
         with _timed(timings, "predict"):
             predictions = call(tasks.predict, steps.predict_detections, train_result.checkpoint, store, dataset,
-                               subset, params.device)
+                               subset, params.device,
+                               check.train_videos if params.training.predict_subset == "train" else check.test_videos)
         with _timed(timings, "evaluate"):
             evaluation = call(tasks.evaluate, steps.evaluate, dataset, predictions, subset)
+        left_out = steps.not_evaluated(dataset, predictions, subset)
+        if left_out:
+            log.warning(f"{len(left_out)} of the {len(dataset.videos(subset))} videos of subset {subset!r} are not "
+                        "in the store complete, so not evaluated: " + ", ".join(left_out[:20])
+                        + (" ..." if len(left_out) > 20 else ""))
         map_by_tiou, average_map = steps.map_summary(evaluation)
         table = evaluation.format_table()
         log.info("\n" + table)
@@ -156,12 +174,15 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
             extracted=steps.computed_videos(reports), skipped=len(plan.complete), failures=failures,
             timings_s=dict(timings), average_map=average_map, map_by_tiou=map_by_tiou,
             random_init=bool(check.random_init_features), record_path=str(record_path),
-            code_revision=code_revision(),
+            code_revision=code_revision(), evaluated_videos=len(predictions.get("results", {})),
+            not_evaluated=left_out,
         )
         writer.write_bytes("summary.md", artifacts.summary_markdown(summary).encode())
         record = report.record_summary(FLOW_NAME, dataset.name, "completed", params_dump, check, map_by_tiou,
                                        average_map, failures, timings)
         record["random_init_features"] = check.random_init_features
+        record["evaluation"] = {"subset": subset, "videos": len(predictions.get("results", {})),
+                                "not_evaluated": left_out}
         published = writer.publish(record)
         summary.record_path = str(published)
         if orchestrated:

@@ -29,11 +29,14 @@ class ExtractionPlan:
 
     todo: list[PlannedVideo] = field(default_factory=list)
     complete: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # stored videos whose source file cannot be read now
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"complete": len(self.complete)}
         for p in self.todo:
             out[p.reason] = out.get(p.reason, 0) + 1
+        if self.unreadable:
+            out["stored, source unreadable"] = len(self.unreadable)
         return out
 
 
@@ -45,6 +48,10 @@ class StoreCheck:
     test_videos: list[str]
     incomplete: list[str]
     random_init_features: list[str]
+
+
+#: Fingerprint prefix of a source file that could not be read while planning
+UNREADABLE = "unreadable: "
 
 
 def source_fingerprint(path: str | Path) -> str:
@@ -74,6 +81,12 @@ def get_extractors(config):
         return _EXTRACTORS[key]
 
 
+#: ExtractConfig fields the flows set from their own parameters (field -> parameter)
+FLOW_OWNED_FIELDS = {"features": "features", "device": "device", "allow_random_weights": "allow_random_init",
+                     "weights_dir": "weights_dir"}
+GRID_FIELDS = ("fps", "snippet_frames", "stride")
+
+
 def build_extract_config(
     overrides: dict[str, Any], features: list[str], weights_dir: str | None, device: str,
     allow_random_init: bool, grid=None,
@@ -97,10 +110,22 @@ def build_extract_config(
     for name, value in overrides.items():
         if name not in known:
             raise ValueError(f"extract.overrides: unknown ExtractConfig field {name!r} (known: {sorted(known)})")
+        if name in FLOW_OWNED_FIELDS:  # (an override would silently beat the flow's parameter: the plan, the
+            # concurrency limit and the run record follow the parameter, the extraction the override)
+            raise ValueError(f"extract.overrides.{name}: set by the flow's own parameter "
+                             f"{FLOW_OWNED_FIELDS[name]!r}, not in the overrides")
+        if grid is not None and name in GRID_FIELDS and value != fields[name]:
+            raise ValueError(f"extract.overrides.{name}={value!r}: the snippet grid comes from the dataset config "
+                             f"(fps={grid.fps:g}, snippet_frames={grid.snippet_frames}, stride={grid.stride}); "
+                             "a store holds one grid, so change the dataset's grid (and use a new store) instead")
         default = known[name].default_factory() if known[name].default_factory is not dataclasses.MISSING else None
         if dataclasses.is_dataclass(default) and isinstance(value, dict):
+            sub = {f.name for f in dataclasses.fields(default)}
+            unknown = sorted(set(value) - sub)
+            if unknown:
+                raise ValueError(f"extract.overrides.{name}: unknown keys {unknown} (known: {sorted(sub)})")
             value = type(default)(**value)
-        fields[name] = tuple(value) if name == "features" else value
+        fields[name] = value
     return ExtractConfig(**fields)
 
 
@@ -147,10 +172,18 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
     from storage import StoreDamageError
 
     for vid, path in videos:
-        fp = source_fingerprint(path)
+        try:
+            fp = source_fingerprint(path)
+        except OSError as e:  # (a listed file that is missing, a dangling link, unreadable: that video's failure
+            # alone; the extractor says what is wrong with it, or the stored features serve while it is away)
+            fp = f"{UNREADABLE}{e.strerror or type(e).__name__}"
         try:
             if not store.has_video(vid):
                 reason = "new"
+            elif fp.startswith(UNREADABLE):
+                plan.unreadable.append(vid)
+                reason = "missing-features" if not wanted <= store.features_of(vid) - store.missing_arrays(vid) \
+                    else None  # (stored features whose source went away, e.g. deleted to save space: used)
             elif store.video_info(vid).source_fingerprint != fp:
                 reason = "changed"
             elif not wanted <= store.features_of(vid) - store.missing_arrays(vid):
@@ -194,8 +227,40 @@ def _report_dict(report: Any) -> dict[str, Any]:
     return {"report": str(report)}
 
 
-def check_store(store, dataset, features: list[str], min_train_videos: int) -> StoreCheck:
-    """Every dataset video present in the store must hold the requested features; enough must exist to train."""
+def check_run_inputs(dataset, training_cfg, features: list[str], predict_subset: str,
+                     min_train_videos: int = 1) -> list[str]:
+    """Before any extraction (hours on a real dataset), what would only fail after it: the annotations
+    readable, the training and predicted subsets not empty (and annotating enough training videos), and
+    every feature the model reads among ``features``. Returns those features (what the store must hold
+    for a video to be used)."""
+    from flows.params import ALL_FEATURES
+    from models.train import features_read
+
+    subsets = sorted({dataset.annotations(v).subset for v in dataset.videos()})  # (reads the annotation file)
+    for role, name in (("train_subset", dataset.train_subset), (f"{predict_subset}_subset",
+                                                                  subset_name(dataset, predict_subset))):
+        if not dataset.videos(name):
+            raise ValueError(f"dataset {dataset.name!r}: no video of subset {name!r} ({role}) in "
+                             f"{dataset.annotation_path}; its subsets: {subsets}")
+    annotated = len(dataset.videos(dataset.train_subset))
+    need = max(min_train_videos, dataset.num_classes if training_cfg.train.mode == "utal" else 1)
+    if annotated < need:
+        raise ValueError(f"dataset {dataset.name!r}: subset {dataset.train_subset!r} has {annotated} videos; training "
+                         f"needs at least {need} (min_train_videos={min_train_videos}; UTAL clusters into the "
+                         f"dataset's {dataset.num_classes} classes)")
+    needed = [f for f in features_read(training_cfg) if f in ALL_FEATURES]
+    missing = [f for f in needed if f not in features]
+    if missing:
+        raise ValueError(f"features {list(features)}: the model also reads {missing} (its switches and "
+                         "train.cluster_features); add them to `features`, or turn them off in the model config")
+    return needed
+
+
+def check_store(store, dataset, features: list[str], min_train_videos: int, predict_subset: str = "test",
+                mode: str = "utal") -> StoreCheck:
+    """Every dataset video present in the store must hold the requested features; enough must exist to train
+    (UTAL clusters the training videos into the dataset's classes: at least one video per class) and one
+    video to predict."""
     from storage import StoreDamageError
 
     present = set(store.list_videos())
@@ -213,11 +278,18 @@ def check_store(store, dataset, features: list[str], min_train_videos: int) -> S
                            "again to redo them from their sources):\n  " + "\n  ".join(damaged))
     train = sorted(v for v in dataset.videos(dataset.train_subset) if v in present and v not in incomplete)
     test = sorted(v for v in dataset.videos(dataset.test_subset) if v in present and v not in incomplete)
-    if len(train) < min_train_videos:
+    need = max(min_train_videos, dataset.num_classes if mode == "utal" else 1)
+    if len(train) < need:
+        why = f"min_train_videos={min_train_videos}" if need == min_train_videos else \
+            f"UTAL clusters them into the dataset's {dataset.num_classes} classes"
         raise RuntimeError(
             f"store {store.path if hasattr(store, 'path') else ''} has {len(train)} complete training videos of "
-            f"{dataset.name!r} (subset {dataset.train_subset!r}); at least {min_train_videos} are needed"
+            f"{dataset.name!r} (subset {dataset.train_subset!r}); at least {need} are needed ({why})"
         )
+    if not (train if predict_subset == "train" else test):
+        raise RuntimeError(
+            f"store {store.path if hasattr(store, 'path') else ''} has no complete video of {dataset.name!r}'s "
+            f"subset {subset_name(dataset, predict_subset)!r} to predict and evaluate on")
     from models.data import check_features_made_one_way
 
     try:
@@ -227,27 +299,42 @@ def check_store(store, dataset, features: list[str], min_train_videos: int) -> S
     return StoreCheck(store.fingerprint(), len(present), train, test, incomplete, sorted(random_feats))
 
 
-def train_model(training_cfg, store, dataset, out_dir: Path):
+def train_model(training_cfg, store, dataset, out_dir: Path, video_ids: list[str] | None = None):
+    """Train on ``video_ids`` (the complete training videos check_store found; None: every stored one)."""
     from models.train import train
 
-    return train(training_cfg, store, dataset, out_dir)
+    return train(training_cfg, store, dataset, out_dir, video_ids=video_ids)
 
 
-def predict_detections(checkpoint: Path, store, dataset, subset: str, device: str) -> dict:
+def predict_detections(checkpoint: Path, store, dataset, subset: str, device: str,
+                       video_ids: list[str] | None = None) -> dict:
     from models.predict import predict
 
-    return predict(checkpoint, store, dataset, subset, device=device)
+    return predict(checkpoint, store, dataset, subset, device=device, video_ids=video_ids)
 
 
 def evaluate(dataset, predictions: dict, subset: str):
-    """ActivityNet detection mAP; UTAL clusters are mapped to classes by the Hungarian assignment."""
+    """ActivityNet detection mAP; UTAL clusters are mapped to classes by the Hungarian assignment.
+
+    Only the videos predicted are evaluated: a test video of the annotations that is not in the store
+    (its file missing, its extraction failed) is left out rather than counted as all missed, and the run
+    says how many (``not_evaluated``): its summary, log and record."""
     from models.evaluation.evaluate import evaluate_detection
 
+    gt = dataset.ground_truth_json()
+    predicted = set(predictions.get("results", {}))
+    gt["database"] = {v: a for v, a in gt["database"].items() if v in predicted}
     ambiguous = dataset.ambiguous() if dataset.ambiguous_path else None
     return evaluate_detection(
-        dataset.ground_truth_json(), predictions, subset=subset,
+        gt, predictions, subset=subset,
         tiou_thresholds=dataset.tiou_thresholds, ambiguous=ambiguous, mapping="hungarian",
     )
+
+
+def not_evaluated(dataset, predictions: dict, subset: str) -> list[str]:
+    """Videos of ``subset`` in the annotations that the run did not predict (absent or incomplete in the store)."""
+    predicted = set(predictions.get("results", {}))
+    return [v for v in dataset.videos(subset) if v not in predicted]
 
 
 def subset_name(dataset, which: str) -> str:

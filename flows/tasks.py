@@ -207,18 +207,19 @@ def _retry_after(exc: BaseException) -> float | None:
 
 
 @task(name="check-store", cache_policy=NO_CACHE)
-def check_store(store, dataset, features: list[str], min_train_videos: int) -> steps.StoreCheck:
-    return steps.check_store(store, dataset, features, min_train_videos)
+def check_store(store, dataset, features: list[str], min_train_videos: int, predict_subset: str = "test",
+                mode: str = "utal") -> steps.StoreCheck:
+    return steps.check_store(store, dataset, features, min_train_videos, predict_subset, mode)
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train(training_cfg, store, dataset, out_dir: Path):
-    return steps.train_model(training_cfg, store, dataset, out_dir)
+def train(training_cfg, store, dataset, out_dir: Path, video_ids: list[str] | None = None):
+    return steps.train_model(training_cfg, store, dataset, out_dir, video_ids)
 
 
 @task(name="predict", cache_policy=NO_CACHE)
-def predict(checkpoint: Path, store, dataset, subset: str, device: str) -> dict:
-    return steps.predict_detections(checkpoint, store, dataset, subset, device)
+def predict(checkpoint: Path, store, dataset, subset: str, device: str, video_ids: list[str] | None = None) -> dict:
+    return steps.predict_detections(checkpoint, store, dataset, subset, device, video_ids)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

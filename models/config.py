@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -200,6 +201,7 @@ def _check(obj: Any, where: str) -> None:
         need(obj.lr > 0 and obj.weight_decay >= 0, "lr, weight_decay", "> 0 and >= 0")
         need(obj.seed >= 0, "seed", ">= 0")
         need(bool(obj.cluster_features), "cluster_features", "a non-empty list")
+        need(re.fullmatch(r"auto|cpu|cuda(:\d+)?", obj.device) is not None, "device", "auto, cpu, cuda or cuda:N")
     if isinstance(obj, ModelConfig):
         if obj.caf_stages < 1:
             raise ValueError(f"{where}.caf_stages must be >= 1")

@@ -89,6 +89,13 @@ def cluster_feature_names(cfg: ClipAEConfig) -> list[str]:
     return names
 
 
+def features_read(cfg: ClipAEConfig) -> list[str]:
+    """Every stored array training reads: the network's inputs, then UTAL's clustering inputs."""
+    names = required_features(cfg)
+    extra = [n for n in cluster_feature_names(cfg) if n not in names] if cfg.train.mode == "utal" else []
+    return names + extra
+
+
 def recluster(model: ClipAENet, videos, items, names: list[str], previous: np.ndarray, k: int, tc, device):
     """UTAL rounds > 0 (our choice, docs/model.md): k-means on the *input* features pooled with the
     localizer's foreground attention, warm-started from the previous round's clusters. Re-clustering
@@ -183,8 +190,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
         torch.set_num_threads(tc.num_threads)
     names = required_features(cfg)
     if videos is None:
-        extra = [n for n in cluster_feature_names(cfg) if n not in names] if tc.mode == "utal" else []
-        videos = load_videos(store, dataset, dataset.train_subset, names + extra, video_ids)
+        videos = load_videos(store, dataset, dataset.train_subset, features_read(cfg), video_ids)
     k = int(dataset.num_classes)
     items = [prepare(v, names) for v in videos]
     model = ClipAENet(cfg, k, feature_dims(videos), len(videos)).to(device)

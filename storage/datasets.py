@@ -165,20 +165,40 @@ def load_dataset(name_or_path: str | os.PathLike) -> DatasetConfig:
             raise DatasetError(f"unknown dataset {str(name_or_path)!r}; known: {known}, or pass a YAML path")
     if not p.exists():
         raise DatasetError(f"dataset config {p} does not exist")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    base = p.parent
     try:
+        cfg = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise DatasetError(f"dataset config {p}: not valid YAML: {e}") from None
+    cfg = {} if cfg is None else cfg
+    if not isinstance(cfg, dict):
+        raise DatasetError(f"dataset config {p}: must be a mapping of keys (annotations, train_subset, ...), "
+                           f"got a {type(cfg).__name__}")
+    base = p.parent
+    missing = next((k for k in ("annotations", "train_subset", "test_subset", "tiou_thresholds") if k not in cfg), None)
+    if missing:
+        raise DatasetError(f"dataset config {p}: missing key {missing!r}")
+    try:
+        thresholds = [float(x) for x in cfg["tiou_thresholds"]]
+        if not thresholds or not all(0 < t <= 1 for t in thresholds) or len(set(thresholds)) != len(thresholds):
+            raise ValueError(f"tiou_thresholds must be a non-empty list of distinct numbers in (0, 1], "
+                             f"got {cfg['tiou_thresholds']!r}")
+        grid = cfg.get("grid") or {}
+        if not isinstance(grid, dict):
+            raise ValueError(f"grid must be a mapping (fps, snippet_frames, stride), got {grid!r}")
+        for key in ("exclude_videos", "classes"):
+            if cfg.get(key) is not None and not isinstance(cfg[key], list):
+                raise ValueError(f"{key} must be a list, got {cfg[key]!r}")
         return DatasetConfig(
             name=str(cfg.get("name", p.stem)),
-            annotation_path=_resolve(base, cfg["annotations"]),
+            annotation_path=_resolve(base, str(cfg["annotations"])),
             train_subset=str(cfg["train_subset"]),
             test_subset=str(cfg["test_subset"]),
-            tiou_thresholds=[float(x) for x in cfg["tiou_thresholds"]],
-            grid=SnippetGrid(**cfg.get("grid", {})),
-            ambiguous_path=_resolve(base, cfg["ambiguous"]) if cfg.get("ambiguous") else None,
-            exclude_videos=list(cfg.get("exclude_videos", [])),
-            class_names=cfg.get("classes"),
+            tiou_thresholds=thresholds,
+            grid=SnippetGrid(**grid),
+            ambiguous_path=_resolve(base, str(cfg["ambiguous"])) if cfg.get("ambiguous") else None,
+            exclude_videos=[str(v) for v in cfg.get("exclude_videos") or []],
+            class_names=[str(c) for c in cfg["classes"]] if cfg.get("classes") else None,
             config_path=p.resolve(),
         )
-    except KeyError as e:
-        raise DatasetError(f"dataset config {p}: missing key {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:  # (a bad grid key or value, thresholds that are not numbers, ...)
+        raise DatasetError(f"dataset config {p}: {e}") from None

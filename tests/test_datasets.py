@@ -45,6 +45,25 @@ def test_user_dataset_from_any_annotation_file(tmp_path):
     assert ds.videos("eval") == ["clip2"] and ds.grid.fps == 10.0
 
 
+def test_a_malformed_dataset_config_is_named_with_what_is_wrong(tmp_path):
+    """A list, a bad grid key, a YAML syntax error or no thresholds gave raw AttributeError/TypeError/ParserError
+    (or failed in the evaluation, after training) without naming the file."""
+    base = "annotations: a.json\ntrain_subset: a\ntest_subset: b\n"
+    cases = {
+        "list.yaml": ("- a\n- b\n", "must be a mapping"),
+        "grid.yaml": (base + "tiou_thresholds: [0.5]\ngrid: {snippet: 8}\n", "unexpected keyword argument 'snippet'"),
+        "syntax.yaml": (base + "tiou_thresholds: [0.5\n", "not valid YAML"),
+        "empty.yaml": (base + "tiou_thresholds: []\n", r"tiou_thresholds must be a non-empty list"),
+        "range.yaml": (base + "tiou_thresholds: [0.5, 1.5]\n", r"distinct numbers in \(0, 1\]"),
+        "words.yaml": (base + "tiou_thresholds: [high]\n", "could not convert"),
+        "grid0.yaml": (base + "tiou_thresholds: [0.5]\ngrid: {fps: 0}\n", "must be positive"),
+    }
+    for name, (text, message) in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DatasetError, match=rf"dataset config {tmp_path / name}: .*{message}"):
+            load_dataset(tmp_path / name)
+
+
 def test_errors_are_clear(tmp_path):
     with pytest.raises(DatasetError, match="unknown dataset 'nope'.*thumos14"):
         load_dataset("nope")

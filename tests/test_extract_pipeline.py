@@ -265,6 +265,40 @@ def test_extract_many_reports_and_continues(env, tmp_path):
     assert store.list_videos() == ["good"]
 
 
+def test_a_full_disk_or_no_memory_is_the_machines_failure_not_the_videos(env, tmp_path, monkeypatch):
+    """A read-only or full store, or no memory, was filed as the video's own failure (a VideoError): reextract then
+    remembered the videos as broken and never extracted them again, and the run ended Completed."""
+    import errno
+
+    import extractors.pipeline as P
+    from extractors.errors import ResourceError
+
+    cfg = replace(env.cfg, features=("vggish",))
+    store = FeatureStore.create(tmp_path / "s")
+    for exc in (OSError(errno.EROFS, "Read-only file system"), OSError(errno.EACCES, "Permission denied")):
+        def refuse(*a, _exc=exc, **k):
+            raise _exc
+        monkeypatch.setattr(store, "write_video", refuse)
+        with pytest.raises(ResourceError, match=r"clip_a.mp4: store: (OSError|PermissionError): .*not of the video") as info:
+            extract_video(env.video, "v", store, cfg, env.models)
+        assert not isinstance(info.value, VideoError)
+    monkeypatch.undo()
+
+    def no_memory(*a, **k):
+        raise MemoryError()
+
+    monkeypatch.setattr(P, "decode_audio", no_memory)
+    with pytest.raises(ResourceError, match="audio: MemoryError"):
+        extract_video(env.video, "v", store, cfg, env.models)
+    with pytest.raises(ResourceError):  # (extract_many stops the run: the next video would meet the same)
+        extract_many([("v", env.video), ("w", env.video)], store, cfg, env.models)
+    monkeypatch.undo()
+    # the video's own problems stay VideoErrors: a missing file, a decoder failure
+    with pytest.raises(VideoError, match="probe"):
+        extract_video(tmp_path / "gone.mp4", "v", store, cfg, env.models)
+    assert store.list_videos() == []
+
+
 def test_extract_many_with_several_decoders_keeps_order_and_features(env, tmp_path, monkeypatch):
     """video_workers > 1: same features as one at a time, results in input order, a bad video fails alone.
 

@@ -463,7 +463,7 @@ def test_check_store_refuses_features_made_in_different_ways(tmp_path):
     for vid in ("t1", "t2", "x1"):
         f = feats(10)
         store.write_video(vid, f, info(vid), provs(f))
-    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test",
+    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test", num_classes=2,
                          videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1"])
     check = check_store(store, ds, ["i3d_rgb", "vggish"], min_train_videos=2)
     assert check.train_videos == ["t1", "t2"] and check.random_init_features == ["i3d_rgb", "vggish"]
@@ -518,7 +518,7 @@ def test_damaged_videos_are_planned_for_extraction_and_only_the_runs_videos_are_
     (store.path / "videos" / "orphan" / "zarr.json").write_text("{broken")
     plan = plan_extraction(store, [("orphan", str(src)), ("t1", str(src))], ["i3d_rgb"])
     assert [(p.video_id, p.reason) for p in plan.todo if p.video_id == "orphan"] == [("orphan", "damaged")]
-    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test",
+    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test", num_classes=2,
                          videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1"])
     assert check_store(store, ds, ["i3d_rgb"], min_train_videos=2).train_videos == ["t1", "t2"]
     for vid in ("t2", "x1"):

@@ -195,6 +195,15 @@ def test_ablation_over_seeds_reports_mean_and_spread(tmp_path):
     assert saved["seeds"] == [0, 1] and len(saved["runs"]) == 2
 
 
+def test_a_bad_training_device_is_a_config_error():
+    """`train.device: gpu` passed the config and failed inside the training task, after the extraction."""
+    from models.config import ClipAEConfig
+
+    with pytest.raises(ValueError, match=r"config.train: device must be auto, cpu, cuda or cuda:N, got device='gpu'"):
+        ClipAEConfig().replace(train={"device": "gpu"})
+    assert ClipAEConfig().replace(train={"device": "cuda:1"}).train.device == "cuda:1"
+
+
 def test_pick_device_checks_the_name_and_the_gpu(monkeypatch):
     import torch
 

@@ -193,3 +193,110 @@ def test_a_stopped_run_still_counts_what_it_published_towards_training(harness, 
     monkeypatch.undo()
     again = reextract(**common)
     assert len(again["extracted"]) == 2 and again["pending_new_videos"] == sorted(p.stem for p in source.glob("*.mp4"))
+
+
+def _one_video_source(tmp_path):
+    generate_demo_dataset(tmp_path / "gen", SPEC)
+    source = tmp_path / "incoming"
+    source.mkdir()
+    video = sorted((tmp_path / "gen" / "videos").glob("*.mp4"))[0]
+    shutil.copy(video, source / video.name)
+    return source, video.stem
+
+
+def test_the_trigger_is_checked_before_any_extraction(harness, tmp_path):
+    """A trigger naming no deployment, or parameters its run rejects, failed only after the whole extraction,
+    losing the run's count of new videos; an unknown key even started a run that could not start."""
+    from flows.extract_and_train import extract_and_train
+    from flows.reextract import reextract
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source, _ = _one_video_source(tmp_path)
+    extract_and_train.to_deployment(name="trigger-check").apply()
+    common = dict(source=str(source), store=str(tmp_path / "s.zarr"), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True, trigger_min_new_videos=1)
+    for name, params, message in (
+        ("noslash", {}, "must be '<flow name>/<deployment name>'"),
+        ("extract-and-train/nope", {}, "'extract-and-train/nope': no such deployment"),
+        ("extract-and-train/trigger-check", {"min_train_videoz": 1}, r"has no parameter \['min_train_videoz'\]"),
+        ("extract-and-train/trigger-check", {"plot_videos": "many"}, "would not start"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            reextract(**common, trigger_deployment=name, trigger_parameters=params)
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_trigger_that_cannot_start_keeps_the_new_videos_counted(harness, tmp_path, monkeypatch):
+    import prefect.deployments
+
+    from flows.extract_and_train import extract_and_train
+    from flows.reextract import reextract, state_path
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source, vid = _one_video_source(tmp_path)
+    extract_and_train.to_deployment(name="trigger-keep").apply()
+    common = dict(source=str(source), store=str(tmp_path / "s.zarr"), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True, extract={"overrides": {"crop_size": 32, "resize_short": 32}},
+                  trigger_deployment="extract-and-train/trigger-keep", trigger_min_new_videos=1)
+
+    def server_away(*a, **k):
+        raise RuntimeError("server away")
+
+    monkeypatch.setattr(prefect.deployments, "run_deployment", server_away)
+    with pytest.raises(RuntimeError, match=r"could not start extract-and-train/trigger-keep .*server away.*stay counted"):
+        reextract(**common)
+    assert json.loads(state_path(tmp_path / "s.zarr").read_text())["pending_new_videos"] == [vid]
+    monkeypatch.undo()
+    again = reextract(**common)  # nothing new, but the pending video still counts
+    assert again["extracted"] == [] and again["triggered"]["new_videos"] == 1 and again["pending_new_videos"] == []
+
+
+def test_an_unusable_state_file_is_moved_aside_and_the_run_goes_on(harness, tmp_path):
+    """A cut-off or hand-edited state file stopped every later run with a bare JSONDecodeError/KeyError that did
+    not name it; a string in pending_new_videos would have counted each of its letters as a new video."""
+    from flows.reextract import reextract, state_path
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source, vid = _one_video_source(tmp_path)
+    store = tmp_path / "s.zarr"
+    common = dict(source=str(source), store=str(store), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True, extract={"overrides": {"crop_size": 32, "resize_short": 32}})
+    spath = state_path(store)
+    spath.write_text('{"pending_new_videos": [')
+    assert reextract(**common)["extracted"] == [vid]
+    spath.write_text('{"pending_new_videos": "abc", "failed": {}}')
+    assert reextract(**common)["pending_new_videos"] == []
+    assert len(list(tmp_path.glob(spath.name + ".corrupt-*"))) == 2
+    assert json.loads(spath.read_text())["pending_new_videos"] == []
+
+
+def test_a_failed_file_is_retried_once_rewritten_and_a_dangling_link_fails_alone(harness, tmp_path):
+    """A dangling link (or a manifest entry without its file) failed the plan, so nothing was extracted; a
+    failed file rewritten in its middle only (same size, same first and last MiB) stayed "known bad"; a store
+    reached through a symlink had a lock of its own."""
+    import os
+
+    from flows.reextract import reextract, store_lock
+
+    cfg, _ = make_tiny_dataset(tmp_path)
+    source, vid = _one_video_source(tmp_path)
+    broken = source / "broken.mp4"
+    broken.write_bytes(b"garbage" * 50)
+    (source / "dangling.mp4").symlink_to(source / "gone.mp4")
+    store = tmp_path / "s.zarr"
+    common = dict(source=str(source), store=str(store), dataset=str(cfg), features=ONLY_VGGISH,
+                  allow_random_init=True, extract={"overrides": {"crop_size": 32, "resize_short": 32}})
+    first = reextract(**common)
+    assert first["extracted"] == [vid]
+    assert sorted(f["video_id"] for f in first["failures"]) == ["broken", "dangling"]
+    assert all(f["video_fault"] for f in first["failures"])
+    assert sorted(reextract(**common)["known_bad"]) == ["broken", "dangling"]
+    st = broken.stat()
+    os.utime(broken, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # (what a rewrite of its middle leaves)
+    third = reextract(**common)
+    assert [f["video_id"] for f in third["failures"]] == ["broken"] and third["known_bad"] == ["dangling"]
+
+    (tmp_path / "alias.zarr").symlink_to(store)
+    with store_lock(tmp_path / "alias.zarr") as held:
+        assert held
+        assert "lock" in reextract(**common)["skipped"]

@@ -286,6 +286,9 @@ def test_a_named_weights_dir_that_is_not_there_is_refused_even_with_random_weigh
     assert main([*_extract_args(tmp_path, tmp_path / "typo"), "--allow-random-weights"]) == 2
     err = capsys.readouterr().err
     assert f"weights directory {tmp_path / 'typo'} (from --weights-dir / weights_dir) does not exist" in err, err
+    for key in ("i3d_rgb",):  # (each file the run needs, where it goes and where it is published)
+        assert f"{key}: put the file at {W.weights_path(key, tmp_path / 'typo')}" in err, err
+        assert W.get_spec(key).published_url in err
     assert not (tmp_path / "st").exists()
     monkeypatch.setenv(W.WEIGHTS_DIR_ENV, str(tmp_path / "v.mp4"))
     (tmp_path / "v.mp4").write_bytes(b"")
