@@ -33,8 +33,8 @@ class DecodeError(VideoError):
 
 class ResourceError(RuntimeError):
     """The machine failed a video's extraction, not the video: the store's disk full or read-only, no
-    permission to write it, out of (GPU) memory. Not a :class:`VideoError`: the run stops (or its task is
-    retried) and the video is not remembered as bad; ``str(e)`` reads ``<file>: <stage>: <reason>``."""
+    permission to write it, out of GPU memory, a GPU fault. Not a :class:`VideoError`: the run stops (or its
+    task is retried) and the video is not remembered as bad; ``str(e)`` reads ``<file>: <stage>: <reason>``."""
 
     def __init__(self, video: str, stage: str, reason: str) -> None:
         self.video = str(video)

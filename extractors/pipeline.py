@@ -629,20 +629,29 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
 
 #: OS errors that say the machine is out of something, whatever the stage (never the video's fault)
 _MACHINE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+#: ... and, writing the store, refusals and I/O errors of its file system
+_STORE_ERRNOS = _MACHINE_ERRNOS | {errno.EACCES, errno.EPERM, errno.EIO}
 
 
 def _video_or_machine(path: str, stage: str, exc: BaseException, reason: str | None = None
                       ) -> VideoError | ResourceError:
     """The error to raise for ``exc``, met while extracting ``path`` at ``stage``: a ResourceError when the
-    machine is at fault (out of memory or GPU memory, a disk full or read-only, writing the store refused by
-    the OS), which the flows retry and reextract does not hold against the file; else the video's VideoError."""
+    machine is at fault, which the flows retry or fail the run for and reextract does not hold against the
+    file; else the video's VideoError.
+
+    The machine: a disk full or read-only, no file descriptors, the store's file system refusing the write,
+    GPU memory exhausted, or a GPU fault (a sticky CUDA error fails every later video of the process too).
+    A host ``MemoryError`` stays the video's: on Linux a machine out of memory meets the OOM killer, while a
+    MemoryError is one huge allocation, which a file causes (a damaged header declaring an absurd size), and
+    treating it as the machine's would fail every run for that one file."""
     reason = reason or str(exc)
     seen, e = set(), exc
     while e is not None and id(e) not in seen:  # (the store wraps what the OS said)
         seen.add(id(e))
-        if isinstance(e, MemoryError) or isinstance(e, torch.OutOfMemoryError):
+        if isinstance(e, (torch.OutOfMemoryError, torch.AcceleratorError)) or (
+                isinstance(e, RuntimeError) and "ALLOC_FAILED" in str(e)):  # (cuDNN/cuBLAS out of memory)
             return ResourceError(path, stage, reason)
-        if isinstance(e, OSError) and (e.errno in _MACHINE_ERRNOS or stage == "store"):
+        if isinstance(e, OSError) and e.errno in (_STORE_ERRNOS if stage == "store" else _MACHINE_ERRNOS):
             return ResourceError(path, stage, reason)
         e = e.__cause__ if e.__cause__ is not None else None if e.__suppress_context__ else e.__context__
     return VideoError(path, stage, reason)

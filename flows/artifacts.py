@@ -60,6 +60,7 @@ class RunSummary:
     code_revision: str = "unknown"
     evaluated_videos: int | None = None  # videos of the evaluated subset that were predicted
     not_evaluated: list[str] = field(default_factory=list)  # of the subset, absent or incomplete in the store
+    evaluated_classes: str | None = None  # "N of M" classes with ground truth among the evaluated videos
 
 
 def summary_markdown(s: RunSummary) -> str:
@@ -85,6 +86,8 @@ def summary_markdown(s: RunSummary) -> str:
             f" (**{len(s.not_evaluated)} of the subset not in the store complete, not evaluated**: "
             + ", ".join(s.not_evaluated[:10]) + (" ..." if len(s.not_evaluated) > 10 else "") + ")"
             if s.not_evaluated else "") + " |")
+    if s.evaluated_classes is not None:
+        lines.append(f"| classes evaluated | {s.evaluated_classes} |")
     if s.random_init:
         lines.append("| weights | **random initialisation (explicit opt-in; features are not the paper's)** |")
     if s.record_path:

@@ -110,8 +110,12 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         extract_cfg = params.extract.build(params.features, params.weights_dir, params.device,
                                            params.allow_random_init, dataset.grid)
         training_cfg = params.training.build(params.device)
-        needed = steps.check_run_inputs(dataset, training_cfg, list(params.features), params.training.predict_subset,
-                                        params.min_train_videos)
+        needed, stored_only = steps.check_run_inputs(
+            dataset, training_cfg, list(params.features), params.training.predict_subset, params.min_train_videos,
+            (resolve_path(params.store) / "zarr.json").exists())
+        if stored_only:
+            log.warning(f"the model reads {stored_only}, which this run does not extract (features={params.features}):"
+                        " only videos whose stored features include them are used")
         with _timed(timings, "discover+plan"):
             videos = call(tasks.discover_videos, steps.discover, params.source)
             # (after the source and the networks: a typo or missing weights leave no empty store)
@@ -120,8 +124,9 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
                         extract_cfg)
         log.info(f"{len(videos)} videos; plan: {plan.counts()}")
         if plan.unreadable:
-            log.warning(f"{len(plan.unreadable)} stored video(s) whose source file cannot be read now; their stored "
-                        "features are used: " + ", ".join(plan.unreadable[:20]) + (" ..." if len(plan.unreadable) > 20 else ""))
+            log.warning(f"{len(plan.unreadable)} complete stored video(s) whose source file cannot be read now; their "
+                        "stored features are used: " + ", ".join(plan.unreadable[:20])
+                        + (" ..." if len(plan.unreadable) > 20 else ""))
         with _timed(timings, "extract"):
             if orchestrated:
                 reports, failures = run_extraction(
@@ -139,7 +144,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
                 + (" ..." if len(not_theirs) > 5 else ""))
         with _timed(timings, "check-store"):
             check = call(tasks.check_store, steps.check_store, store, dataset, needed, params.min_train_videos,
-                         params.training.predict_subset, training_cfg.train.mode)
+                         params.training.predict_subset, training_cfg.train.mode, [f["video_id"] for f in failures])
         with _timed(timings, "train"):
             train_result = call(tasks.train, steps.train_model, training_cfg, store, dataset, writer.path / "model",
                                 check.train_videos)
@@ -175,14 +180,15 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
             timings_s=dict(timings), average_map=average_map, map_by_tiou=map_by_tiou,
             random_init=bool(check.random_init_features), record_path=str(record_path),
             code_revision=code_revision(), evaluated_videos=len(predictions.get("results", {})),
-            not_evaluated=left_out,
+            not_evaluated=left_out, evaluated_classes=f"{len(evaluation.per_class_AP)} of {dataset.num_classes}",
         )
         writer.write_bytes("summary.md", artifacts.summary_markdown(summary).encode())
         record = report.record_summary(FLOW_NAME, dataset.name, "completed", params_dump, check, map_by_tiou,
                                        average_map, failures, timings)
         record["random_init_features"] = check.random_init_features
         record["evaluation"] = {"subset": subset, "videos": len(predictions.get("results", {})),
-                                "not_evaluated": left_out}
+                                "not_evaluated": left_out, "classes": len(evaluation.per_class_AP),
+                                "dataset_classes": dataset.num_classes}
         published = writer.publish(record)
         summary.record_path = str(published)
         if orchestrated:

@@ -19,7 +19,7 @@ from prefect import get_run_logger, unmapped
 from flows import steps, tasks
 from flows.artifacts import ProgressReporter
 from flows.limits import ensure_gpu_limit
-from extractors.errors import VideoError
+from extractors.errors import ResourceError, VideoError
 
 
 def run_extraction(
@@ -41,28 +41,38 @@ def run_extraction(
     futures = tasks.extract_video.map(todo, store=unmapped(store), config=unmapped(config),
                                       limit_name=unmapped(limit_name), cancel=unmapped(cancel))
     try:
-        return _collect(futures, todo, progress)
+        return _collect(futures, todo, progress, cancel)
     except BaseException:
         cancel.set()
         raise
 
 
-def _collect(futures, todo: list[steps.PlannedVideo], progress: ProgressReporter
+def _collect(futures, todo: list[steps.PlannedVideo], progress: ProgressReporter, cancel: threading.Event
              ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """Reports and failures as the tasks finish. The first failure to write the store (disk full, read-only:
+    a ResourceError of stage "store") stops the videos not yet done: each would decode and compute for
+    minutes, then fail at its write; those are listed as not extracted, not as the videos' faults."""
     item_of = {f.task_run_id: item for f, item in zip(futures, todo)}
     reports: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    stopped_by: str | None = None
     for fut in finished(futures):
         item = item_of[fut.task_run_id]
         fut.wait()  # caches the final state locally (the API's view may still lag behind)
         state = fut.state
         if state.is_completed():
             reports.append(fut.result())
+        elif state.is_cancelled() and stopped_by is not None:
+            failures.append({"video_id": item.video_id, "source": item.path, "video_fault": False,
+                             "error": f"not extracted: the run stopped extracting when {stopped_by}"})
         else:
             exc = state.result(raise_on_failure=False)
             message = f"{type(exc).__name__}: {exc}" if isinstance(exc, BaseException) else str(state.message)
             failures.append({"video_id": item.video_id, "source": item.path, "error": message,
                              "video_fault": isinstance(exc, VideoError)})
+            if isinstance(exc, ResourceError) and exc.stage == "store" and stopped_by is None:
+                stopped_by = f"writing {item.video_id} to the store failed ({exc.reason})"
+                cancel.set()
         progress.advance()
     reports.sort(key=lambda r: r["video_id"])
     failures.sort(key=lambda f: f["video_id"])

@@ -70,9 +70,14 @@ def load_state(path: Path, warn=None) -> dict[str, Any]:
     if not path.exists() and not path.is_symlink():
         return _fresh_state()
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes()
+    except OSError as e:  # (a permission mistake, an I/O error, a directory there: not to be thrown away)
+        raise RuntimeError(f"cannot read the reextract state file {path}: {e.strerror or e}; fix it (or remove "
+                           "it: the next run then starts afresh)") from None
+    try:
+        raw = json.loads(text.decode("utf-8"))
         problem = _state_problem(raw)
-    except (OSError, ValueError) as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
+    except ValueError as e:  # (JSONDecodeError and UnicodeDecodeError are ValueErrors)
         problem = f"unreadable: {type(e).__name__}: {e}"
     if problem is None:
         return {**_fresh_state(), **raw}
@@ -155,7 +160,7 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
     plan = tasks.plan_extraction(st, videos, list(p.features))  # no config: feature-setting changes are
     # extract-and-train's business (it re-plans stale features); reextract reacts to the sources only
     arrived = [item for item in plan.todo if item.reason in ("new", "changed")]
-    known_bad = [i.video_id for i in arrived if state["failed"].get(i.video_id) == file_stamp(i)]
+    known_bad = [i.video_id for i in arrived if _failed_before(state["failed"].get(i.video_id), i)]
     todo = [i for i in arrived if i.video_id not in known_bad]
     log.info(f"{len(videos)} videos; {len(todo)} new or changed: {[i.video_id for i in todo]}"
              + (f"; {len(known_bad)} failed before and are unchanged, not retried: {known_bad}" if known_bad else ""))
@@ -222,13 +227,18 @@ def _reextract_locked(p: ReextractParams, ds, cfg, videos: list[tuple[str, str]]
 
 def file_stamp(item) -> str:
     """What reextract remembers of a file that failed through its own fault: its fingerprint (size, first and
-    last MiB) and modification time, so that a file rewritten in the middle only (a download completed into
-    a preallocated file) counts as changed, and is tried again."""
-    try:
-        mtime = str(os.stat(item.path).st_mtime_ns)
-    except OSError:
-        mtime = "?"
+    last MiB) and modification time, both as planned, so that a file rewritten in the middle only (a download
+    completed into a preallocated file) counts as changed, and is tried again."""
+    mtime = "?" if item.source_mtime_ns is None else item.source_mtime_ns  # (as planned, with the fingerprint)
     return f"{item.source_fingerprint} mtime_ns={mtime}"
+
+
+def _failed_before(recorded: str | None, item) -> bool:
+    """``item``'s file is the one that failed: same stamp, or (an entry from before stamps had the modification
+    time) the same fingerprint."""
+    if recorded is None:
+        return False
+    return recorded == file_stamp(item) if " mtime_ns=" in recorded else recorded == item.source_fingerprint
 
 
 def trigger_parameters(p: ReextractParams) -> dict[str, Any]:

@@ -6,6 +6,7 @@ steps called directly, and lets the CLI and tests reuse them.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -19,8 +20,9 @@ from flows.params import resolve_path
 class PlannedVideo:
     video_id: str
     path: str
-    reason: str  # "new" | "changed" | "missing-features" | "stale-features"
+    reason: str  # "new" | "changed" | "missing-features" | "stale-features" | "damaged"
     source_fingerprint: str
+    source_mtime_ns: int | None = None  # when planned (None: the file could not be read)
 
 
 @dataclass
@@ -29,7 +31,7 @@ class ExtractionPlan:
 
     todo: list[PlannedVideo] = field(default_factory=list)
     complete: list[str] = field(default_factory=list)
-    unreadable: list[str] = field(default_factory=list)  # stored videos whose source file cannot be read now
+    unreadable: list[str] = field(default_factory=list)  # complete stored videos whose source cannot be read now
 
     def counts(self) -> dict[str, int]:
         out: dict[str, int] = {"complete": len(self.complete)}
@@ -173,31 +175,32 @@ def plan_extraction(store, videos: list[tuple[str, str]], features: list[str], c
 
     for vid, path in videos:
         try:
+            mtime_ns = os.stat(path).st_mtime_ns  # (before the bytes: a file rewritten meanwhile looks changed)
             fp = source_fingerprint(path)
         except OSError as e:  # (a listed file that is missing, a dangling link, unreadable: that video's failure
-            # alone; the extractor says what is wrong with it, or the stored features serve while it is away)
-            fp = f"{UNREADABLE}{e.strerror or type(e).__name__}"
+            # alone, in its task, where the extractor says what is wrong with it)
+            mtime_ns, fp = None, f"{UNREADABLE}{e.strerror or type(e).__name__}"
+        unreadable = fp.startswith(UNREADABLE)
         try:
             if not store.has_video(vid):
                 reason = "new"
-            elif fp.startswith(UNREADABLE):
-                plan.unreadable.append(vid)
-                reason = "missing-features" if not wanted <= store.features_of(vid) - store.missing_arrays(vid) \
-                    else None  # (stored features whose source went away, e.g. deleted to save space: used)
-            elif store.video_info(vid).source_fingerprint != fp:
+            elif not unreadable and store.video_info(vid).source_fingerprint != fp:
                 reason = "changed"
             elif not wanted <= store.features_of(vid) - store.missing_arrays(vid):
                 reason = "missing-features"
-            elif models is not None and plan_video(store, vid, fp, models)[0]:
+            elif models is not None and plan_video(
+                    store, vid, store.video_info(vid).source_fingerprint if unreadable else fp, models)[0]:
                 reason = "stale-features"
-            else:
+            else:  # (a stored video whose source went away, e.g. deleted to save space, keeps its features)
                 reason = None
         except StoreDamageError:  # unreadable stored metadata: the extractor redoes the video from its source
             reason = "damaged"
         if reason is None:
             plan.complete.append(vid)
+            if unreadable:
+                plan.unreadable.append(vid)
         else:
-            plan.todo.append(PlannedVideo(vid, path, reason, fp))
+            plan.todo.append(PlannedVideo(vid, path, reason, fp, mtime_ns))
     return plan
 
 
@@ -228,11 +231,13 @@ def _report_dict(report: Any) -> dict[str, Any]:
 
 
 def check_run_inputs(dataset, training_cfg, features: list[str], predict_subset: str,
-                     min_train_videos: int = 1) -> list[str]:
+                     min_train_videos: int = 1, store_exists: bool = False) -> tuple[list[str], list[str]]:
     """Before any extraction (hours on a real dataset), what would only fail after it: the annotations
     readable, the training and predicted subsets not empty (and annotating enough training videos), and
-    every feature the model reads among ``features``. Returns those features (what the store must hold
-    for a video to be used)."""
+    every feature the model reads among ``features``, or, for a store that exists, possibly in it already
+    (a run that adds one feature to a store, or extracts beside imported ones; check-store then requires
+    them per video). Returns (the features the model reads: what a video must hold to be used, those of
+    them this run does not extract)."""
     from flows.params import ALL_FEATURES
     from models.train import features_read
 
@@ -243,27 +248,32 @@ def check_run_inputs(dataset, training_cfg, features: list[str], predict_subset:
             raise ValueError(f"dataset {dataset.name!r}: no video of subset {name!r} ({role}) in "
                              f"{dataset.annotation_path}; its subsets: {subsets}")
     annotated = len(dataset.videos(dataset.train_subset))
-    need = max(min_train_videos, dataset.num_classes if training_cfg.train.mode == "utal" else 1)
+    utal = training_cfg.train.mode == "utal"
+    need = max(min_train_videos, dataset.num_classes if utal else 1)
     if annotated < need:
+        why = f"; UTAL clusters them into the dataset's {dataset.num_classes} classes" if utal else ""
         raise ValueError(f"dataset {dataset.name!r}: subset {dataset.train_subset!r} has {annotated} videos; training "
-                         f"needs at least {need} (min_train_videos={min_train_videos}; UTAL clusters into the "
-                         f"dataset's {dataset.num_classes} classes)")
+                         f"needs at least {need} (min_train_videos={min_train_videos}{why})")
     needed = [f for f in features_read(training_cfg) if f in ALL_FEATURES]
     missing = [f for f in needed if f not in features]
-    if missing:
+    if missing and not store_exists:
         raise ValueError(f"features {list(features)}: the model also reads {missing} (its switches and "
-                         "train.cluster_features); add them to `features`, or turn them off in the model config")
-    return needed
+                         "train.cluster_features), and the new store would never hold them; add them to "
+                         "`features`, or turn them off in the model config")
+    return needed, missing
 
 
 def check_store(store, dataset, features: list[str], min_train_videos: int, predict_subset: str = "test",
-                mode: str = "utal") -> StoreCheck:
+                mode: str = "utal", failed: list[str] = ()) -> StoreCheck:
     """Every dataset video present in the store must hold the requested features; enough must exist to train
     (UTAL clusters the training videos into the dataset's classes: at least one video per class) and one
-    video to predict."""
+    video to predict. Videos whose extraction failed in this run (``failed``) are left out: what the store
+    holds of them no longer matches their listed file (a changed file that failed, stale features whose
+    source is gone)."""
     from storage import StoreDamageError
 
-    present = set(store.list_videos())
+    stored = set(store.list_videos())
+    present = stored - set(failed)
     wanted = set(features)
     used = present & (set(dataset.videos(dataset.train_subset)) | set(dataset.videos(dataset.test_subset)))
     incomplete, damaged = [], []
@@ -296,7 +306,7 @@ def check_store(store, dataset, features: list[str], min_train_videos: int, pred
         random_feats = check_features_made_one_way(store, train + test, features)
     except ValueError as e:
         raise RuntimeError(str(e)) from None
-    return StoreCheck(store.fingerprint(), len(present), train, test, incomplete, sorted(random_feats))
+    return StoreCheck(store.fingerprint(), len(stored), train, test, incomplete, sorted(random_feats))
 
 
 def train_model(training_cfg, store, dataset, out_dir: Path, video_ids: list[str] | None = None):

@@ -30,8 +30,12 @@ def _transient(task, task_run, state) -> bool:
         from storage import StoreError
     except ImportError:  # pragma: no cover
         StoreError = ValueError
+    from extractors.errors import ResourceError
+
     exc = state.result(raise_on_failure=False)
     if not isinstance(exc, BaseException):
+        return False
+    if isinstance(exc, ResourceError) and exc.stage == "store":  # (a full or read-only disk stays so for 10 s)
         return False
     permanent = (VideoError, StoreError, MissingLimitError, ValueError, TypeError, KeyError, FileNotFoundError)
     return not isinstance(exc, permanent)
@@ -208,8 +212,8 @@ def _retry_after(exc: BaseException) -> float | None:
 
 @task(name="check-store", cache_policy=NO_CACHE)
 def check_store(store, dataset, features: list[str], min_train_videos: int, predict_subset: str = "test",
-                mode: str = "utal") -> steps.StoreCheck:
-    return steps.check_store(store, dataset, features, min_train_videos, predict_subset, mode)
+                mode: str = "utal", failed: list[str] = ()) -> steps.StoreCheck:
+    return steps.check_store(store, dataset, features, min_train_videos, predict_subset, mode, failed)
 
 
 @task(name="train", cache_policy=NO_CACHE)

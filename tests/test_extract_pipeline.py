@@ -284,14 +284,28 @@ def test_a_full_disk_or_no_memory_is_the_machines_failure_not_the_videos(env, tm
         assert not isinstance(info.value, VideoError)
     monkeypatch.undo()
 
-    def no_memory(*a, **k):
-        raise MemoryError()
-
-    monkeypatch.setattr(P, "decode_audio", no_memory)
-    with pytest.raises(ResourceError, match="audio: MemoryError"):
+    def race(*a, **k):  # (a file gone under the writer: not the machine's doing)
+        raise OSError(errno.ENOENT, "No such file or directory")
+    monkeypatch.setattr(store, "write_video", race)
+    with pytest.raises(VideoError, match="store: FileNotFoundError"):
         extract_video(env.video, "v", store, cfg, env.models)
+    monkeypatch.undo()
+
+    for exc, name in ((torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"), "OutOfMemoryError"),
+                      (RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED"), "RuntimeError")):
+        def no_gpu_memory(*a, _exc=exc, **k):
+            raise _exc
+        monkeypatch.setattr(P, "decode_audio", no_gpu_memory)
+        with pytest.raises(ResourceError, match=f"audio: {name}"):
+            extract_video(env.video, "v", store, cfg, env.models)
     with pytest.raises(ResourceError):  # (extract_many stops the run: the next video would meet the same)
         extract_many([("v", env.video), ("w", env.video)], store, cfg, env.models)
+
+    def huge(*a, **k):  # (one absurd allocation: a file's damaged header, not a machine out of memory)
+        raise MemoryError()
+    monkeypatch.setattr(P, "decode_audio", huge)
+    with pytest.raises(VideoError, match="audio: MemoryError"):
+        extract_video(env.video, "v", store, cfg, env.models)
     monkeypatch.undo()
     # the video's own problems stay VideoErrors: a missing file, a decoder failure
     with pytest.raises(VideoError, match="probe"):

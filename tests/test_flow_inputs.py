@@ -37,11 +37,14 @@ def test_subsets_and_the_models_features_are_checked_before_extraction(tmp_path)
 
     ds = steps.load_dataset(_annotated(tmp_path))
     cfg = _training()
-    assert set(steps.check_run_inputs(ds, cfg, ["i3d_rgb", "i3d_flow", "clip_vitb16", "vggish"], "test")) == {
-        "i3d_rgb", "i3d_flow", "clip_vitb16", "vggish"}
-    # features the model reads but the run would not extract: training failed after the extraction
-    with pytest.raises(ValueError, match=r"the model also reads \['i3d_flow', 'clip_vitb16'\]"):
+    needed, stored_only = steps.check_run_inputs(ds, cfg, ["i3d_rgb", "i3d_flow", "clip_vitb16", "vggish"], "test")
+    assert set(needed) == {"i3d_rgb", "i3d_flow", "clip_vitb16", "vggish"} and stored_only == []
+    # features the model reads but a new store would never hold: training failed after the extraction
+    with pytest.raises(ValueError, match=r"the model also reads \['i3d_flow', 'clip_vitb16'\].*new store would never"):
         steps.check_run_inputs(ds, cfg, ["i3d_rgb", "vggish"], "test")
+    # an existing store may hold them (a run adding audio to it): check-store decides per video
+    assert steps.check_run_inputs(ds, cfg, ["vggish"], "test", store_exists=True)[1] == [
+        "i3d_rgb", "i3d_flow", "clip_vitb16"]
     # an empty predicted subset (a typo): it failed after training, blaming the store
     typo = steps.load_dataset(_annotated(tmp_path, test_subset="Test"))
     with pytest.raises(ValueError, match=r"no video of subset 'Test' \(test_subset\).*subsets: \['test', 'train'\]"):
@@ -124,7 +127,7 @@ def test_only_the_predicted_videos_are_evaluated_and_the_rest_are_named(tmp_path
     pred = {"version": "t", "results": {"v2": [{"label": "cluster_0", "score": 0.9, "segment": [2.0, 5.0]}]},
             "external_data": {}}
     result = steps.evaluate(ds, pred, "test")
-    assert result.average_mAP == pytest.approx(1.0)
+    assert result.average_mAP == pytest.approx(1.0) and len(result.per_class_AP) == 1  # (v3's class has no GT left)
     assert steps.not_evaluated(ds, pred, "test") == ["v3"]
 
 
@@ -156,4 +159,35 @@ def test_a_video_the_store_check_leaves_out_is_not_trained_on(tmp_path):
     trained_on = json.loads((run_dir / "model" / "train_clusters.json").read_text())
     assert sorted(trained_on) == [v for v in ds.videos(ds.train_subset) if v != victim]
     record = json.loads((run_dir / "record.json").read_text())
-    assert record["evaluation"] == {"subset": "test", "videos": 2, "not_evaluated": []}
+    assert record["evaluation"] == {"subset": "test", "videos": 2, "not_evaluated": [], "classes": 2,
+                                    "dataset_classes": 2}
+
+
+def test_a_stored_video_whose_source_is_gone_is_used_only_while_its_features_are_current(tmp_path):
+    """A listed file that could not be read (deleted after extraction to save space, a dangling link) failed the
+    whole plan. Now a complete, current stored video keeps its features; one that lacks a feature or whose
+    features are stale is planned, and fails alone in its task (check-store then leaves it out)."""
+    from flows.steps import check_store, plan_extraction
+    from storage import FeatureStore, SnippetGrid
+    from tests.media import small_extract_config
+    from tests.store_helpers import SMALL_DIMS, feats, info, provs
+
+    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
+    for vid in ("t1", "t2"):
+        f = feats(10)
+        store.write_video(vid, f, info(vid), provs(f))
+    gone = [("t1", str(tmp_path / "t1.mp4")), ("t2", str(tmp_path / "t2.mp4")), ("new", str(tmp_path / "n.mp4"))]
+    plan = plan_extraction(store, gone, ["i3d_rgb", "vggish"])
+    assert plan.complete == ["t1", "t2"] and plan.unreadable == ["t1", "t2"]
+    assert [(p.video_id, p.reason, p.source_fingerprint) for p in plan.todo] == [
+        ("new", "new", "unreadable: No such file or directory")]
+    assert plan.counts() == {"complete": 2, "new": 1, "stored, source unreadable": 2}
+    (tmp_path / "w").mkdir()
+    stale = plan_extraction(store, gone[:1], ["i3d_rgb"], small_extract_config(tmp_path / "w", features=("i3d_rgb",)))
+    assert [(p.video_id, p.reason) for p in stale.todo] == [("t1", "stale-features")] and not stale.unreadable
+    # a video whose extraction failed in this run is not used (what is stored no longer matches its file)
+    from types import SimpleNamespace
+
+    ds = SimpleNamespace(name="d", train_subset="train", test_subset="test", num_classes=1,
+                         videos=lambda subset: ["t1", "t2"] if subset == "train" else ["t2"])
+    assert check_store(store, ds, ["vggish"], 1, failed=["t1"]).train_videos == ["t2"]

@@ -569,3 +569,47 @@ def test_a_stopped_run_cancels_its_extractions(harness, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         extraction_stage.run_extraction([item], None, None, "cpu-extract", "progress")
     assert seen["cancel"].value.is_set()
+
+
+def test_the_first_store_refusal_stops_the_videos_not_yet_done():
+    """A full or read-only store failed each video only at its write, after minutes of decoding and compute,
+    one after the other (and each was retried twice): the first refusal now stops the rest."""
+    import threading
+    from types import SimpleNamespace
+
+    from prefect.states import Cancelled, Completed, Failed
+
+    from extractors.errors import ResourceError, VideoError
+    from flows.extraction_stage import _collect
+    from flows.steps import PlannedVideo
+    from flows.tasks import _transient
+
+    class Future:
+        def __init__(self, i, state, report=None):
+            self.task_run_id, self.state, self._report = i, state, report
+
+        def add_done_callback(self, fn):
+            fn(self)
+
+        def wait(self):
+            pass
+
+        def result(self):
+            return self._report
+
+    full = ResourceError("/v/b.mp4", "store", "OSError: [Errno 28] No space left on device")
+    states = [Completed(), Failed(data=VideoError("/v/a2.mp4", "probe", "not a video")), Failed(data=full),
+              Cancelled(), Cancelled()]
+    todo = [PlannedVideo(v, f"/v/{v}.mp4", "new", "fp") for v in ("a", "a2", "b", "c", "d")]
+    futures = [Future(i, s, {"video_id": "a"} if i == 0 else None) for i, s in enumerate(states)]
+    cancel = threading.Event()
+    reports, failures = _collect(futures, todo, SimpleNamespace(advance=lambda: None), cancel)
+    assert cancel.is_set() and [r["video_id"] for r in reports] == ["a"]
+    by_id = {f["video_id"]: f for f in failures}
+    assert by_id["a2"]["video_fault"] and not by_id["b"]["video_fault"]
+    for vid in ("c", "d"):
+        assert not by_id[vid]["video_fault"]
+        assert by_id[vid]["error"] == ("not extracted: the run stopped extracting when writing b to the store failed "
+                                       "(OSError: [Errno 28] No space left on device)")
+    assert not _transient(None, None, Failed(data=full)), "a full disk is not retried 10 s later"
+    assert _transient(None, None, Failed(data=ResourceError("/v/b.mp4", "i3d_rgb", "OutOfMemoryError: CUDA")))

@@ -300,3 +300,17 @@ def test_a_failed_file_is_retried_once_rewritten_and_a_dangling_link_fails_alone
     with store_lock(tmp_path / "alias.zarr") as held:
         assert held
         assert "lock" in reextract(**common)["skipped"]
+
+
+def test_a_state_file_the_os_will_not_read_is_not_thrown_away_and_old_entries_still_match(tmp_path):
+    from flows.reextract import _failed_before, file_stamp, load_state
+    from flows.steps import PlannedVideo
+
+    (tmp_path / "s.zarr.reextract.json").mkdir()  # (stands for a permission or I/O error)
+    with pytest.raises(RuntimeError, match=r"cannot read the reextract state file .*s.zarr.reextract.json"):
+        load_state(tmp_path / "s.zarr.reextract.json")
+    assert (tmp_path / "s.zarr.reextract.json").is_dir() and not list(tmp_path.glob("*.corrupt-*"))
+    item = PlannedVideo("v", "/v.mp4", "new", "fp1", 123)
+    assert file_stamp(item) == "fp1 mtime_ns=123" and _failed_before("fp1 mtime_ns=123", item)
+    assert not _failed_before("fp1 mtime_ns=99", item) and not _failed_before(None, item)
+    assert _failed_before("fp1", item), "an entry from before the stamps matches on the fingerprint"
