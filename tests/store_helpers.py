@@ -30,3 +30,14 @@ def feats(t: int, dims=SMALL_DIMS, value: float | None = None, seed: int = 0) ->
 
 def provs(features) -> dict[str, FeatureProvenance]:
     return {k: prov() for k in features if k != "audio_mask"}
+
+
+def small_store(path, video_ids, t: int = 10):
+    """A store on the THUMOS grid holding ``video_ids``, each complete with ``t`` snippets of SMALL_DIMS features."""
+    from storage import FeatureStore, SnippetGrid
+
+    store = FeatureStore.create(path, grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
+    for vid in video_ids:
+        f = feats(t)
+        store.write_video(vid, f, info(vid), provs(f))
+    return store

@@ -99,13 +99,9 @@ def test_check_store_needs_a_video_per_class_and_one_to_predict(tmp_path):
     from types import SimpleNamespace
 
     from flows.steps import check_store
-    from storage import FeatureStore, SnippetGrid
-    from tests.store_helpers import SMALL_DIMS, feats, info, provs
+    from tests.store_helpers import small_store
 
-    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
-    for vid in ("t1", "t2", "x1"):
-        f = feats(10)
-        store.write_video(vid, f, info(vid), provs(f))
+    store = small_store(tmp_path / "s.zarr", ("t1", "t2", "x1"))
     ds = SimpleNamespace(name="d", train_subset="train", test_subset="test", num_classes=3,
                          videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1", "x2"])
     with pytest.raises(RuntimeError, match=r"2 complete training videos.*at least 3 are needed \(UTAL clusters"):
@@ -168,14 +164,10 @@ def test_a_stored_video_whose_source_is_gone_is_used_only_while_its_features_are
     whole plan. Now a complete, current stored video keeps its features; one that lacks a feature or whose
     features are stale is planned, and fails alone in its task (check-store then leaves it out)."""
     from flows.steps import check_store, plan_extraction
-    from storage import FeatureStore, SnippetGrid
     from tests.media import small_extract_config
-    from tests.store_helpers import SMALL_DIMS, feats, info, provs
+    from tests.store_helpers import small_store
 
-    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
-    for vid in ("t1", "t2"):
-        f = feats(10)
-        store.write_video(vid, f, info(vid), provs(f))
+    store = small_store(tmp_path / "s.zarr", ("t1", "t2"))
     gone = [("t1", str(tmp_path / "t1.mp4")), ("t2", str(tmp_path / "t2.mp4")), ("new", str(tmp_path / "n.mp4"))]
     plan = plan_extraction(store, gone, ["i3d_rgb", "vggish"])
     assert plan.complete == ["t1", "t2"] and plan.unreadable == ["t1", "t2"]

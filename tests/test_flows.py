@@ -456,13 +456,9 @@ def test_check_store_refuses_features_made_in_different_ways(tmp_path):
     from types import SimpleNamespace
 
     from flows.steps import check_store
-    from storage import FeatureStore, SnippetGrid
-    from tests.store_helpers import SMALL_DIMS, feats, info, prov, provs
+    from tests.store_helpers import feats, prov, small_store
 
-    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
-    for vid in ("t1", "t2", "x1"):
-        f = feats(10)
-        store.write_video(vid, f, info(vid), provs(f))
+    store = small_store(tmp_path / "s.zarr", ("t1", "t2", "x1"))
     ds = SimpleNamespace(name="d", train_subset="train", test_subset="test", num_classes=2,
                          videos=lambda subset: ["t1", "t2"] if subset == "train" else ["x1"])
     check = check_store(store, ds, ["i3d_rgb", "vggish"], min_train_videos=2)
@@ -481,13 +477,9 @@ def test_cli_train_and_predict_refuse_features_made_in_different_ways(tmp_path):
     from types import SimpleNamespace
 
     from models.data import load_videos
-    from storage import FeatureStore, SnippetGrid
-    from tests.store_helpers import SMALL_DIMS, feats, info, prov, provs
+    from tests.store_helpers import feats, prov, small_store
 
-    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
-    for vid in ("t1", "t2"):
-        f = feats(10)
-        store.write_video(vid, f, info(vid), provs(f))
+    store = small_store(tmp_path / "s.zarr", ("t1", "t2"))
     ds = SimpleNamespace(name="d", classes=["a"], videos=lambda subset: ["t1", "t2"],
                          annotations=lambda v: SimpleNamespace(duration=6.4, segments=[]))
     assert [v.video_id for v in load_videos(store, ds, "train", ["i3d_rgb"])] == ["t1", "t2"]
@@ -506,13 +498,9 @@ def test_damaged_videos_are_planned_for_extraction_and_only_the_runs_videos_are_
     from types import SimpleNamespace
 
     from flows.steps import check_store, plan_extraction
-    from storage import FeatureStore, SnippetGrid
-    from tests.store_helpers import SMALL_DIMS, feats, info, provs
+    from tests.store_helpers import small_store
 
-    store = FeatureStore.create(tmp_path / "s.zarr", grid=SnippetGrid(25.0, 16, 16), features=SMALL_DIMS)
-    for vid in ("t1", "t2", "x1", "orphan"):
-        f = feats(10)
-        store.write_video(vid, f, info(vid), provs(f))
+    store = small_store(tmp_path / "s.zarr", ("t1", "t2", "x1", "orphan"))
     src = tmp_path / "v.mp4"
     src.write_bytes(b"source bytes")
     (store.path / "videos" / "orphan" / "zarr.json").write_text("{broken")
