@@ -20,15 +20,49 @@ mkdir -p "$LOG_DIR" "$RUN_DIR"
 
 is_loopback() { [[ "$1" == "127.0.0.1" || "$1" == "localhost" || "$1" == "::1" ]]; }
 
-api_healthy() {
+# The API of the server this checkout starts (a server bound to all interfaces answers on loopback).
+LOCAL_API_URL="http://$([[ "$HOST" == "0.0.0.0" || "$HOST" == "::" ]] && echo 127.0.0.1 || echo "$HOST"):$PORT/api"
+
+api_healthy() {  # api_healthy [URL]: the API at URL (default $PREFECT_API_URL) answers its health check
   local auth=()
   [[ -n "${PREFECT_API_AUTH_STRING:-}" ]] && auth=(-u "$PREFECT_API_AUTH_STRING")
-  curl -fsS -m 5 "${auth[@]}" "$PREFECT_API_URL/health" >/dev/null 2>&1
+  curl -fsS -m 5 "${auth[@]}" "${1:-$PREFECT_API_URL}/health" >/dev/null 2>&1
 }
 
-pid_alive() {  # pid_alive NAME -> true when .prefect-local/run/NAME.pid names a live process
-  local f="$RUN_DIR/$1.pid"
-  [[ -f "$f" ]] && kill -0 "$(cat "$f")" 2>/dev/null
+start_time_of() {  # start_time_of PID: the process's start time (clock ticks since boot), or nothing
+  local line
+  { read -r line <"/proc/$1/stat"; } 2>/dev/null || return 0
+  line="${line##*) }"              # fields 3... after "(command name)", which may hold spaces
+  cut -d' ' -f20 <<<"$line"        # field 22: starttime
+}
+
+record_pid() {  # record_pid NAME PID: .prefect-local/run/NAME.pid holds "PID STARTTIME"
+  echo "$2 $(start_time_of "$2")" >"$RUN_DIR/$1.pid"
+}
+
+recorded_pid() {  # recorded_pid NAME: the PID recorded for NAME if that process still runs, else nothing
+  # A PID alone is not enough: after a reboot or a SIGKILL it may name another program, which a stop
+  # would then kill and a start would take for the running server or worker.
+  local f="$RUN_DIR/$1.pid" pid start
+  [[ -f "$f" ]] || return 0
+  read -r pid start <"$f" || true
+  [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null || return 0
+  if [[ -n "$start" ]]; then
+    [[ "$(start_time_of "$pid")" == "$start" ]] && echo "$pid"
+  elif tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "prefect"; then  # (a pid file of an older version)
+    echo "$pid"
+  fi
+  return 0
+}
+
+pid_alive() {  # pid_alive NAME -> true when .prefect-local/run/NAME.pid names our live process
+  [[ -n "$(recorded_pid "$1")" ]]
+}
+
+hold_lock() {  # hold_lock: one start or stop of this checkout's stack at a time (else both start a server)
+  command -v flock >/dev/null 2>&1 || return 0
+  exec 9>>"$RUN_DIR/.lock"
+  flock 9
 }
 
 children_of() {  # children_of PID: its direct children (pgrep, else /proc: slim images lack procps)
@@ -51,8 +85,8 @@ descendants() {  # descendants PID: every process below PID
 stop_pid() {  # stop_pid NAME: TERM the recorded process group and every process below it, KILL after 20 s
   local f="$RUN_DIR/$1.pid" pid below p
   [[ -f "$f" ]] || return 0
-  pid="$(cat "$f")"
-  if kill -0 "$pid" 2>/dev/null; then
+  pid="$(recorded_pid "$1")"  # (nothing for a stale file: its PID is never signalled)
+  if [[ -n "$pid" ]]; then
     # The worker starts each flow run in a session of its own: outside its process group, so a stop that
     # signalled the group only left the runs extracting on with no worker and no server.
     below="$(descendants "$pid" | tr '\n' ' ')"

@@ -19,6 +19,11 @@ fi
 bash "$HERE/install.sh"
 
 source "$HERE/common.sh"
+if [[ "$PREFECT_API_URL" != "$LOCAL_API_URL" ]]; then
+  # (the deployment and its run would go to that server, while the worker started here polls this one)
+  log "PREFECT_API_URL is set to $PREFECT_API_URL; the demo runs on its own local server at $LOCAL_API_URL."
+  log "unset PREFECT_API_URL (or set it to $LOCAL_API_URL) and run again"; exit 2
+fi
 
 # 2. The self-made demo dataset (real H.264/AAC MP4s + ActivityNet-style annotations) in
 #    <repo>/demo_data, where configs/datasets/demo.yaml and the demo deployment read it.
@@ -32,11 +37,25 @@ source "$HERE/common.sh"
 # 4. Run the demo deployment and wait for it.
 echo "[demo] running extract-and-train/demo (worker log: $LOG_DIR/worker.log)" >&2
 out="$LOG_DIR/demo-run.log"
+run_id_of() { grep -oE 'UUID: [0-9a-f-]{36}' "$out" 2>/dev/null | head -1 | awk '{print $2}'; }
+interrupted() {  # Ctrl-C stops watching, not the run: say where it goes on and how to stop it
+  local id; id="$(run_id_of)"
+  echo >&2
+  if [[ -n "$id" ]]; then
+    echo "[demo] stopped watching; flow run $id goes on in the worker ($PREFECT_UI_URL/runs/flow-run/$id)." >&2
+    echo "[demo] cancel it: source deploy/env.sh && $PREFECT flow-run cancel $id   (or deploy/demo.sh stop)" >&2
+  else
+    echo "[demo] stopped before the flow run was created" >&2
+  fi
+  exit 130
+}
+trap interrupted INT
 set +e
 "$PREFECT" deployment run extract-and-train/demo --watch "$@" 2>&1 | tee "$out"
 rc=${PIPESTATUS[0]}
 set -e
-run_id="$(grep -oE 'UUID: [0-9a-f-]{36}' "$out" | head -1 | awk '{print $2}')"
+trap - INT
+run_id="$(run_id_of)"
 
 # 5. Results: mAP table from the run record, and where to look in the UI.
 echo

@@ -7,23 +7,35 @@
 # (no heartbeat for 2 minutes) Crashed (deploy/zombie_automation.py).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
+if ! api_healthy; then
+  log "no Prefect server answers at $PREFECT_API_URL: start one with deploy/server.sh start (or set PREFECT_API_URL)"
+  exit 2
+fi
+
+quietly() {  # quietly ARGS...: prefect ARGS, its output shown only if it fails ("already exists": a concurrent setup won)
+  local out
+  if out="$("$PREFECT" "$@" 2>&1)"; then return 0; fi
+  if grep -qi "already exists" <<<"$out"; then return 0; fi
+  log "prefect $* failed:"; printf '%s\n' "$out" | tail -20 >&2; exit 1
+}
+
 if "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1; then
   log "work pool $POOL exists"
 else
-  "$PREFECT" work-pool create "$POOL" --type process >/dev/null
+  quietly work-pool create "$POOL" --type process
   log "created process work pool $POOL"
 fi
 
 ensure_limit() {  # ensure_limit NAME SLOTS [RESET]: create it; an existing one is set to SLOTS only if RESET=1
   if "$PREFECT" global-concurrency-limit inspect "$1" >/dev/null 2>&1; then
     if [[ "${3:-0}" == 1 ]]; then
-      "$PREFECT" global-concurrency-limit update "$1" --limit "$2" >/dev/null
+      quietly global-concurrency-limit update "$1" --limit "$2"
       log "concurrency limit $1 exists, set to limit $2"
     else
       log "concurrency limit $1 exists (kept as is; set its variable to change it)"
     fi
   else
-    "$PREFECT" global-concurrency-limit create "$1" --limit "$2" >/dev/null
+    quietly global-concurrency-limit create "$1" --limit "$2"
     log "created concurrency limit $1 (limit $2)"
   fi
 }
