@@ -83,7 +83,7 @@ def summary_markdown(s: RunSummary) -> str:
         lines.append(f"| average mAP | **{100 * s.average_map:.2f} %** |")
     if s.evaluated_videos is not None:
         lines.append(f"| videos evaluated | {s.evaluated_videos}" + (
-            f" (**{len(s.not_evaluated)} of the subset not in the store complete, not evaluated**: "
+            f" (**{len(s.not_evaluated)} of the subset not complete in the store, not evaluated**: "
             + ", ".join(s.not_evaluated[:10]) + (" ..." if len(s.not_evaluated) > 10 else "") + ")"
             if s.not_evaluated else "") + " |")
     if s.evaluated_classes is not None:

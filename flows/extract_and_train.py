@@ -139,7 +139,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         not_theirs = [f for f in failures if not f.get("video_fault")]
         if not_theirs:  # (a disk full, no memory, the server away: training on what is left would hide it)
             raise RuntimeError(
-                f"{len(not_theirs)} video(s) failed for a reason that is not the file's (a run again extracts them): "
+                f"{len(not_theirs)} video(s) failed for a reason that is not the file's (running again extracts them): "
                 + "; ".join(f"{f['video_id']}: {f['error']}" for f in not_theirs[:5])
                 + (" ..." if len(not_theirs) > 5 else ""))
         with _timed(timings, "check-store"):
@@ -158,7 +158,7 @@ def run_pipeline(params: ExtractAndTrainParams, orchestrated: bool) -> dict[str,
         left_out = steps.not_evaluated(dataset, predictions, subset)
         if left_out:
             log.warning(f"{len(left_out)} of the {len(dataset.videos(subset))} videos of subset {subset!r} are not "
-                        "in the store complete, so not evaluated: " + ", ".join(left_out[:20])
+                        "complete in the store, so not evaluated: " + ", ".join(left_out[:20])
                         + (" ..." if len(left_out) > 20 else ""))
         map_by_tiou, average_map = steps.map_summary(evaluation)
         table = evaluation.format_table()
