@@ -55,6 +55,8 @@ def pool_snippet_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
     Normalising first makes every frame count equally (CLIP compares directions, not norms);
     the result is unit-length like a single CLIP image embedding.
     """
+    if embeddings.ndim != 3:
+        raise ValueError(f"pool_snippet_embeddings: expected (T, k, D) frame embeddings, got {tuple(embeddings.shape)}")
     e = F.normalize(embeddings.float(), dim=-1)
     return F.normalize(e.mean(dim=1), dim=-1)
 
@@ -70,7 +72,9 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A CLIP state dict from a TorchScript archive (OpenAI release) or a plain checkpoint."""
     path = Path(path)
     if not path.is_file():
-        raise ClipWeightsError(f"CLIP weights file {path} does not exist")
+        from extractors.decode import not_a_file_reason
+
+        raise ClipWeightsError(f"CLIP weights file {path}: {not_a_file_reason(path)}")
     try:
         if _is_torchscript(path):
             with warnings.catch_warnings():  # OpenAI publishes only TorchScript; no alternative to jit.load
@@ -196,7 +200,7 @@ class ClipExtractor:
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) -> uint8 (N, 3, S, S): open_clip's eval resize + centre crop."""
         x = as_tensor(frames)
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
             raise ValueError(f"expected uint8 (N, H, W, 3) RGB frames, got {x.dtype} {tuple(x.shape)}")
         return resize_center_crop(x.permute(0, 3, 1, 2), self.image_size, self.image_size, self.interpolation)
 
@@ -204,6 +208,8 @@ class ClipExtractor:
         """uint8 (N, 3, S, S) crops -> float32 (N, D) image embeddings (not normalised), on CPU."""
         x = as_tensor(crops)
         self._check_crops(x, "(N, 3, S, S)", tuple(x.shape))
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         outs = []
         with torch.no_grad():  # (not inference_mode: callers may use the embeddings in autograd or in place)
             for i in range(0, x.shape[0], batch_size):

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import numbers
 import os
 import queue
 import re
@@ -688,6 +689,8 @@ def open_frames(path: str | Path, probe: VideoProbe, fps: float, backend: str = 
     ``backend="ffmpeg"`` (the pipeline does this).
     """
     path = str(path)
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Real) or not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"open_frames: fps must be a positive number of frames per second, got {fps!r}")
     if not probe.has_video:
         raise VideoError(path, "decode", "the file has no video stream")
     if backend not in ("auto", "decord", "ffmpeg"):

@@ -263,8 +263,16 @@ def check_i3d_state_dict(obj: object, in_channels: int, source: str | os.PathLik
     I3D for ``in_channels`` (the class count is read from ``logits.conv3d.bias``); else
     :class:`I3DCheckpointError` listing the missing / unexpected keys and shape mismatches. Checked without
     building the network, so that extractors.weights can check a file before any video."""
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise ValueError(f"in_channels must be an integer (3 for RGB, 2 for flow), got {in_channels!r}")
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # (a training checkpoint's wrapper)
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
         raise I3DCheckpointError(f"{source} does not contain a state_dict (got {type(obj).__name__})")
+    odd = [k for k, v in obj.items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise I3DCheckpointError(f"{source} is not a plain state_dict: {len(odd)} entries are not tensors "
+                                 f"({', '.join(map(str, odd[:5]))}{' ...' if len(odd) > 5 else ''})")
     sd = dict(obj)
     bias = sd.get("logits.conv3d.bias")
     num_classes = int(bias.shape[0]) if bias is not None and bias.ndim == 1 else 400

@@ -400,6 +400,14 @@ def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor) -> None:
             raise ValueError(f"tvl1_flow: {name} must be a torch.Tensor, got {type(t).__name__}")
         if t.ndim != 3:
             raise ValueError(f"tvl1_flow: {name} must be (B, H, W) grayscale, got shape {tuple(t.shape)}")
+        if t.is_complex() or t.dtype == torch.bool:
+            raise ValueError(f"tvl1_flow: {name} must hold real grey levels in [0, 255], got {t.dtype}")
+        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            # (NaN/inf reached the warp as an index out of bounds, failing every pair of the batch; decoded
+            # uint8 frames, the pipeline's, skip this pass)
+            bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
+            raise ValueError(f"tvl1_flow: {name} holds NaN or inf values (pairs {bad[:10]}"
+                             f"{' ...' if len(bad) > 10 else ''})")
     if frames0.shape != frames1.shape:
         raise ValueError(f"tvl1_flow: frames0 {tuple(frames0.shape)} and frames1 {tuple(frames1.shape)} differ in shape")
     if frames0.device != frames1.device:

@@ -143,6 +143,8 @@ class VGGish(nn.Module):
         return torch.floor((clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL)))
 
     def _run(self, patches: torch.Tensor, postprocess: bool, batch_size: int) -> np.ndarray:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if postprocess and not self.has_pca:
             raise RuntimeError("postprocess=True needs the PCA parameters: pass pca_path to load_vggish")
         outs = []
@@ -238,6 +240,9 @@ def _int_rate(sample_rate: float) -> int:
     sr = float(sample_rate)
     if sr <= 0 or not sr.is_integer():
         raise ValueError(f"sample_rate must be a positive integer number of Hz, got {sample_rate}")
+    if not 1000 <= sr <= 768_000:  # (16 meant as kHz became 2,000 s of audio per 2 s, and gigabytes)
+        raise ValueError(f"sample_rate {sample_rate} Hz is implausible: give it in Hz (16000, not 16), "
+                         "between 1,000 and 768,000")
     return int(sr)
 
 

@@ -242,3 +242,17 @@ def test_rgb_to_i3d_input_reports_the_callers_shape():
         rgb_to_i3d_input(np.zeros((16, 3, 64, 64), np.uint8))
     with pytest.raises(ValueError, match=r"got \(64, 64, 3\)$"):
         rgb_to_i3d_input(np.zeros((64, 64, 3), np.uint8))
+
+
+def test_odd_in_channels_and_a_wrapped_checkpoint(tmp_path):
+    """`load_i3d(p, "3")` failed deep inside torch; a training checkpoint's {"state_dict": ...} wrapper got
+    "does not contain a state_dict (got dict)"."""
+    from extractors.i3d import I3DCheckpointError, check_i3d_state_dict
+
+    sd = published_state_dict(3)
+    for bad in ("3", 3.0, True, 0):
+        with pytest.raises(ValueError, match="in_channels must be an integer"):
+            check_i3d_state_dict(sd, bad, "x.pt")
+    assert set(check_i3d_state_dict({"state_dict": sd, "epoch": 3}, 3, "x.pt")) == set(sd)
+    with pytest.raises(I3DCheckpointError, match=r"not a plain state_dict: 1 entries are not tensors \(epoch\)"):
+        check_i3d_state_dict({**sd, "epoch": 3}, 3, "x.pt")

@@ -1,0 +1,48 @@
+"""The extractors' Python APIs called as outside code would, with inputs that used to fail deep inside (or
+worse, not at all): each now gets a ValueError naming the problem."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def test_tvl1_refuses_non_finite_complex_and_bool_frames():
+    from extractors.tvl1 import tvl1_flow
+
+    a = torch.rand(2, 16, 16) * 255
+    b = a.clone()
+    a[1, 5, 5] = float("nan")  # (reached the warp as an out-of-bounds index, failing both pairs)
+    with pytest.raises(ValueError, match=r"frames0 holds NaN or inf values \(pairs \[1\]\)"):
+        tvl1_flow(a, b)
+    b[0, 0, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"frames1 holds NaN or inf values \(pairs \[0\]\)"):
+        tvl1_flow(a.nan_to_num(0.0), b)
+    for t in (a.to(torch.complex64), a > 100):
+        with pytest.raises(ValueError, match="must hold real grey levels"):
+            tvl1_flow(t, t)
+
+
+def test_vggish_refuses_a_rate_given_in_khz():
+    from extractors.vggish import resampled_length
+
+    assert resampled_length(32000, 32000) == 16000
+    with pytest.raises(ValueError, match=r"give it in Hz \(16000, not 16\)"):
+        resampled_length(32000, 16)  # (became 2,000 s of audio per 2 s, and gigabytes)
+
+
+def test_clip_api_names_odd_inputs(tmp_path):
+    from extractors.clip_features import ClipWeightsError, pool_snippet_embeddings, read_clip_state_dict
+
+    with pytest.raises(ClipWeightsError, match="not a regular file"):
+        read_clip_state_dict(tmp_path)  # (a directory was reported as "does not exist")
+    with pytest.raises(ValueError, match=r"expected \(T, k, D\) frame embeddings, got \(3, 512\)"):
+        pool_snippet_embeddings(torch.rand(3, 512))  # (returned shape (3,))
+    assert pool_snippet_embeddings(torch.rand(3, 2, 8)).shape == (3, 8)
+
+
+def test_open_frames_refuses_a_frame_rate_that_is_not_positive():
+    from extractors.decode import open_frames
+
+    for fps in (0, -25, float("nan"), float("inf"), "25", True):
+        with pytest.raises(ValueError, match="fps must be a positive number"):
+            open_frames("/nowhere.mp4", None, fps)
