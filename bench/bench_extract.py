@@ -281,7 +281,7 @@ def main() -> None:
         out = []
         for i in range(0, nf, args.flow_batch):
             j = min(nf, i + args.flow_batch)
-            out.append(flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1)))
+            out.append(flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1, check_finite=False)))
         flows["x"] = torch.cat(out)[:nf]
 
     rows["tvl1 (OpenCV defaults)"] = nf / timed(run_tvl1, device)

@@ -68,11 +68,11 @@ def knobs_set(knobs: dict):
 
 
 def timed(f0, f1, cfg, repeats=2) -> float:
-    T.tvl1_flow(f0, f1, cfg)
+    T.tvl1_flow(f0, f1, cfg, check_finite=False)
     torch.cuda.synchronize()
     t = time.perf_counter()
     for _ in range(repeats):
-        T.tvl1_flow(f0, f1, cfg)
+        T.tvl1_flow(f0, f1, cfg, check_finite=False)
     torch.cuda.synchronize()
     return repeats * f0.shape[0] / (time.perf_counter() - t)
 
@@ -137,7 +137,7 @@ def main() -> None:
         _, cfg, knobs = parse_variant(args.profile)
         with knobs_set(knobs):
             t = time.perf_counter()
-            T.tvl1_flow(f0, f1, cfg)
+            T.tvl1_flow(f0, f1, cfg, check_finite=False)
             torch.cuda.synchronize()
             out["first_call_s"] = round(time.perf_counter() - t, 1)
 
@@ -147,7 +147,7 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                T.tvl1_flow(f0, f1, cfg)
+                T.tvl1_flow(f0, f1, cfg, check_finite=False)
                 torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=30, max_name_column_width=60))
         print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=15, max_name_column_width=60))

@@ -367,7 +367,8 @@ def _window_flow(win: FrameWindow, grid: SnippetGrid, models: Extractors,
     for i in range(0, pairs, cfg.flow_batch_pairs):
         _check_cancel(cancel)
         j = min(pairs, i + cfg.flow_batch_pairs)
-        flow[i:j] = flow_to_i3d_input(tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1), cfg.flow_bound)
+        flow[i:j] = flow_to_i3d_input(  # (grey levels of decoded uint8 frames: finite, no check's GPU sync)
+            tvl1_flow(gray[i:j], gray[i + 1 : j + 1], cfg.tvl1, check_finite=False), cfg.flow_bound)
     return flow
 
 

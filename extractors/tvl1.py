@@ -394,7 +394,7 @@ def _solve_scale(
     return u
 
 
-def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor) -> None:
+def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor, check_finite: bool = True) -> None:
     for name, t in (("frames0", frames0), ("frames1", frames1)):
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"tvl1_flow: {name} must be a torch.Tensor, got {type(t).__name__}")
@@ -402,9 +402,8 @@ def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor) -> None:
             raise ValueError(f"tvl1_flow: {name} must be (B, H, W) grayscale, got shape {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
             raise ValueError(f"tvl1_flow: {name} must hold real grey levels in [0, 255], got {t.dtype}")
-        if t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
-            # (NaN/inf reached the warp as an index out of bounds, failing every pair of the batch; decoded
-            # uint8 frames, the pipeline's, skip this pass)
+        if check_finite and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
+            # (NaN/inf reached the warp as an index out of bounds, failing every pair of the batch)
             bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
             raise ValueError(f"tvl1_flow: {name} holds NaN or inf values (pairs {bad[:10]}"
                              f"{' ...' if len(bad) > 10 else ''})")
@@ -419,15 +418,17 @@ def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor) -> None:
         raise ValueError(f"tvl1_flow: images must be at least 3x3, got {h}x{w}")
 
 
-def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config | None = None) -> torch.Tensor:
+def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config | None = None, *,
+              check_finite: bool = True) -> torch.Tensor:
     """Dense TV-L1 flow from frames0 to frames1.
 
     frames0, frames1: (B, H, W) grayscale, values in [0, 255] (any real dtype; computed in
     float32) on any device. Returns (B, 2, H, W) float32 flow in pixels, channel 0 = x
     (right), 1 = y (down), such that frames1(x + flow(x)) ~ frames0(x) -- the convention of
-    OpenCV's ``DualTVL1OpticalFlow.calc(frames0, frames1)``.
+    OpenCV's ``DualTVL1OpticalFlow.calc(frames0, frames1)``. NaN/inf frames are refused
+    (``check_finite=False`` skips that pass, a device sync, for frames known finite).
     """
-    _check_inputs(frames0, frames1)
+    _check_inputs(frames0, frames1, check_finite)
     cfg = config or TVL1Config()
     device = frames0.device
     check_backend_device(cfg, device)
