@@ -21,6 +21,7 @@ OpenAI mean/std), done on uint8 tensors in batch instead of per PIL image.
 """
 from __future__ import annotations
 
+import numbers
 import os
 import warnings
 import zipfile
@@ -208,7 +209,7 @@ class ClipExtractor:
         """uint8 (N, 3, S, S) crops -> float32 (N, D) image embeddings (not normalised), on CPU."""
         x = as_tensor(crops)
         self._check_crops(x, "(N, 3, S, S)", tuple(x.shape))
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         outs = []
         with torch.no_grad():  # (not inference_mode: callers may use the embeddings in autograd or in place)

@@ -15,6 +15,7 @@ follows a ReLU, so inputs are >= 0).
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 from collections import OrderedDict
 from typing import Sequence
@@ -263,7 +264,7 @@ def check_i3d_state_dict(obj: object, in_channels: int, source: str | os.PathLik
     I3D for ``in_channels`` (the class count is read from ``logits.conv3d.bias``); else
     :class:`I3DCheckpointError` listing the missing / unexpected keys and shape mismatches. Checked without
     building the network, so that extractors.weights can check a file before any video."""
-    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+    if isinstance(in_channels, bool) or not isinstance(in_channels, numbers.Integral) or in_channels < 1:
         raise ValueError(f"in_channels must be an integer (3 for RGB, 2 for flow), got {in_channels!r}")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):  # (a training checkpoint's wrapper)
         obj = obj["state_dict"]
@@ -298,7 +299,7 @@ def load_i3d(checkpoint_path: str | os.PathLike, in_channels: int, device: str |
     are the only keys tolerated as missing: they do not affect inference.)
     """
     sd = check_i3d_state_dict(_read_state_dict(checkpoint_path), in_channels, checkpoint_path)
-    model = InceptionI3d(in_channels, int(sd["logits.conv3d.bias"].shape[0]))
+    model = InceptionI3d(int(in_channels), int(sd["logits.conv3d.bias"].shape[0]))
     for k in _optional_keys(model.state_dict()):
         sd.setdefault(k, torch.zeros((), dtype=torch.long))
     model.load_state_dict(sd, strict=True)

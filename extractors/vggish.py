@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
 import os
 from typing import Sequence
 
@@ -143,7 +144,7 @@ class VGGish(nn.Module):
         return torch.floor((clipped - QUANTIZE_MIN_VAL) * (255.0 / (QUANTIZE_MAX_VAL - QUANTIZE_MIN_VAL)))
 
     def _run(self, patches: torch.Tensor, postprocess: bool, batch_size: int) -> np.ndarray:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if postprocess and not self.has_pca:
             raise RuntimeError("postprocess=True needs the PCA parameters: pass pca_path to load_vggish")
