@@ -7,17 +7,22 @@ human-readable reason, so a batch run can report it and carry on with the next v
 from __future__ import annotations
 
 
-class VideoError(RuntimeError):
-    """One video could not be processed; ``str(e)`` reads ``<file>: <stage>: <reason>``."""
+class StageError(RuntimeError):
+    """A video's extraction failed at a stage; ``str(e)`` reads ``<file>: <stage>: <reason><note>``."""
 
-    def __init__(self, video: str, stage: str, reason: str) -> None:
+    def __init__(self, video: str, stage: str, reason: str, note: str = "") -> None:
         self.video = str(video)
         self.stage = stage
         self.reason = reason
-        super().__init__(f"{self.video}: {stage}: {reason}")
+        super().__init__(f"{self.video}: {stage}: {reason}{note}")
 
     def __reduce__(self):  # keep the three fields through pickling (process pools, Prefect)
         return (type(self), (self.video, self.stage, self.reason))
+
+
+class VideoError(StageError):
+    """One video could not be processed, through its own fault (the file); ``str(e)`` reads
+    ``<file>: <stage>: <reason>``."""
 
 
 class DecodeError(VideoError):
@@ -31,20 +36,14 @@ class DecodeError(VideoError):
         return (type(self), (self.video, self.reason, self.backend))
 
 
-class ResourceError(RuntimeError):
+class ResourceError(StageError):
     """The machine failed a video's extraction, not the video: the store's disk full or read-only, no
     permission to write it, out of GPU memory, a GPU fault. Not a :class:`VideoError`: the run stops (or its
     task is retried) and the video is not remembered as bad; ``str(e)`` reads ``<file>: <stage>: <reason>``."""
 
     def __init__(self, video: str, stage: str, reason: str) -> None:
-        self.video = str(video)
-        self.stage = stage
-        self.reason = reason
-        super().__init__(f"{self.video}: {stage}: {reason} (a problem of this machine, not of the video: "
-                         "nothing of the video was stored; fix it and run again)")
-
-    def __reduce__(self):
-        return (type(self), (self.video, self.stage, self.reason))
+        super().__init__(video, stage, reason, " (a problem of this machine, not of the video: nothing of the "
+                         "video was stored; fix it and run again)")
 
 
 class ExtractionCancelled(BaseException):

@@ -43,7 +43,7 @@ from extractors.decode import (
     open_frames,
     probe_video,
 )
-from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, ResourceError, VideoError
+from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, ResourceError, StageError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
 from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
@@ -515,7 +515,7 @@ def extract_video(
             with torch.cuda.device(models.device), torch.cuda.stream(_worker_stream(models.device)):
                 return _extract_video(video_path, video_id, store, config, models, progress, cancel)
         return _extract_video(video_path, video_id, store, config, models, progress, cancel)
-    except (VideoError, ResourceError) as e:
+    except StageError as e:
         # A failure is kept (ExtractFailure, Prefect's task state): drop the finished frames its
         # traceback holds, or they would pin that video's GPU tensors (flow, batches) meanwhile.
         _release_frames(e)
@@ -612,7 +612,7 @@ def _extract_video(video_path, video_id: str, store: FeatureStore, config: Extra
         with clock("store"):
             replaced_source = _write(store, video_id, fingerprint, feats, info, prov, replace_all, version,
                                      replaced_source)
-    except VideoError:
+    except StageError:  # (already says whose fault it is)
         raise
     except StoreError as e:
         raise _video_or_machine(path, "store", e) from e

@@ -239,7 +239,7 @@ def check_run_inputs(dataset, training_cfg, features: list[str], predict_subset:
     them per video). Returns (the features the model reads: what a video must hold to be used, those of
     them this run does not extract)."""
     from flows.params import ALL_FEATURES
-    from models.train import features_read
+    from models.train import features_read, min_training_videos
 
     subsets = sorted({dataset.annotations(v).subset for v in dataset.videos()})  # (reads the annotation file)
     for role, name in (("train_subset", dataset.train_subset), (f"{predict_subset}_subset",
@@ -249,7 +249,7 @@ def check_run_inputs(dataset, training_cfg, features: list[str], predict_subset:
                              f"{dataset.annotation_path}; its subsets: {subsets}")
     annotated = len(dataset.videos(dataset.train_subset))
     utal = training_cfg.train.mode == "utal"
-    need = max(min_train_videos, dataset.num_classes if utal else 1)
+    need = max(min_train_videos, min_training_videos(training_cfg.train.mode, dataset.num_classes))
     if annotated < need:
         why = f"; UTAL clusters them into the dataset's {dataset.num_classes} classes" if utal else ""
         raise ValueError(f"dataset {dataset.name!r}: subset {dataset.train_subset!r} has {annotated} videos; training "
@@ -288,7 +288,9 @@ def check_store(store, dataset, features: list[str], min_train_videos: int, pred
                            "again to redo them from their sources):\n  " + "\n  ".join(damaged))
     train = sorted(v for v in dataset.videos(dataset.train_subset) if v in present and v not in incomplete)
     test = sorted(v for v in dataset.videos(dataset.test_subset) if v in present and v not in incomplete)
-    need = max(min_train_videos, dataset.num_classes if mode == "utal" else 1)
+    from models.train import min_training_videos
+
+    need = max(min_train_videos, min_training_videos(mode, dataset.num_classes))
     if len(train) < need:
         why = f"min_train_videos={min_train_videos}" if need == min_train_videos else \
             f"UTAL clusters them into the dataset's {dataset.num_classes} classes"

@@ -85,15 +85,9 @@ def _check_store_videos(cfg: ClipAEConfig, names: list[str], store, dataset, tra
     """Read every video the rows will read, once, before the first row trains: a damaged test video otherwise
     surfaces in the first row's prediction, after its whole training schedule."""
     from models.data import load_videos
-    from models.network import required_features
+    from models.train import features_read
 
-    from models.train import cluster_feature_names
-
-    feats = set()
-    for n in names:
-        row_cfg = cfg.replace(switches=ROWS[n].__dict__)
-        feats |= set(required_features(row_cfg)) | set(cluster_feature_names(row_cfg) if cfg.train.mode == "utal" else [])
-    feats = sorted(feats)
+    feats = sorted({f for n in names for f in features_read(cfg.replace(switches=ROWS[n].__dict__))})
     for subset, wanted in ((dataset.train_subset, train), (dataset.test_subset, test)):
         if wanted:
             load_videos(store, dataset, subset, feats)  # (raises naming the video and file; the data is dropped)

@@ -89,6 +89,11 @@ def cluster_feature_names(cfg: ClipAEConfig) -> list[str]:
     return names
 
 
+def min_training_videos(mode: str, num_classes: int) -> int:
+    """UTAL clusters the training videos into the dataset's classes (k-means): at least one video per class."""
+    return int(num_classes) if mode == "utal" else 1
+
+
 def features_read(cfg: ClipAEConfig) -> list[str]:
     """Every stored array training reads: the network's inputs, then UTAL's clustering inputs."""
     names = required_features(cfg)
@@ -206,7 +211,7 @@ def train(cfg: ClipAEConfig, store, dataset, out_dir: str | Path, *, resume: boo
     resume_path = out / ckpt.RESUME_FILE
     resuming = resume and resume_path.exists()
     inputs = _training_inputs(store, videos)
-    if tc.mode == "utal" and len(videos) < k:  # (k-means would fail after the run directory was replaced)
+    if len(videos) < min_training_videos(tc.mode, k):  # (k-means would fail after the run directory was replaced)
         raise ValueError(f"{len(videos)} training videos for {k} clusters (the dataset's classes): UTAL clusters "
                          f"videos, so it needs at least as many training videos as classes")
     # A fresh run replaces the previous run's outputs in ``out`` only once its first epoch is done (begin(),
