@@ -3,7 +3,7 @@
 Reference = what ``vggish_input.wavfile_to_examples`` does to a decoded track: mean over channels, then
 ``resampy.resample(..., filter="kaiser_best")`` to 16 kHz. Compared, on the same decoded track:
 
-* ours: ``extractors.decode.decode_audio`` (ffmpeg keeps the channels and resamples with its resampler set to
+* ours: ``extractors.audio_decode.decode_audio`` (ffmpeg keeps the channels and resamples with its resampler set to
   kaiser_best; we average the channels);
 * before 2026-12-04: ffmpeg ``-ac 1 -ar 16000`` (its own downmix, (L+R)/sqrt(2) for float output, and its
   default resampling filter).
@@ -52,7 +52,8 @@ def compare(name: str, path: Path) -> dict:
     import resampy
     import torch
 
-    from extractors.decode import decode_audio, probe_video
+    from extractors.audio_decode import decode_audio
+    from extractors.probe import probe_video
     from extractors.vggish_frontend import LogMelFrontend
 
     front = LogMelFrontend()

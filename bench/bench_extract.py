@@ -33,9 +33,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from extractors.audio_decode import decode_audio  # noqa: E402
 from extractors.config import ALL_FEATURES, ExtractConfig  # noqa: E402
-from extractors.decode import FramePreprocessor, PreprocessSpec, decode_audio, iter_preprocessed, open_frames, probe_video  # noqa: E402,E501
+from extractors.decode import open_frames  # noqa: E402
 from extractors.pipeline import Extractors, extract_video  # noqa: E402
+from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed  # noqa: E402
+from extractors.probe import probe_video  # noqa: E402
 from extractors.tvl1 import (  # noqa: E402
     BACKENDS as TVL1_BACKENDS, STATE_DTYPES, TVL1Config, flow_to_i3d_input, resolve_backend, tvl1_flow,
 )

@@ -91,7 +91,9 @@ def e2e_frames(seconds: float) -> list[np.ndarray]:
     import tempfile
 
     from bench_extract import make_video
-    from extractors.decode import FramePreprocessor, PreprocessSpec, iter_preprocessed, open_frames, probe_video
+    from extractors.decode import open_frames
+    from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed
+    from extractors.probe import probe_video
 
     path = make_video(Path(tempfile.mkdtemp()) / "e2e.mp4", seconds, "320x180", 30)  # as bench_extract's e2e videos
     probe = probe_video(path)

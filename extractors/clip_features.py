@@ -25,7 +25,6 @@ import numbers
 import os
 import warnings
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ from extractors.clip_config import (  # noqa: F401 -- (re-exported: public names
     ClipConfig,
     clip_sample_positions,
 )
-from extractors.decode import resize_center_crop
+from extractors.preprocess import resize_center_crop
 from extractors.weights import torch_load_reason
 
 # Non-tensor ints that OpenAI's TorchScript archive carries next to the weights.
@@ -73,7 +72,7 @@ def read_clip_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """A CLIP state dict from a TorchScript archive (OpenAI release) or a plain checkpoint."""
     path = Path(path)
     if not path.is_file():
-        from extractors.decode import not_a_file_reason
+        from extractors.probe import not_a_file_reason
 
         raise ClipWeightsError(f"CLIP weights file {path}: {not_a_file_reason(path)}")
     try:
@@ -201,7 +200,9 @@ class ClipExtractor:
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """uint8 RGB (N, H, W, 3) -> uint8 (N, 3, S, S): open_clip's eval resize + centre crop."""
         x = as_tensor(frames)
-        if x.dtype != torch.uint8 or x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 (N, H, W, 3) RGB frames, got {x.dtype} {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[-1] != 3 or min(x.shape[1:3]) < 1:
             raise ValueError(f"expected uint8 (N, H, W, 3) RGB frames, got {x.dtype} {tuple(x.shape)}")
         return resize_center_crop(x.permute(0, 3, 1, 2), self.image_size, self.image_size, self.interpolation)
 
@@ -248,7 +249,9 @@ class ClipExtractor:
     def snippet_features(self, frames: np.ndarray | torch.Tensor) -> np.ndarray:
         """uint8 RGB snippets (T, F, H, W, 3) -> float32 (T, D): sample, preprocess, embed, pool."""
         x = as_tensor(frames)
-        if x.dtype != torch.uint8 or x.ndim != 5 or x.shape[-1] != 3:
+        if x.dtype != torch.uint8:
+            raise TypeError(f"expected uint8 (T, F, H, W, 3) RGB snippets, got {x.dtype} {tuple(x.shape)}")
+        if x.ndim != 5 or x.shape[-1] != 3:
             raise ValueError(f"expected uint8 (T, F, H, W, 3) RGB snippets, got {x.dtype} {tuple(x.shape)}")
         if x.shape[0] == 0:
             return np.zeros((0, self.embed_dim), np.float32)

@@ -25,6 +25,7 @@ from typing import Callable, Iterable, Iterator, Sequence, TypeVar
 import numpy as np
 import torch
 
+from extractors.audio_decode import audio_lead_samples, decode_audio
 from extractors.clip_features import ClipExtractor, clip_sample_positions, pool_snippet_embeddings
 from extractors.config import (
     EXTRACTOR_VERSIONS,
@@ -33,18 +34,11 @@ from extractors.config import (
     preprocess_hash,
     preprocess_params,
 )
-from extractors.decode import (
-    FramePreprocessor,
-    PreprocessSpec,
-    audio_lead_samples,
-    decode_audio,
-    iter_preprocessed,
-    not_a_file_reason,
-    open_frames,
-    probe_video,
-)
+from extractors.decode import open_frames
 from extractors.errors import ConfigError, DecodeError, ExtractionCancelled, ResourceError, StageError, VideoError
 from extractors.i3d import build_i3d, load_i3d, rgb_to_i3d_input
+from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed
+from extractors.probe import not_a_file_reason, probe_video
 from extractors.tvl1 import check_backend_device, flow_to_i3d_input, resolve_backend, tvl1_flow, uses_torch_compile
 from extractors.vggish import EMBEDDING_DIM, build_vggish, centered_coverage, load_vggish
 from extractors.weights import resolve_all

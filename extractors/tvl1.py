@@ -20,9 +20,11 @@ import os
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from extractors.arrays import as_tensor
 from extractors.tvl1_config import BACKENDS, I3D_FLOW_BOUND, STATE_DTYPE_NAMES, TVL1Config
 from extractors.tvl1_ops import (
     build_pyramid,
@@ -397,11 +399,11 @@ def _solve_scale(
 def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor, check_finite: bool = True) -> None:
     for name, t in (("frames0", frames0), ("frames1", frames1)):
         if not isinstance(t, torch.Tensor):
-            raise ValueError(f"tvl1_flow: {name} must be a torch.Tensor, got {type(t).__name__}")
+            raise TypeError(f"tvl1_flow: {name} must be a torch.Tensor or numpy array, got {type(t).__name__}")
         if t.ndim != 3:
             raise ValueError(f"tvl1_flow: {name} must be (B, H, W) grayscale, got shape {tuple(t.shape)}")
         if t.is_complex() or t.dtype == torch.bool:
-            raise ValueError(f"tvl1_flow: {name} must hold real grey levels in [0, 255], got {t.dtype}")
+            raise TypeError(f"tvl1_flow: {name} must hold real grey levels in [0, 255], got {t.dtype}")
         if check_finite and t.is_floating_point() and t.numel() and not bool(torch.isfinite(t).all()):
             # (NaN/inf reached the warp as an index out of bounds, failing every pair of the batch)
             bad = (~torch.isfinite(t)).flatten(1).any(dim=1).nonzero().flatten().tolist()
@@ -418,16 +420,23 @@ def _check_inputs(frames0: torch.Tensor, frames1: torch.Tensor, check_finite: bo
         raise ValueError(f"tvl1_flow: images must be at least 3x3, got {h}x{w}")
 
 
-def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config | None = None, *,
+def _as_frames(x):
+    """numpy frames as tensors (like the other extractors' entry points); anything else is left to the checks."""
+    return as_tensor(x) if isinstance(x, np.ndarray) else x
+
+
+def tvl1_flow(frames0: torch.Tensor | np.ndarray, frames1: torch.Tensor | np.ndarray,
+              config: TVL1Config | None = None, *,
               check_finite: bool = True) -> torch.Tensor:
     """Dense TV-L1 flow from frames0 to frames1.
 
-    frames0, frames1: (B, H, W) grayscale, values in [0, 255] (any real dtype; computed in
-    float32) on any device. Returns (B, 2, H, W) float32 flow in pixels, channel 0 = x
+    frames0, frames1: (B, H, W) grayscale tensors or numpy arrays, values in [0, 255] (any real
+    dtype; computed in float32) on any device. Returns (B, 2, H, W) float32 flow in pixels, channel 0 = x
     (right), 1 = y (down), such that frames1(x + flow(x)) ~ frames0(x) -- the convention of
     OpenCV's ``DualTVL1OpticalFlow.calc(frames0, frames1)``. NaN/inf frames are refused
     (``check_finite=False`` skips that pass, a device sync, for frames known finite).
     """
+    frames0, frames1 = _as_frames(frames0), _as_frames(frames1)
     _check_inputs(frames0, frames1, check_finite)
     cfg = config or TVL1Config()
     device = frames0.device
@@ -445,8 +454,8 @@ def tvl1_flow(frames0: torch.Tensor, frames1: torch.Tensor, config: TVL1Config |
         for level in range(len(i0s) - 1, -1, -1):
             u = _solve_scale(i0s[level][:, 0], i1s[level][:, 0], u, cfg, check_every, kernels)
             if level > 0:
-                # Zoom the flow to the next finer level and rescale its length (OpenCV:
-                # INTER_LINEAR resize to the finer size, then multiply by 1/scale_step).
+                # Zoom the flow to the next finer level and rescale its length (Sánchez et al. 2013, §3
+                # multiscale approach; OpenCV: INTER_LINEAR resize to the finer size, then multiply by 1/scale_step).
                 u = resize_linear(u, tuple(i0s[level - 1].shape[-2:])) * (1.0 / cfg.scale_step)
         return u
 
@@ -459,9 +468,7 @@ def flow_to_i3d_input(flow, bound: float = I3D_FLOW_BOUND) -> torch.Tensor:
     """
     if bound <= 0:
         raise ValueError(f"flow_to_i3d_input: bound must be > 0, got {bound}")
-    from extractors.arrays import as_tensor  # (numpy in, like the other entry points)
-
-    x = as_tensor(flow)
+    x = as_tensor(flow)  # (numpy in, like the other entry points)
     if not x.is_floating_point():
         raise TypeError(f"flow_to_i3d_input: expected float flow in pixels, got {x.dtype}")
     return x.clamp(-bound, bound) / bound

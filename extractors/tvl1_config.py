@@ -32,7 +32,7 @@ class TVL1Config:
     check_every: int | None = None  # iterations between host syncs that drop converged pairs;
     # None: 1 on CPU (syncs are free), 10 on CUDA. Results do not depend on it.
     compile: bool | None = None  # torch.compile the iteration and median kernels (backend "torch");
-    # None: on for CUDA, off for CPU (compiling costs ~1-2 min of CPU once per process).
+    # None: on for CUDA, off for CPU (compiling costs 1-3 min of CPU once per process).
     backend: str = "auto"  # "triton": each pair's inner loop in one Triton program, one launch per
     # block of inner iterations; "triton-grid": two fused Triton kernels per iteration
     # (extractors/tvl1_triton.py; CUDA, or Triton's interpreter on CPU); "torch": plain torch ops.

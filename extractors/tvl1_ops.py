@@ -85,7 +85,8 @@ def resize_linear(
 
 
 def build_pyramid(images: torch.Tensor, nscales: int, scale_step: float, min_size: int = 16) -> list[torch.Tensor]:
-    """Image pyramid as OpenCV builds it: repeated INTER_LINEAR resize by ``scale_step``.
+    """Image pyramid as OpenCV builds it: repeated INTER_LINEAR resize by ``scale_step``
+    (Sánchez et al. 2013, §3 multiscale approach: the coarse-to-fine pyramid of scale factor η).
 
     OpenCV (contrib) does no Gaussian presmoothing before downscaling (the IPOL code does,
     sigma 0.8); we follow OpenCV. Like OpenCV, it stops before a level narrower or shorter
@@ -103,7 +104,8 @@ def build_pyramid(images: torch.Tensor, nscales: int, scale_step: float, min_siz
 
 # --------------------------------------------------------------------------- derivatives
 def centered_gradient(img: torch.Tensor) -> torch.Tensor:
-    """Central differences of (B, H, W) -> (B, 2, H, W) as (d/dx, d/dy).
+    """Central differences of (B, H, W) -> (B, 2, H, W) as (d/dx, d/dy): ∇I1 of the
+    linearisation (Sánchez et al. 2013, §2-3; the table in docs/tvl1.md).
 
     Borders use half the one-sided difference, 0.5*(I[1]-I[0]), exactly as OpenCV's
     ``centeredGradient`` (= central differences on a replicate-padded image).
@@ -158,7 +160,8 @@ def cubic_weights(t: torch.Tensor, a: float = -0.75) -> tuple[torch.Tensor, ...]
 
 
 def warp_bicubic(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
-    """Sample (B, C, H, W) at x + flow with bicubic interpolation -> (B, C, H, W).
+    """Sample (B, C, H, W) at x + flow with bicubic interpolation -> (B, C, H, W): I1(x + u0) and
+    ∇I1(x + u0) of the linearisation around u0 (Sánchez et al. 2013, §2).
 
     Matches ``cv::remap(..., INTER_CUBIC, BORDER_CONSTANT=0)`` with float maps: Keys
     kernel (a = -0.75) on the 4x4 neighbourhood, taps outside the image read as 0. The
@@ -266,7 +269,9 @@ def median_of_shifts(padded: torch.Tensor, ksize: int, h: int, w: int) -> torch.
 
 
 def median_filter(u: torch.Tensor, ksize: int = 5, core=median_of_shifts) -> torch.Tensor:
-    """ksize x ksize median of each channel of (B, C, H, W), replicate border.
+    """ksize x ksize median of each channel of (B, C, H, W), replicate border: the median filtering of
+    the flow between warps (Wedel et al. 2009, "An improved algorithm for TV-L1 optical flow"; OpenCV's
+    DualTVL1 applies it before each block of inner iterations).
 
     Same result as ``cv::medianBlur`` on float images (which uses BORDER_REPLICATE).
     Evaluated as a selection network of elementwise min/max over the shifted images, which

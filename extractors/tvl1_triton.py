@@ -419,7 +419,7 @@ SWEEP_MAXNREG: int | None = None
 # Same flow up to the order of the stopping error's sum. Flat is the default since the tenth session: on
 # the H200, in one process, 1.10x the rows layout's pairs/s on bikes.mp4 pairs and 1.09x on synthetic ones
 # (bench/results/gpu-2026-12-04/tvl1_variants.json), and the fastest exact variant end to end.
-# "fused" (opt-in, tenth session; not timed on a GPU yet): flat bands with the dual a band behind, so that a
+# "fused" (opt-in, eleventh session, 2026-12-07; not timed on a GPU yet): flat bands with the dual a band behind, so that a
 # band step's loads all go out at once (_sweep_fused_kernel); same flow as "flat".
 SWEEP_LAYOUT = "flat"
 SWEEP_LAYOUTS = ("flat", "rows", "fused")

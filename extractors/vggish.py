@@ -18,7 +18,6 @@ reproduces torchvggish outputs). See docs/weights.md.
 from __future__ import annotations
 
 import importlib
-import math
 import numbers
 import os
 from typing import Sequence
@@ -248,12 +247,12 @@ def _int_rate(sample_rate: float) -> int:
 
 
 def resampled_length(num_samples: int, sample_rate: float) -> int:
-    """Length after resampling to 16 kHz (as torchaudio.functional.resample)."""
+    """Length after resampling to 16 kHz as :func:`to_mono_16k` resamples: resampy's
+    ``int(S * (16000 / rate))`` (its float formula, so lengths agree to the sample)."""
     sr = _int_rate(sample_rate)
     if sr == SAMPLE_RATE:
         return int(num_samples)
-    g = math.gcd(sr, SAMPLE_RATE)
-    return int(math.ceil(num_samples * (SAMPLE_RATE // g) / (sr // g)))
+    return int(num_samples * (float(SAMPLE_RATE) / sr))
 
 
 #: resampy's "kaiser_best" filter in torchaudio's terms. resampy ships it as a table (50 zero crossings at
@@ -300,8 +299,7 @@ def to_mono_16k(
         raise ValueError(f"expected (S,) or (channels, S) audio, got {tuple(wav.shape)}")
     sr = _int_rate(sample_rate)
     if sr != SAMPLE_RATE and wav.shape[0] > 0:
-        n = int(wav.shape[0] * (float(SAMPLE_RATE) / sr))  # resampy's output length
-        wav = AF.resample(wav, sr, SAMPLE_RATE, **KAISER_BEST)[:n]
+        wav = AF.resample(wav, sr, SAMPLE_RATE, **KAISER_BEST)[: resampled_length(wav.shape[0], sr)]
     return wav.contiguous()
 
 

@@ -201,16 +201,30 @@ def clear_hash_cache() -> None:
 
 
 # ---------------------------------------------------------------- resolution
+class MissingWeightsFile(WeightsError):
+    """A weights file that is not there (``key``, ``path``): :func:`resolve_all` lists several under one note."""
+
+    def __init__(self, message: str, key: str, path: Path):
+        super().__init__(message)
+        self.key, self.path = key, path
+
+
+def _missing_lines(spec: WeightSpec, path: Path, needed_anyway: bool = False) -> str:
+    return (f"missing weights file for {spec.key!r} ({spec.description})"
+            f"{', needed even with random weights' if needed_anyway else ''}.\n"
+            f"  put the file at: {path}\n"
+            f"  published at:    {spec.published_url}")
+
+
+_WEIGHTS_DIR_NOTE = (f"(weights dir: --weights-dir flag, or ${WEIGHTS_DIR_ENV}, default <repo>/weights; "
+                     "see docs/weights.md.")
+_RANDOM_NOTE = ("Randomly initialised networks only on explicit request: clipae extract --allow-random-weights, "
+                "allow_random_weights: true in an extraction config, allow_random_init in the Prefect flows.")
+
+
 def missing_message(spec: WeightSpec, path: Path) -> str:
     """The user-facing 'put file X at Y (published at URL)' message."""
-    return (
-        f"missing weights file for {spec.key!r} ({spec.description}).\n"
-        f"  put the file at: {path}\n"
-        f"  published at:    {spec.published_url}\n"
-        f"  (weights dir: --weights-dir flag, or ${WEIGHTS_DIR_ENV}, default <repo>/weights; see docs/weights.md. "
-        "Randomly initialised networks only on explicit request: clipae extract --allow-random-weights, "
-        "allow_random_weights: true in an extraction config, allow_random_init in the Prefect flows.)"
-    )
+    return f"{_missing_lines(spec, path)}\n  {_WEIGHTS_DIR_NOTE} {_RANDOM_NOTE})"
 
 
 def resolve_weights(
@@ -228,7 +242,7 @@ def resolve_weights(
     if not path.is_file():
         if allow_random:
             return ResolvedWeights(key, None, None, True)
-        raise WeightsError(missing_message(spec, path))
+        raise MissingWeightsFile(missing_message(spec, path), key, path)
     try:
         digest = sha256_file(path)
     except OSError as e:
@@ -330,17 +344,25 @@ def resolve_all(
         raise WeightsError(f"weights directory {Path(chosen).expanduser()} (from {where}) "
                            f"{'is not a directory' if Path(chosen).expanduser().exists() else 'does not exist'}; "
                            f"see docs/weights.md for the expected layout. The files this run needs:{files}")
+    missing, could_be_random = False, False  # (could_be_random: --allow-random-weights would let one through)
     for key in keys:
         try:
             out[key] = resolve_weights(key, weights_dir, allow_random=allow_random and key not in fixed)
+        except MissingWeightsFile as e:
+            # The notes once under the list, not under every file; a file needed even with random
+            # weights (the PCA of VGGish's postprocessing has no random form) says so instead.
+            needed = allow_random and key in fixed
+            missing, could_be_random = True, could_be_random or not needed
+            problems.append(_missing_lines(get_spec(key), e.path, needed))
         except WeightsError as e:
             problems.append(str(e))
+    if not problems:
+        return out
+    note = f"\n  {_WEIGHTS_DIR_NOTE}{' ' + _RANDOM_NOTE if could_be_random else ''})" if missing else ""
     if len(problems) == 1:
-        raise WeightsError(problems[0])
-    if problems:
-        raise WeightsError(f"{len(problems)} weights files are missing or wrong:\n" + "\n".join(
-            f"[{i}] {p}" for i, p in enumerate(problems, 1)))
-    return out
+        raise WeightsError(problems[0] + note)
+    raise WeightsError(f"{len(problems)} weights files are missing or wrong:\n" + "\n".join(
+        f"[{i}] {p}" for i, p in enumerate(problems, 1)) + note)
 
 
 def weights_report(weights_dir: str | os.PathLike | None = None) -> list[dict]:

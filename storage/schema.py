@@ -32,7 +32,7 @@ def validate_video_id(video_id: str) -> str:
             f"video id {video_id!r}: contains a path separator or control/reserved character "
             "(one of / \\ : * ? \" < > | or a control character)"
         )
-    # A leading '_' or '-' is allowed: YouTube ids start with them (126 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
+    # A leading '_' or '-' is allowed: YouTube ids start with them (265 of ActivityNet v1.2's, e.g. '_-JNaelSKO8');
     # video groups live under videos/, apart from the store's own _staging.
     if _INVISIBLE_ID.search(video_id):  # (a byte-order mark from a manifest, or text-direction overrides: an id
         # part nobody sees; the zero-width (non-)joiners of ordinary Persian or Indic words are fine)

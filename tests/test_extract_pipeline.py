@@ -13,10 +13,12 @@ import pytest
 import torch
 
 from extractors.config import ALL_FEATURES, EXTRACTOR_VERSIONS, config_from_dict, preprocess_hash
-from extractors.decode import FramePreprocessor, PreprocessSpec, iter_preprocessed, open_frames, probe_video
+from extractors.decode import open_frames
 from extractors.errors import VideoError
 from extractors.manifest import ManifestError, discover_videos
 from extractors.pipeline import Extractors, extract_many, extract_video
+from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed
+from extractors.probe import probe_video
 from storage import FeatureStore
 from tests.media import have_ffmpeg, make_corrupt, make_video, small_extract_config
 

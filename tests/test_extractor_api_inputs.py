@@ -1,5 +1,5 @@
 """The extractors' Python APIs called as outside code would, with inputs that used to fail deep inside (or
-worse, not at all): each now gets a ValueError naming the problem."""
+worse, not at all): each now gets a ValueError (shapes, values) or TypeError (dtypes) naming the problem."""
 from __future__ import annotations
 
 import pytest
@@ -18,14 +18,34 @@ def test_tvl1_refuses_non_finite_complex_and_bool_frames():
     with pytest.raises(ValueError, match=r"frames1 holds NaN or inf values \(pairs \[0\]\)"):
         tvl1_flow(a.nan_to_num(0.0), b)
     for t in (a.to(torch.complex64), a > 100):
-        with pytest.raises(ValueError, match="must hold real grey levels"):
+        with pytest.raises(TypeError, match="must hold real grey levels"):
             tvl1_flow(t, t)
+    with pytest.raises(TypeError, match="must be a torch.Tensor or numpy array, got list"):
+        tvl1_flow([[[0.0]]], [[[0.0]]])
+
+
+def test_tvl1_takes_numpy_frames_like_the_other_entry_points():
+    """(numpy frames were refused as 'must be a torch.Tensor', unlike every other extractor API)"""
+    import numpy as np
+
+    from extractors.tvl1 import TVL1Config, tvl1_flow
+
+    rng = np.random.default_rng(0)
+    g0 = rng.uniform(0, 255, (2, 24, 24)).astype(np.float32)
+    g1 = np.roll(g0, 1, axis=2)[..., ::-1]  # (negative strides, as a flipped array has)
+    cfg = TVL1Config(nscales=1, warps=1, inner_iterations=3, outer_iterations=1)
+    want = tvl1_flow(torch.from_numpy(g0), torch.from_numpy(g1.copy()), cfg)
+    torch.testing.assert_close(tvl1_flow(g0, g1, cfg), want, rtol=0, atol=0)
+    torch.testing.assert_close(tvl1_flow(g0.astype(np.uint8), torch.from_numpy(g1.copy()).to(torch.uint8), cfg),
+                               tvl1_flow(torch.from_numpy(g0.astype(np.uint8)),
+                                         torch.from_numpy(g1.copy()).to(torch.uint8), cfg), rtol=0, atol=0)
 
 
 def test_vggish_refuses_a_rate_given_in_khz():
     from extractors.vggish import resampled_length
 
     assert resampled_length(32000, 32000) == 16000
+    assert resampled_length(44101, 44100) == 16000  # to_mono_16k's (resampy's) length: was rounded up to 16001
     with pytest.raises(ValueError, match=r"give it in Hz \(16000, not 16\)"):
         resampled_length(32000, 16)  # (became 2,000 s of audio per 2 s, and gigabytes)
 

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from extractors.decode import open_frames, probe_video
+from extractors.decode import open_frames
 from extractors.errors import DecodeError
 from extractors.manifest import ManifestError, discover_videos
+from extractors.probe import probe_video
 from extractors.vggish import centered_coverage
 from tests.media import counter_levels, have_ffmpeg, make_counter_video, make_video
 
@@ -179,7 +180,7 @@ def test_mpegts_sample_rate_change_keeps_the_audio_intact(tmp_path):
     """In MPEG-TS a PES packet's later audio frames get estimated timestamps, at the old rate after a change
     (44.1 -> 22.05 kHz); gap filling by timestamp then cut 50 ms holes into the audio. In TS the samples stay
     in order as decoded."""
-    from extractors.decode import decode_audio
+    from extractors.audio_decode import decode_audio
 
     parts = []
     for i, (freq, rate) in enumerate(((440, 44100), (880, 22050))):
@@ -287,7 +288,7 @@ def test_mpegts_cut_mid_gop_keeps_audio_in_sync(tmp_path, keep_from):
     """A TS cut at an arbitrary packet starts mid-GOP: the decoder drops the frames before the first keyframe,
     so the first frame comes up to a GOP after the stream's start time. Audio aligned to the start time was late
     by that much (0.72 s at a third, 1.00 s at half): the flashes and beeps must coincide."""
-    from extractors.decode import decode_audio
+    from extractors.audio_decode import decode_audio
 
     src = tmp_path / "src.ts"
     _flash_beep_ts(src)
@@ -311,7 +312,7 @@ def test_damaged_audio_data_fails_the_video(tmp_path):
     were stored as silence, as a good video. Now the video fails at stage "audio", like damaged video data."""
     import random
 
-    from extractors.decode import decode_audio
+    from extractors.audio_decode import decode_audio
     from extractors.errors import VideoError
 
     aac = tmp_path / "a.aac"

@@ -267,3 +267,23 @@ def test_show_json_is_strict_json(tmp_path, capsys):
     assert main(["runs", "--runs-dir", str(tmp_path), "show", "--json", "nanrun"]) == 0
     out = capsys.readouterr().out
     assert "NaN" not in out and json.loads(out)["metrics"]["map_by_tiou"]["0.50"] is None
+
+
+def test_every_flag_of_every_command_has_help():
+    """README: '`clipae COMMAND --help` documents every flag' (import-features' --layout and --no-progress had none)."""
+    import argparse
+
+    from clipae.cli import build_parser
+
+    def parsers(p, name):
+        yield name, p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for sub_name, sub in a.choices.items():
+                    yield from parsers(sub, f"{name} {sub_name}")
+
+    undocumented = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+                    for name, p in parsers(build_parser(), "clipae") for a in p._actions
+                    if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                    and not (a.help and a.help.strip()) and a.help != argparse.SUPPRESS]
+    assert not undocumented, undocumented

@@ -235,7 +235,7 @@ def test_flow_to_i3d_input_clips_and_scales():
         (torch.zeros(1, 1, 16, 16), torch.zeros(1, 1, 16, 16), r"\(B, H, W\)"),
         (torch.zeros(16, 16), torch.zeros(16, 16), r"\(B, H, W\)"),
         (torch.zeros(0, 16, 16), torch.zeros(0, 16, 16), "empty batch"),
-        (np.zeros((1, 16, 16)), torch.zeros(1, 16, 16), "torch.Tensor"),
+        (np.zeros((1, 16, 16)), torch.zeros(1, 16, 17), "differ in shape"),  # (numpy is taken, as a tensor)
     ],
 )
 def test_bad_inputs_raise_value_error(a, b, message):

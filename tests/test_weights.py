@@ -296,3 +296,24 @@ def test_a_named_weights_dir_that_is_not_there_is_refused_even_with_random_weigh
         W.resolve_all(["vggish"], None, allow_random=True)
     (tmp_path / "empty").mkdir()
     assert W.resolve_all(["vggish"], tmp_path / "empty", allow_random=True)["vggish"].random_init
+
+
+def test_several_missing_files_share_one_note(tmp_path):
+    """The weights-dir / --allow-random-weights note came under every missing file, and also under the PCA file,
+    which random weights cannot replace."""
+    _put(tmp_path, "vggish", b"definitely not vggish")
+    with pytest.raises(W.WeightsError) as e:
+        W.resolve_all(["i3d_rgb", "i3d_flow", "vggish"], tmp_path)
+    msg = str(e.value)
+    assert msg.startswith("3 weights files are missing or wrong:\n[1] missing weights file for 'i3d_rgb'"), msg
+    assert msg.count("--allow-random-weights") == 1 and msg.count("weights dir:") == 1, msg
+    assert msg.rstrip().endswith("allow_random_init in the Prefect flows.)"), msg  # (under the list)
+    assert "wrong weights file for 'vggish'" in msg and msg.count("published at:") == 2, msg
+    with pytest.raises(W.WeightsError) as e:
+        W.resolve_all(["i3d_rgb", "vggish_pca"], tmp_path, allow_random=True, never_random=["vggish_pca"])
+    msg = str(e.value)
+    assert msg.startswith("missing weights file for 'vggish_pca'") and "needed even with random weights" in msg, msg
+    assert "--allow-random-weights" not in msg and msg.count("weights dir:") == 1, msg
+    with pytest.raises(W.WeightsError) as e:  # one missing file alone keeps the whole message
+        W.resolve_all(["i3d_flow"], tmp_path)
+    assert str(e.value) == W.missing_message(W.get_spec("i3d_flow"), W.weights_path("i3d_flow", tmp_path))

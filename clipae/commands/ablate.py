@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(default: the one --seed / config seed); --synthetic data stay those of --seed")
     p.add_argument("--synthetic", action="store_true", help="use synthetic features in memory instead of a store")
     p.add_argument("--synthetic-videos", type=int, default=0, help="videos per subset (0: all)")
-    p.add_argument("--synthetic-dims", choices=["small", "full"], default="small")
+    p.add_argument("--synthetic-dims", choices=["small", "full"], default="small",
+                   help="--synthetic feature widths: the real ones (full) or narrow, for speed (default: %(default)s)")
     p.add_argument("--same-cluster-input", action="store_true",
                    help="UTAL: every row clusters on train.cluster_features (CLIP included) whatever its switches, "
                         "so rows differ only in their modules, not in their pseudo-labels")

@@ -29,7 +29,7 @@ def register(subparsers) -> None:
         "extract", help="extract I3D/flow/CLIP/VGGish features of videos into a feature store",
         description=__doc__, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )  # fmt: skip
-    p.add_argument("--videos", required=True, metavar="DIR|VIDEO|MANIFEST",
+    p.add_argument("--videos", required=True, metavar="DIR|VIDEO|GLOB|MANIFEST",
                    help="directory of videos, one video file, a quoted glob, or a manifest file")
     p.add_argument("--store", required=True, metavar="PATH", help="feature store (created if missing)")
     p.add_argument("--features", default=None, metavar="LIST",

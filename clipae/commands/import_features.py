@@ -8,7 +8,9 @@ import sys
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-features", help="import community pre-extracted features into a Zarr store",
                        description=__doc__)
-    p.add_argument("--layout", required=True, choices=["basnet", "actionformer", "generic"])
+    p.add_argument("--layout", required=True, choices=["basnet", "actionformer", "generic"],
+                   help="how --src is organised: BaS-Net/CASE's 25 fps I3D npy files, ActionFormer's THUMOS'14 "
+                        "npy files, or one .npy (T, D) per video holding --feature")
     p.add_argument("--src", required=True, help="directory holding the .npy files")
     p.add_argument("--store", required=True, help="feature store path (created if absent)")
     p.add_argument("--feature", help="feature name for --layout generic (e.g. clip_vitb16, vggish)")
@@ -21,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "generic the dataset's, else 16)")
     p.add_argument("--codec", default="none", choices=["none", "blosc-lz4", "blosc-zstd", "zstd"],
                    help="chunk compression when the store is created (default: none, see BENCHMARKS.md)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s = p.add_subparsers(dest="store_command", required=True)
     for name, helptext in HELP.items():
         q = s.add_parser(name, help=helptext, description=helptext)
-        q.add_argument("path")
+        q.add_argument("path", help="feature store (the directory holding zarr.json)")
         q.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
 
