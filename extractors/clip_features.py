@@ -49,12 +49,13 @@ class ClipWeightsError(ValueError):
     """The CLIP weights file is missing, unreadable or does not fit the model config."""
 
 
-def pool_snippet_embeddings(embeddings: torch.Tensor) -> torch.Tensor:
+def pool_snippet_embeddings(embeddings: torch.Tensor | np.ndarray) -> torch.Tensor:
     """(T, k, D) frame embeddings -> (T, D): mean of the L2-normalised embeddings, re-normalised.
 
     Normalising first makes every frame count equally (CLIP compares directions, not norms);
     the result is unit-length like a single CLIP image embedding.
     """
+    embeddings = as_tensor(embeddings)
     if embeddings.ndim != 3:
         raise ValueError(f"pool_snippet_embeddings: expected (T, k, D) frame embeddings, got {tuple(embeddings.shape)}")
     e = F.normalize(embeddings.float(), dim=-1)

@@ -248,11 +248,9 @@ def _int_rate(sample_rate: float) -> int:
 
 def resampled_length(num_samples: int, sample_rate: float) -> int:
     """Length after resampling to 16 kHz as :func:`to_mono_16k` resamples: resampy's
-    ``int(S * (16000 / rate))`` (its float formula, so lengths agree to the sample)."""
+    ``int(S * 16000 / rate)``, the exact floor (``S * (16000 / rate)`` rounds twice: one short at 44,056 Hz)."""
     sr = _int_rate(sample_rate)
-    if sr == SAMPLE_RATE:
-        return int(num_samples)
-    return int(num_samples * (float(SAMPLE_RATE) / sr))
+    return int(num_samples) * SAMPLE_RATE // sr
 
 
 #: resampy's "kaiser_best" filter in torchaudio's terms. resampy ships it as a table (50 zero crossings at

@@ -23,6 +23,8 @@ import math
 
 import torch
 
+from extractors.arrays import as_tensor
+
 SAMPLE_RATE = 16000
 STFT_WINDOW_SECONDS = 0.025
 STFT_HOP_SECONDS = 0.010
@@ -104,6 +106,7 @@ class LogMelFrontend(torch.nn.Module):
         vggish_input.waveform_to_examples up to framing: frame, periodic-Hann window,
         |rfft_512|, @ mel matrix, log(mel + 0.01).
         """
+        waveform = as_tensor(waveform)
         n = waveform.shape[-1]
         frames_n = self.num_frames(n)
         lead = waveform.shape[:-1]
@@ -124,6 +127,7 @@ class LogMelFrontend(torch.nn.Module):
         Long audio is processed in chunks of whole patches (bounded memory); patches
         never straddle chunks, so the result is identical to one-shot computation.
         """
+        waveform = as_tensor(waveform)
         if waveform.ndim != 1:
             raise ValueError(f"expected a mono (S,) waveform, got {tuple(waveform.shape)}")
         n_patches = self.num_patches(waveform.shape[0])

@@ -208,6 +208,9 @@ class MissingWeightsFile(WeightsError):
         super().__init__(message)
         self.key, self.path = key, path
 
+    def __reduce__(self):  # (pickled by process pools and Prefect: the default passes the message alone)
+        return type(self), (str(self), self.key, self.path)
+
 
 def _missing_lines(spec: WeightSpec, path: Path, needed_anyway: bool = False) -> str:
     return (f"missing weights file for {spec.key!r} ({spec.description})"
@@ -218,8 +221,9 @@ def _missing_lines(spec: WeightSpec, path: Path, needed_anyway: bool = False) ->
 
 _WEIGHTS_DIR_NOTE = (f"(weights dir: --weights-dir flag, or ${WEIGHTS_DIR_ENV}, default <repo>/weights; "
                      "see docs/weights.md.")
-_RANDOM_NOTE = ("Randomly initialised networks only on explicit request: clipae extract --allow-random-weights, "
-                "allow_random_weights: true in an extraction config, allow_random_init in the Prefect flows.")
+_RANDOM_NOTE = ("A missing file becomes a randomly initialised network only on explicit request: clipae extract "
+                "--allow-random-weights, allow_random_weights: true in an extraction config, allow_random_init in the "
+                "Prefect flows.")
 
 
 def missing_message(spec: WeightSpec, path: Path) -> str:
@@ -351,18 +355,19 @@ def resolve_all(
         except MissingWeightsFile as e:
             # The notes once under the list, not under every file; a file needed even with random
             # weights (the PCA of VGGish's postprocessing has no random form) says so instead.
-            needed = allow_random and key in fixed
+            needed = key in fixed
             missing, could_be_random = True, could_be_random or not needed
-            problems.append(_missing_lines(get_spec(key), e.path, needed))
+            problems.append(_missing_lines(get_spec(key), e.path, needed and allow_random))
         except WeightsError as e:
             problems.append(str(e))
     if not problems:
         return out
-    note = f"\n  {_WEIGHTS_DIR_NOTE}{' ' + _RANDOM_NOTE if could_be_random else ''})" if missing else ""
+    note = f"{_WEIGHTS_DIR_NOTE}{' ' + _RANDOM_NOTE if could_be_random else ''})" if missing else ""
     if len(problems) == 1:
-        raise WeightsError(problems[0] + note)
+        raise WeightsError(problems[0] + (f"\n  {note}" if note else ""))
+    # (the note below the list, unindented: it is about the missing files, not the last entry)
     raise WeightsError(f"{len(problems)} weights files are missing or wrong:\n" + "\n".join(
-        f"[{i}] {p}" for i, p in enumerate(problems, 1)) + note)
+        f"[{i}] {p}" for i, p in enumerate(problems, 1)) + (f"\n\n{note}" if note else ""))
 
 
 def weights_report(weights_dir: str | os.PathLike | None = None) -> list[dict]:

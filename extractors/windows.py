@@ -53,7 +53,7 @@ class StreamEnd:
 
 
 class SnippetWindower:
-    """Turns preprocessed frame batches (see decode.FramePreprocessor) into FrameWindows."""
+    """Turns preprocessed frame batches (see preprocess.FramePreprocessor) into FrameWindows."""
 
     def __init__(self, grid: SnippetGrid, window_snippets: int, clip_positions: list[int] | None,
                  want_rgb: bool, want_gray: bool) -> None:

@@ -2,6 +2,7 @@
 worse, not at all): each now gets a ValueError (shapes, values) or TypeError (dtypes) naming the problem."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -26,8 +27,6 @@ def test_tvl1_refuses_non_finite_complex_and_bool_frames():
 
 def test_tvl1_takes_numpy_frames_like_the_other_entry_points():
     """(numpy frames were refused as 'must be a torch.Tensor', unlike every other extractor API)"""
-    import numpy as np
-
     from extractors.tvl1 import TVL1Config, tvl1_flow
 
     rng = np.random.default_rng(0)
@@ -58,6 +57,17 @@ def test_clip_api_names_odd_inputs(tmp_path):
     with pytest.raises(ValueError, match=r"expected \(T, k, D\) frame embeddings, got \(3, 512\)"):
         pool_snippet_embeddings(torch.rand(3, 512))  # (returned shape (3,))
     assert pool_snippet_embeddings(torch.rand(3, 2, 8)).shape == (3, 8)
+    e = np.random.default_rng(0).standard_normal((3, 2, 8)).astype(np.float32)  # (numpy: was an AttributeError)
+    assert torch.equal(pool_snippet_embeddings(e), pool_snippet_embeddings(torch.from_numpy(e)))
+
+
+def test_vggish_frontend_takes_numpy_waveforms():
+    from extractors.vggish_frontend import LogMelFrontend
+
+    fe = LogMelFrontend()
+    wav = np.random.default_rng(1).uniform(-1, 1, 16000).astype(np.float32)
+    assert torch.equal(fe.patches(wav), fe.patches(torch.from_numpy(wav)))
+    assert torch.equal(fe.log_mel(wav), fe.log_mel(torch.from_numpy(wav)))
 
 
 def test_open_frames_refuses_a_frame_rate_that_is_not_positive():

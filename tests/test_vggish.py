@@ -295,14 +295,19 @@ def test_integer_pcm_is_scaled_as_wav_readers_give_it():
     np.testing.assert_allclose(to_mono_16k(x.astype(">f4")[::-1], 16000).numpy(), x[::-1], atol=1e-7)
 
 
-@pytest.mark.parametrize("n", [42995, 42996, 42997, 44100])
-def test_resampled_length_is_resampys(n):
+@pytest.mark.parametrize(("n", "rate"), [(42995, 44100), (42996, 44100), (42997, 44100), (44100, 44100),
+                                         (5507, 44056), (44056, 44056)])
+def test_resampled_length_is_resampys(n, rate):
     """resampy keeps int(n * 16000 / rate) samples, torchaudio one more when that is not whole: at these
-    lengths of 44.1 kHz audio, one more whole patch than the released pipeline gives."""
+    lengths of 44.1 kHz audio, one more whole patch than the released pipeline gives. (At 44,056 Hz
+    n * (16000 / rate), rounded twice, came out one short.)"""
     import resampy
 
+    from extractors.vggish import resampled_length
+
     x = np.random.default_rng(n).standard_normal(n)
-    assert to_mono_16k(x, 44100).shape == resampy.resample(x, 44100, 16000, filter="kaiser_best").shape
+    want = resampy.resample(x, rate, 16000, filter="kaiser_best").shape
+    assert to_mono_16k(x, rate).shape == want and (resampled_length(n, rate),) == want
 
 
 @pytest.mark.parametrize("rate", [48000, 44100, 22050])

@@ -307,13 +307,27 @@ def test_several_missing_files_share_one_note(tmp_path):
     msg = str(e.value)
     assert msg.startswith("3 weights files are missing or wrong:\n[1] missing weights file for 'i3d_rgb'"), msg
     assert msg.count("--allow-random-weights") == 1 and msg.count("weights dir:") == 1, msg
-    assert msg.rstrip().endswith("allow_random_init in the Prefect flows.)"), msg  # (under the list)
+    assert msg.rstrip().endswith("allow_random_init in the Prefect flows.)"), msg
+    assert "\n\n(weights dir:" in msg, msg  # (below the list, apart: not part of the last entry, a wrong file)
     assert "wrong weights file for 'vggish'" in msg and msg.count("published at:") == 2, msg
     with pytest.raises(W.WeightsError) as e:
         W.resolve_all(["i3d_rgb", "vggish_pca"], tmp_path, allow_random=True, never_random=["vggish_pca"])
     msg = str(e.value)
     assert msg.startswith("missing weights file for 'vggish_pca'") and "needed even with random weights" in msg, msg
     assert "--allow-random-weights" not in msg and msg.count("weights dir:") == 1, msg
+    with pytest.raises(W.WeightsError) as e:  # the PCA file: never the random-weights advice, allowed or not
+        W.resolve_all(["vggish_pca"], tmp_path, never_random=["vggish_pca"])
+    assert "--allow-random-weights" not in str(e.value) and "weights dir:" in str(e.value), str(e.value)
     with pytest.raises(W.WeightsError) as e:  # one missing file alone keeps the whole message
         W.resolve_all(["i3d_flow"], tmp_path)
     assert str(e.value) == W.missing_message(W.get_spec("i3d_flow"), W.weights_path("i3d_flow", tmp_path))
+
+
+def test_missing_weights_file_error_pickles(tmp_path):
+    """resolve_weights' error crosses process pools and Prefect: it must unpickle with its key and path."""
+    import pickle
+
+    with pytest.raises(W.MissingWeightsFile) as e:
+        W.resolve_weights("vggish", tmp_path)
+    back = pickle.loads(pickle.dumps(e.value))
+    assert (type(back), str(back), back.key, back.path) == (W.MissingWeightsFile, str(e.value), "vggish", e.value.path)
