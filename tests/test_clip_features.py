@@ -171,3 +171,17 @@ def test_crop_entry_points_check_dtype_and_layout(tiny):
         ext.snippet_features(frames[None].astype(np.float32))
     with pytest.raises(ValueError, match=r"uint8 \(T, F, H, W, 3\) RGB snippets, got torch.uint8 \(2, 40, 48, 3\)"):
         ext.snippet_features(frames)
+
+
+def test_crops_are_normalised_with_openai_mean_and_std(tiny):
+    """open_clip's eval transform: x / 255, minus OpenAI's mean, divided by its std (folded into one affine
+    map here; a shift of -mean without the division gave other embeddings)."""
+    from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+
+    ext = ClipExtractor(None, "cpu", ClipConfig(model_name=tiny["name"], seed=7), allow_random=True)
+    crops = np.random.default_rng(3).integers(0, 256, (2, 3, 32, 32), dtype=np.uint8)
+    mean = torch.tensor(OPENAI_DATASET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(OPENAI_DATASET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = ext.visual((torch.from_numpy(crops).float() / 255 - mean) / std)
+    torch.testing.assert_close(ext.embed_crops(crops), want, atol=1e-5, rtol=1e-4)

@@ -121,22 +121,43 @@ def test_variable_frame_rate_follows_timestamps(tmp_path):
         assert len(ks) == 74
 
 
-def test_decord_refusal_falls_back_to_ffmpeg(tmp_path):
-    # decord ignores rotation metadata, so such files go to ffmpeg, which applies it.
+@pytest.mark.parametrize("angle", [90, 180])
+def test_decord_refusal_falls_back_to_ffmpeg(tmp_path, angle):
+    # decord ignores rotation metadata (any angle), so such files go to ffmpeg, which applies it.
     src = make_video(tmp_path / "r.mp4", seconds=0.4, size=(48, 32), audio=False)
     rotated = tmp_path / "rot.mp4"
     import subprocess
 
-    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-metadata:s:v:0", "rotate=90",
+    subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(src), "-c", "copy", "-metadata:s:v:0", f"rotate={angle}",
                     str(rotated)], check=True)
     probe = probe_video(rotated)
-    assert probe.rotation in (90, 270)
+    assert probe.rotation in ((90, 270) if angle == 90 else (180,))
     with pytest.raises(DecodeError, match="rotation"):
         DecordFrames(str(rotated), probe, 25.0)
     source = open_frames(rotated, probe, 25.0)
     assert isinstance(source, FfmpegFrames)
     _, x = _decode_all(source)
-    assert x.shape[1:] == (48, 32, 3)  # displayed upright: height and width swapped
+    if angle == 90:
+        assert x.shape[1:] == (48, 32, 3)  # displayed upright: height and width swapped
+    else:  # upside down in the file: shown turned back, every frame flipped both ways
+        _, upright = _decode_all(open_frames(src, probe_video(src), 25.0, backend="ffmpeg"))
+        assert x.shape[1:] == (32, 48, 3) and np.array_equal(x, upright[:, ::-1, ::-1])
+
+
+@pytest.mark.parametrize(("declared", "decoded", "ok"), [
+    (100.0, 95.5, True), (100.0, 94.0, False),  # long videos: 5% of the declared length may be missing
+    (4.0, 3.1, True), (4.0, 2.9, False),  # short ones: 1 s (a 5% rule alone would fail rounding at the end)
+])
+def test_truncation_rule(declared, decoded, ok):
+    """What counts as a truncated file: decoded more than max(1 s, 5%) short of the stream's declared length."""
+    f = FfmpegFrames.__new__(FfmpegFrames)  # (the rule alone, on a stub probe: no 100 s file needed)
+    f.path, f.probe = "x.mp4", probe_stub(declared_length=declared, container="mov,mp4,m4a,3gp,3g2,mj2")
+    f._held_last_frame_end = lambda _declared: None
+    if ok:
+        assert f._check_complete(decoded, []) == decoded
+    else:
+        with pytest.raises(DecodeError, match=rf"decoded only {decoded:.2f} s of the {declared:.2f} s"):
+            f._check_complete(decoded, [])
 
 
 def test_decode_rejects_file_without_video(tmp_path):
@@ -190,6 +211,27 @@ def test_preprocessor_outputs():
     assert out["rgb"].shape == (6, 32, 32, 3) and out["rgb"].dtype == np.uint8
     assert out["gray"].shape == (6, 32, 32) and np.allclose(out["gray"][3], 30, atol=0.01)
     assert sorted(out["clip"]) == [2] and out["clip"][2].shape == (3, 24, 24)
+
+
+def test_i3d_crop_is_a_bilinear_resize_and_the_grey_is_bt601():
+    """The I3D crop: short side to resize_short with PIL's (antialiased) bilinear filter, centre crop;
+    the TV-L1 grey: 0.299 R + 0.587 G + 0.114 B of that crop (pure red and blue tell the weights apart)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(4)
+    yy, xx = np.mgrid[0:60, 0:90]
+    img = np.stack([(xx * 7.3) % 256, (yy * 5.1) % 256, ((xx * yy) * 0.9) % 256], -1)
+    img = np.clip(img + rng.normal(0, 20, img.shape), 0, 255).astype(np.uint8)  # texture: filters differ
+    pre = FramePreprocessor(PreprocessSpec(resize_short=36, crop_size=32, want_clip=False), clip_frame=lambda k: False)
+    out = pre([0], [img])
+    ref = np.asarray(Image.fromarray(img).resize((54, 36), Image.BILINEAR))[2:34, 11:43]
+    diff = np.abs(out["rgb"][0].astype(int) - ref.astype(int))
+    assert diff.max() <= 1, diff.max()
+    bicubic = np.asarray(Image.fromarray(img).resize((54, 36), Image.BICUBIC))[2:34, 11:43]
+    assert np.abs(bicubic.astype(int) - ref.astype(int)).max() > 5  # (the test tells the filters apart)
+    colours = [np.full((40, 40, 3), c, np.uint8) for c in ((255, 0, 0), (0, 0, 255), (0, 255, 0))]
+    grey = pre([0, 1, 2], colours)["gray"]
+    np.testing.assert_allclose(grey[:, 5, 5], [0.299 * 255, 0.114 * 255, 0.587 * 255], atol=1e-3)
 
 
 # ----------------------------------------------------------------------------- windows and threading

@@ -19,7 +19,7 @@ from extractors.manifest import ManifestError, discover_videos
 from extractors.pipeline import Extractors, extract_many, extract_video
 from extractors.preprocess import FramePreprocessor, PreprocessSpec, iter_preprocessed
 from extractors.probe import probe_video
-from storage import FeatureStore
+from storage import FeatureStore, SnippetGrid
 from tests.media import have_ffmpeg, make_corrupt, make_video, small_extract_config
 
 pytestmark = pytest.mark.skipif(not have_ffmpeg(), reason="ffmpeg/ffprobe not on PATH")
@@ -136,6 +136,16 @@ def test_float16_tvl1_state_recomputes_only_the_flow_feature(env, tmp_path):
     assert cos.min() > 0.99, cos
 
 
+def assert_same_features(got, want, rtol=1e-3):
+    """Equal up to ``rtol`` of the reference's scale: random-init I3D features are ~1e-6 (flow ~1e-8), so an
+    absolute tolerance such as 1e-4 passed for any input at all."""
+    got, want = np.asarray(got), np.asarray(want)
+    scale = float(np.abs(want).max())
+    assert scale > 0, "reference features are all zero"
+    err = float(np.abs(got - want).max())
+    assert err <= rtol * scale, f"max difference {err:.3g} vs scale {scale:.3g}"
+
+
 def test_features_match_direct_computation(env):
     """Snippet 1 recomputed by hand from decoded frames equals what the pipeline stored."""
     from extractors.i3d import rgb_to_i3d_input
@@ -148,10 +158,17 @@ def test_features_match_direct_computation(env):
     rgb, gray = out[0]["rgb"], torch.from_numpy(out[0]["gray"])
     stored = env.store.load("a")
     rgb_feat = env.models.model("i3d_rgb").features(rgb_to_i3d_input(rgb[16:32]))
-    assert np.allclose(rgb_feat[0].numpy(), stored["i3d_rgb"][1], atol=1e-4)
-    flow = flow_to_i3d_input(tvl1_flow(gray[16:32], gray[17:33], cfg.tvl1))  # (16, 2, c, c)
-    flow_feat = env.models.model("i3d_flow").features(flow.permute(1, 0, 2, 3)[None])
-    assert np.allclose(flow_feat[0].numpy(), stored["i3d_flow"][1], atol=1e-4)
+    assert_same_features(rgb_feat[0].numpy(), stored["i3d_rgb"][1])
+    with pytest.raises(AssertionError):  # (the check tells neighbouring snippets apart)
+        assert_same_features(rgb_feat[0].numpy(), stored["i3d_rgb"][2])
+
+    def flow_feature(f0, f1):
+        flow = flow_to_i3d_input(tvl1_flow(f0, f1, cfg.tvl1))  # (16, 2, c, c)
+        return env.models.model("i3d_flow").features(flow.permute(1, 0, 2, 3)[None])[0].numpy()
+
+    assert_same_features(flow_feature(gray[16:32], gray[17:33]), stored["i3d_flow"][1])
+    with pytest.raises(AssertionError):  # flow from frame t to t+1, not back
+        assert_same_features(flow_feature(gray[17:33], gray[16:32]), stored["i3d_flow"][1])
 
 
 def test_window_size_and_decoder_do_not_change_features(env, tmp_path):
@@ -162,7 +179,7 @@ def test_window_size_and_decoder_do_not_change_features(env, tmp_path):
     extract_video(env.video, "a", s1, cfg1, Extractors(cfg1))
     got = s1.load("a")
     for name in visual:  # windows of 1 snippet: the flow of each window's last frame uses the overlap frame
-        assert np.allclose(got[name], ref[name], atol=1e-5), name
+        assert_same_features(got[name], ref[name], rtol=1e-4)
     cfg2 = replace(env.cfg, features=("i3d_rgb",), decode_backend="ffmpeg")
     s2 = FeatureStore.create(tmp_path / "ff")
     r = extract_video(env.video, "a", s2, cfg2, Extractors(cfg2))
@@ -229,19 +246,25 @@ def test_per_video_progress_with_several_workers(env, tmp_path, capsys):
     assert "videos: 100%" in err and "a: " in err and "b: " in err and "snippet" in err, err
 
 
-def test_audio_starting_late_is_masked_until_it_starts(env, tmp_path):
-    """The silence decode_audio puts before a late audio stream (here 1.5 s) is not audio."""
+@pytest.mark.parametrize(("offset", "mask"), [
+    (1.5, [False, False, True, True]),
+    (1.2, [False, False, True, True]),  # snippet 1's window holds 25% audio: not audio (> 50% is)
+    (0.9, [False, True, True, False]),  # 56% audio in snippet 1's window; 25% in the last (the track ends at 2.0 s)
+])
+def test_audio_starting_late_is_masked_until_it_starts(env, tmp_path, offset, mask):
+    """The silence decode_audio puts before a late audio stream is not audio; a snippet counts as audio when
+    more than half of its 0.96 s window holds the track."""
     import subprocess
 
     v = make_video(tmp_path / "v.mkv", seconds=2.6, audio=False)
     late = tmp_path / "late.mkv"
-    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(v), "-itsoffset", "1.5", "-f", "lavfi", "-i",
+    subprocess.run(["ffmpeg", "-nostdin", "-v", "error", "-i", str(v), "-itsoffset", str(offset), "-f", "lavfi", "-i",
                     "sine=frequency=440:sample_rate=16000:duration=1.1", "-map", "0:v", "-map", "1:a", "-c:v", "copy",
                     "-c:a", "pcm_s16le", str(late)], check=True)
     cfg = replace(env.cfg, features=("vggish",))
     store = FeatureStore.create(tmp_path / "s")
     extract_video(late, "late", store, cfg, Extractors(cfg))
-    assert store.load("late")["audio_mask"].tolist() == [False, False, True, True]  # centres 0.32 0.96 1.60 2.24 s
+    assert store.load("late")["audio_mask"].tolist() == mask  # centres 0.32 0.96 1.60 2.24 s
 
 
 def test_changed_source_replaces_all_features(env, tmp_path):
@@ -843,3 +866,33 @@ def test_python_callers_pass_paths_numpy_scalars_and_sets():
     assert cfg.features == ("vggish",) and cfg.weights_dir_path() == Path("/tmp")
     with pytest.raises(ConfigError, match=r"fps: must be a finite number, got 1000.*\.\.\."):
         ExtractConfig(fps=10**400)
+
+
+def test_clip_frames_follow_a_stride_that_does_not_divide_the_snippet(env, tmp_path):
+    """Snippets 16 frames long every 12: CLIP's frames are each snippet's own (start + position), so the
+    stored features equal ClipExtractor.snippet_features on the decoded snippets."""
+    cfg = replace(env.cfg, features=("clip_vitb16",), stride=12)
+    store = FeatureStore.create(tmp_path / "s", grid=SnippetGrid(fps=25.0, snippet_frames=16, stride=12))
+    r = extract_video(env.video, "a", store, cfg, env.models)
+    stored = store.load("a")["clip_vitb16"]
+    frames = np.stack([f for _, f in open_frames(env.video, probe_video(env.video), 25.0)])
+    whole = [i for i in range(r.num_snippets) if 12 * i + 16 <= len(frames)]
+    assert len(whole) >= 3
+    direct = env.models.model("clip_vitb16").snippet_features(np.stack([frames[12 * i : 12 * i + 16] for i in whole]))
+    assert_same_features(stored[whole], direct, rtol=1e-4)
+
+
+def test_a_real_weights_file_is_hashed_into_the_provenance(env, tmp_path):
+    """With a weights file present (an I3D checkpoint in the published layout), the feature's provenance
+    holds that file's sha256 and random_init False; every other test extracts with random networks."""
+    import hashlib
+
+    from tests.test_weights import _i3d_state_dict, _put, _save
+
+    path = _put(tmp_path / "w", "i3d_rgb", _save(_i3d_state_dict(3)))
+    cfg = replace(env.cfg, features=("i3d_rgb",), weights_dir=str(tmp_path / "w"), allow_random_weights=False)
+    store = FeatureStore.create(tmp_path / "s")
+    extract_video(env.video, "a", store, cfg, Extractors(cfg))
+    p = store.provenance("a")["i3d_rgb"]
+    assert p.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and p.random_init is False
+    assert p.preprocess_hash == preprocess_hash(cfg, "i3d_rgb", random_init=False)

@@ -256,3 +256,42 @@ def test_odd_in_channels_and_a_wrapped_checkpoint(tmp_path):
     assert set(check_i3d_state_dict({"state_dict": sd, "epoch": 3}, 3, "x.pt")) == set(sd)
     with pytest.raises(I3DCheckpointError, match=r"not a plain state_dict: 1 entries are not tensors \(epoch\)"):
         check_i3d_state_dict({**sd, "epoch": 3}, 3, "x.pt")
+
+
+def test_strided_same_padding_pads_at_the_end():
+    """TF SAME puts the odd padding pixel at the END (4 px, kernel 3, stride 2: front 0, back 1), so the first
+    output reads the first input pixel; padding at the front would shift every strided conv by a pixel."""
+    from extractors.i3d import MaxPool3dSamePadding
+
+    unit = Unit3D(1, 1, (1, 3, 3), stride=(1, 2, 2), activation=False, use_batch_norm=False).eval()
+    with torch.no_grad():
+        unit.conv3d.weight.zero_()
+        unit.conv3d.weight[0, 0, 0, 0, 0] = 1.0  # the top-left tap
+        x = torch.arange(1, 17, dtype=torch.float32).reshape(1, 1, 1, 4, 4)
+        out = unit(x)
+    assert out.shape == (1, 1, 1, 2, 2)
+    assert out[0, 0, 0].tolist() == [[1.0, 3.0], [9.0, 11.0]]  # x[0, 0], x[0, 2], x[2, 0], x[2, 2]
+    pool = MaxPool3dSamePadding(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=0)
+    assert pool(x)[0, 0, 0].tolist() == [[11.0, 12.0], [15.0, 16.0]]  # windows from x[0, 0] (padding at the front: 6)
+
+
+def test_inception_branches_are_concatenated_in_the_published_order(rgb_model):
+    """Channels of a mixed block are b0 | b1 (1x1 -> 3x3) | b2 (1x1 -> 3x3) | b3 (pool -> 1x1), as in
+    pytorch-i3d: the published checkpoints' later layers expect them in that order."""
+    m = rgb_model.Mixed_3b
+    x = torch.rand(1, 192, 2, 7, 7, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        out = m(x)
+        parts = [m.b0(x), m.b1b(m.b1a(x)), m.b2b(m.b2a(x)), m.b3b(m.b3a(x))]
+    assert [p.shape[1] for p in parts] == [64, 128, 32, 32]
+    torch.testing.assert_close(out, torch.cat(parts, dim=1), rtol=0, atol=0)
+    assert not torch.equal(parts[0][:, :32], parts[2])  # (distinct branches: the order is observable)
+
+
+def test_an_extra_key_in_a_complete_checkpoint_is_refused(rgb_ckpt, tmp_path):
+    """Strict loading: a key the network does not have (another model's head, a fine-tuned extra) is an
+    error naming it, not silently dropped."""
+    _, sd = rgb_ckpt
+    torch.save({**sd, "logits.extra.weight": torch.zeros(3)}, tmp_path / "extra.pt")
+    with pytest.raises(I3DCheckpointError, match=r"unexpected keys \(1\): logits.extra.weight"):
+        load_i3d(tmp_path / "extra.pt", 3)

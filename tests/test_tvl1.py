@@ -156,6 +156,39 @@ def test_agrees_with_opencv_on_nonsquare_image_and_other_params():
     assert _epe(ours, ref) < 0.05
 
 
+def test_agrees_with_opencv_on_motion_that_needs_the_pyramid():
+    """8 px motion on 96 px frames is solved at the coarse levels: a flow zoomed to the finer level with the
+    wrong factor (x scale_step instead of / scale_step) still recovers 3 px motion within the test above."""
+    rs = np.random.RandomState(11)
+    flow = _smooth_flow(rs, 96, 96, 8.0)
+    i0, i1 = _pair_with_flow(rs, flow)
+    cv2.setNumThreads(1)
+    ref = cv2.optflow.DualTVL1OpticalFlow_create().calc(i0, i1, None)
+    ours = _ours([i0], [i1])[0]
+    assert _epe(ours, ref) < 0.1, _epe(ours, ref)
+
+
+def test_median_filter_size_is_the_configured_one():
+    """A translating square on a static background: our flow equals OpenCV's to the last digit, so the
+    median's size shows (a fixed 3x3 median differed by 0.018 px from OpenCV's 5x5)."""
+    rs = np.random.RandomState(12)
+    bg = _texture(rs, 48, 48)
+    square = _texture(rs, 16, 16)
+    i0 = bg.copy()
+    i0[16:32, 16:32] = square
+    xs, ys = np.meshgrid(np.arange(48, dtype=np.float32), np.arange(48, dtype=np.float32))
+    # the square moved by (2.5, -1.5) px in I1
+    patch = cv2.remap(i0, xs - 2.5, ys + 1.5, cv2.INTER_CUBIC, borderMode=cv2.BORDER_REFLECT)
+    inside = (xs >= 18.5) & (xs < 34.5) & (ys >= 14.5) & (ys < 30.5)
+    i1 = np.where(inside, patch, bg)
+    i0, i1 = (np.clip(x, 0, 255).round().astype(np.uint8) for x in (i0, i1))
+    cv2.setNumThreads(1)
+    for ksize in (5, 3):
+        ref = cv2.optflow.DualTVL1OpticalFlow_create(medianFiltering=ksize).calc(i0, i1, None)
+        ours = _ours([i0], [i1], median_filtering=ksize)[0]
+        assert _epe(ours, ref) < 5e-3, (ksize, _epe(ours, ref))
+
+
 # --------------------------------------------------------------------------- contract
 def test_shape_dtype_device_contract():
     rs = np.random.RandomState(6)
