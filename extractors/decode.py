@@ -182,7 +182,7 @@ class DecordFrames:
         self._vr = None
 
 
-# Lines of ffmpeg's stderr that are not reasons (progress, statistics, showinfo's frame details); the line
+# showinfo's line for each frame the ffmpeg backend reads: its index, timestamp and size.
 _SHOWINFO = re.compile(r"\bn:\s*(\d+)\s+pts:\s*(-?\d+|NOPTS)\s+pts_time:(\S+).*?\bs:(\d+)x(\d+)")
 
 

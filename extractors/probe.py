@@ -315,6 +315,7 @@ def probe_video(path: str | Path) -> VideoProbe:
     )
 
 
+# Lines of ffmpeg's stderr that are not reasons (progress, statistics, showinfo's frame details); the line
 # ffmpeg prints for each packet its decoder failed on, whose frame is dropped (ffmpeg <= 6: "Error while
 # decoding stream #0:0: ...", 7: "[vist#0:0/h264 @ 0x...] Decoding error: ..."; anchored, so that no file name
 # or tag can match); and a library's own message ("[h264 @ 0x...] Invalid NAL unit size"), for the reason.

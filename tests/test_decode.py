@@ -76,6 +76,37 @@ def test_decord_consistency_checks():
     assert "container says" in decord_is_consistent(good[:5], good[:5] + 0.04, probe)
     assert "non-finite" in decord_is_consistent(np.full(10, np.nan), good, probe)
     assert "duration" in decord_is_consistent(good * 10, good * 10 + 0.4, probe_stub(nb_frames=None, duration=0.4))
+    assert "non-positive duration" in decord_is_consistent(good, good.copy(), probe)  # (last frame ends as it starts)
+
+
+def test_streaming_keeps_the_first_of_frames_with_one_timestamp():
+    """A repeated timestamp (a duplicated frame) keeps the frame that came first, as sample_and_hold does."""
+    sah = StreamingSampleAndHold(25.0)
+    got = [x for t, f in ((0.0, "a"), (0.04, "b"), (0.04, "c"), (0.08, "d")) for x in sah.push(t, f)]
+    got += list(sah.finish(0.12))
+    assert got == [(0, "a"), (1, "b"), (2, "d")]
+
+
+def test_stream_end_takes_the_stream_duration_within_two_frame_periods():
+    """The last frame is shown until the stream's declared end when that is at most two frame periods after
+    its start (a longer gap is not trusted: one nominal period then)."""
+    f = FfmpegFrames.__new__(FfmpegFrames)
+    f.fps = 25.0
+    f.probe = probe_stub(avg_fps=25.0, stream_duration=1.0, video_start=0.0)
+    assert f._stream_end(0.94, 0.0, [0.04] * 10) == pytest.approx(1.0)  # 1.5 periods: the declared end
+    assert f._stream_end(0.96, 0.0, [0.04] * 10) == pytest.approx(1.0)
+    assert f._stream_end(0.90, 0.0, [0.04] * 10) == pytest.approx(0.94)  # 2.5 periods: one nominal period
+
+
+def test_audio_lead_counts_from_the_first_video_frame():
+    """Silence before a late audio stream is measured from the first decodable frame, not from time 0."""
+    import dataclasses
+
+    from extractors.audio_decode import audio_lead_samples
+
+    p = dataclasses.replace(probe_stub(first_frame_time=1.0, video_start=1.0, audio_start=1.5), has_audio=True)
+    assert audio_lead_samples(p, 16000) == 8000
+    assert audio_lead_samples(dataclasses.replace(p, audio_start=0.5), 16000) == 0  # (audio before the video is trimmed, not a lead)
 
 
 def probe_stub(**kw):
@@ -160,6 +191,20 @@ def test_truncation_rule(declared, decoded, ok):
             f._check_complete(decoded, [])
 
 
+
+def test_decord_decodes_in_chunks_bounded_by_bytes(tmp_path, monkeypatch):
+    """Native frames held at once by the decord backend stay under DECODE_CHUNK_BYTES (width x height x 3 bytes
+    each): a 4K video must not be decoded 64 frames at a time."""
+    import extractors.decode as D
+
+    v = make_video(tmp_path / "c.mp4", seconds=0.8, size=(32, 24), audio=False)
+    monkeypatch.setattr(D, "DECODE_CHUNK_BYTES", 3 * 32 * 24 * 3)  # three frames
+    src = DecordFrames(str(v), probe_video(v), 25.0)
+    sizes, real = [], src._vr.get_batch
+    src._vr.get_batch = lambda idx: (sizes.append(len(idx)), real(idx))[1]
+    ks, _ = _decode_all(src)
+    assert len(ks) == 20 and max(sizes) == 3 and sum(sizes) == 20, sizes
+
 def test_decode_rejects_file_without_video(tmp_path):
     from tests.media import make_audio_only
 
@@ -243,9 +288,9 @@ def _batches(n: int, size: int = 5):
 
 
 @pytest.mark.parametrize("stride", [16, 8])
-def test_snippet_windower_covers_every_snippet_with_overlap_frame(stride):
+@pytest.mark.parametrize("n", [16 * 7 + 5, 16 * 7])  # (exactly 7 snippets: the last one has no spare frame)
+def test_snippet_windower_covers_every_snippet_with_overlap_frame(stride, n):
     grid = SnippetGrid(25.0, 16, stride)
-    n = 16 * 7 + 5
     w = SnippetWindower(grid, 3, clip_positions=[4, 12], want_rgb=True, want_gray=True)
     wins, peak = [], 0
     for b in _batches(n):

@@ -331,6 +331,13 @@ def test_a_full_disk_or_no_memory_is_the_machines_failure_not_the_videos(env, tm
     monkeypatch.setattr(P, "decode_audio", huge)
     with pytest.raises(VideoError, match="audio: MemoryError"):
         extract_video(env.video, "v", store, cfg, env.models)
+
+    def unreadable(*a, **k):  # (EACCES is the machine's only when writing the store: here the file's own)
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(P, "decode_audio", unreadable)
+    with pytest.raises(VideoError, match="audio: PermissionError") as info:
+        extract_video(env.video, "v", store, cfg, env.models)
+    assert not isinstance(info.value, ResourceError)
     monkeypatch.undo()
     # the video's own problems stay VideoErrors: a missing file, a decoder failure
     with pytest.raises(VideoError, match="probe"):
@@ -896,3 +903,39 @@ def test_a_real_weights_file_is_hashed_into_the_provenance(env, tmp_path):
     p = store.provenance("a")["i3d_rgb"]
     assert p.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest() and p.random_init is False
     assert p.preprocess_hash == preprocess_hash(cfg, "i3d_rgb", random_init=False)
+
+
+def test_non_finite_features_fail_the_video_before_the_store(env, tmp_path, monkeypatch):
+    """A network's NaN fails the video at the network's own stage, and nothing is written."""
+    import extractors.pipeline as P
+
+    real = P._clip
+
+    def nan_first_row(win, models):
+        out = real(win, models)
+        out[0, 0] = np.nan
+        return out
+    monkeypatch.setattr(P, "_clip", nan_first_row)
+    cfg = replace(env.cfg, features=("clip_vitb16",))
+    store = FeatureStore.create(tmp_path / "s")
+    with pytest.raises(VideoError, match=r"clip_vitb16: produced non-finite values"):
+        extract_video(env.video, "a", store, cfg, env.models)
+    assert store.list_videos() == []
+
+
+@pytest.mark.parametrize(("feature", "change"), [
+    ("i3d_rgb", {"resize_short": 40}), ("i3d_rgb", {"crop_size": 28}), ("i3d_rgb", {"fps": 30.0}),
+    ("i3d_rgb", {"stride": 8}), ("i3d_flow", {"flow_bound": 10.0}), ("i3d_flow", {"crop_size": 28}),
+    ("i3d_flow", {"tvl1": "epsilon"}), ("clip_vitb16", {"clip": "frames_per_snippet"}),
+    ("vggish", {"vggish_final_relu": True}), ("vggish", {"vggish_postprocess": True}),
+])
+def test_every_setting_that_changes_a_feature_changes_its_hash(env, feature, change):
+    """The preprocess hash decides whether stored features are reused: a setting that changes the values but
+    not the hash (final_relu, flow_bound were each dropped once in a mutation audit) reuses stale features."""
+    if change.get("tvl1") == "epsilon":
+        change = {"tvl1": replace(env.cfg.tvl1, epsilon=0.02)}
+    elif change.get("clip") == "frames_per_snippet":
+        change = {"clip": replace(env.cfg.clip, frames_per_snippet=4)}
+    for random_init in (True, False):
+        assert preprocess_hash(replace(env.cfg, **change), feature, random_init) != \
+            preprocess_hash(env.cfg, feature, random_init), (feature, change)

@@ -379,3 +379,50 @@ def test_set_pca_reports_the_shapes_given():
         net.set_pca(np.eye(128), np.zeros((2, 64)))
     emb = np.ones((3, 128), np.float32)
     assert torch.equal(net.postprocess(emb), net.postprocess(torch.from_numpy(emb)))
+
+
+def test_network_equals_an_independent_forward_from_the_state_dict(ckpt, model):
+    """VGGish written out from the published layout alone (torchvggish's: conv 3x3 + ReLU, max-pool 2x2 after
+    blocks 1, 2, 4 and 6; NHWC flatten; fc1 ReLU fc2 ReLU fc3): a ReLU dropped or misplaced in our network
+    moved the embeddings by ~0.01 at ~0.02 scale, and every other test compares the model with itself."""
+    import torch.nn.functional as F
+
+    sd = ckpt["sd"]
+    x = torch.from_numpy(np.random.default_rng(2).standard_normal((3, 1, 96, 64)).astype(np.float32))
+    h = x
+    for conv, pool in ((0, True), (3, True), (6, False), (8, True), (11, False), (13, True)):
+        h = F.relu(F.conv2d(h, sd[f"features.{conv}.weight"], sd[f"features.{conv}.bias"], padding=1))
+        if pool:
+            h = F.max_pool2d(h, 2, 2)
+    h = h.permute(0, 2, 3, 1).reshape(3, -1)
+    h = F.relu(F.linear(h, sd["embeddings.0.weight"], sd["embeddings.0.bias"]))
+    h = F.relu(F.linear(h, sd["embeddings.2.weight"], sd["embeddings.2.bias"]))
+    want = F.linear(h, sd["embeddings.4.weight"], sd["embeddings.4.bias"])
+    with torch.inference_mode():
+        np.testing.assert_allclose(model(x).numpy(), want.numpy(), atol=1e-6, rtol=1e-5)
+
+
+def test_embed_centered_is_the_same_in_any_batch_size(model):
+    """Centres are processed batch_size at a time (the pipeline: 128); every batch must read its own centres."""
+    x = _signal(3.0, seed=4)
+    centres = [0.5, 0.9, 1.3, 1.7, 2.1]
+    whole = model.embed_centered(x, 16000, centres)
+    assert whole.shape == (5, 128)
+    np.testing.assert_allclose(model.embed_centered(x, 16000, centres, batch_size=2), whole, atol=1e-6)
+
+
+def test_gather_segments_pads_with_zeros_past_the_end():
+    from extractors.vggish import gather_segments
+
+    got = gather_segments(torch.arange(1, 11, dtype=torch.float32), np.array([8, -2]), 4)
+    assert got.tolist() == [[9.0, 10.0, 0.0, 0.0], [0.0, 0.0, 1.0, 2.0]]
+
+
+def test_centered_coverage_counts_a_late_start_at_the_source_rate():
+    """``first_sample`` is at the source rate like ``num_samples``: 1.5 s of lead at 48 kHz is 72,000 samples."""
+    from extractors.vggish import centered_coverage
+
+    cov = centered_coverage(int(2.6 * 48000), 48000, [0.32, 0.96, 1.6, 2.24], first_sample=72000)
+    assert (cov > 0.5).tolist() == [False, False, True, True]
+    np.testing.assert_allclose(cov, centered_coverage(int(2.6 * 16000), 16000, [0.32, 0.96, 1.6, 2.24],
+                                                      first_sample=24000), atol=1e-4)
