@@ -324,18 +324,24 @@ for state in ("float32", "float16"):  # float16: p and the warped gradient store
 # band, and images smaller than one band, with and without padded rows: one sweep launch vs the torch
 # iterations, and the padding's values kept out of the image (NaN there changes nothing).
 from extractors.tvl1 import _FLT_EPSILON, masked_block
-tvl1_triton.SWEEP_BAND_PIXELS = 64
-worst = pad_leak = 0.0
-for (sh, sw), layout, align in itertools.product(((2, 150), (3, 64), (5, 32), (4, 65), (9, 3)), ("flat", "fused"), (1, 16)):
-    tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_ROW_ALIGN = layout, align
-    gen = torch.Generator().manual_seed(sh * sw)
+consts = (0.01**2, 0.045, 0.3, 0.25 / 0.3)
+
+
+def random_state(sh, sw, seed):  # random, unconverged block inputs (u, p, grad, rho_c, 1/|grad|^2, active)
+    gen = torch.Generator().manual_seed(seed)
     u = torch.randn(2, 2, sh, sw, generator=gen).to(dev)
     p = (torch.randn(2, 2, 2, sh, sw, generator=gen) * 0.1).to(dev)
     gr = (torch.randn(2, 2, sh, sw, generator=gen) * 20).to(dev)
     rh = (torch.randn(2, 1, sh, sw, generator=gen) * 5).to(dev)
     inv = 1.0 / (gr * gr).sum(1, keepdim=True).clamp(min=_FLT_EPSILON)
-    act = torch.tensor([True, True], device=dev)
-    consts = (0.01**2, 0.045, 0.3, 0.25 / 0.3)
+    return u, p, gr, rh, inv, torch.tensor([True, True], device=dev)
+
+
+tvl1_triton.SWEEP_BAND_PIXELS = 64
+worst = pad_leak = 0.0
+for (sh, sw), layout, align in itertools.product(((2, 150), (3, 64), (5, 32), (4, 65), (9, 3)), ("flat", "fused"), (1, 16)):
+    tvl1_triton.SWEEP_LAYOUT, tvl1_triton.SWEEP_ROW_ALIGN = layout, align
+    u, p, gr, rh, inv, act = random_state(sh, sw, sh * sw)
     ru, rp, ra = masked_block(u.clone(), p.clone(), gr, rh, inv, act.clone(), 6, *consts)
     stride = tvl1_triton.sweep_row_stride(sw)
     runs = []
@@ -355,13 +361,7 @@ out["padding_leaks"] = pad_leak
 # hides a divergence that reads the previous row's last pixel at column 0; random p does not.
 worst = 0.0
 for sh, sw in ((3, 64), (4, 65), (9, 3)):
-    gen = torch.Generator().manual_seed(7 * sh + sw)
-    u = torch.randn(2, 2, sh, sw, generator=gen).to(dev)
-    p = (torch.randn(2, 2, 2, sh, sw, generator=gen) * 0.1).to(dev)
-    gr = (torch.randn(2, 2, sh, sw, generator=gen) * 20).to(dev)
-    rh = (torch.randn(2, 1, sh, sw, generator=gen) * 5).to(dev)
-    inv = 1.0 / (gr * gr).sum(1, keepdim=True).clamp(min=_FLT_EPSILON)
-    act = torch.tensor([True, True], device=dev)
+    u, p, gr, rh, inv, act = random_state(sh, sw, 7 * sh + sw)
     ru, rp, ra = masked_block(u.clone(), p.clone(), gr, rh, inv, act.clone(), 6, *consts)
     tu, tp, ta = tvl1_triton.triton_block(u.clone(), p.clone(), gr, rh, inv, act.clone(), 6, *consts)
     worst = max(worst, (tu - ru).abs().max().item(), (tp - rp).abs().max().item(), float((ta != ra).any()))
